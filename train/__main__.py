@@ -1,0 +1,40 @@
+"""`python -m train <command> ...`: the project's command line for data, training and evaluation."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module, one-line help). Modules are imported only when their command runs.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "world": ("train.world_cli", "write a source dataset or mixed benchmark of the generated world"),
+    "evaluate": ("train.evaluate", "score COCO-format predictions: PIQ, mIoU, PQ per label space, AP"),
+    "pretrain": ("train.pretrain", "train a RESI model on several COCO-format datasets"),
+    "bench": ("train.bench", "train and compare RESI against the baselines on M1-M4"),
+    "finetune": ("train.finetune", "fit LSQEs for a new label space from accepted annotations"),
+    "db": ("storage.cli", "database: upgrade, backup, restore, check"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: python -m train <command> [options]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run `python -m train <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
