@@ -1,0 +1,296 @@
+"""Post-processing: pure functions from decoder outputs to segments (SPEC §4, §6).
+
+Legend: Q queries, K classes of one pass (class_probs has K + 1 columns, the last is
+no-object ∅), h×w the model's mask resolution, H×W the output (full image) resolution.
+Mask logits are upsampled bilinearly (align_corners=False) straight from the model's
+grid to H×W and thresholded at 0 (σ ≥ 0.5). When the model saw a resized, padded image,
+`valid_extent` gives the part of the h×w grid that covers the image (see
+`image_io.ResizeInfo.valid_extent`), so padding never reaches the output.
+
+Functions return `RawSegment`s (class indices of the pass's class list); the predictor
+names them. `esf_fuse` works on named `Segment`s of a mixed label space.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from resi_core.labels import MixedLabelSpace
+from resi_core.segment import Segment
+
+# Elements of one upsampled band [N, rows, W]; bounds peak memory on large images.
+_BAND_ELEMENTS = 1 << 24
+
+
+@dataclass(frozen=True, eq=False)
+class RawSegment:
+    """mask: bool [H, W]; label: class index in the pass's class list; queries: query indices."""
+
+    mask: np.ndarray
+    label: int
+    score: float
+    queries: tuple[int, ...]
+
+
+def interp_matrix(out_size: int, in_size: int, extent: float | None = None) -> torch.Tensor:
+    """[out_size, in_size] weights of 1-D linear resampling, align_corners=False.
+
+    Output pixel i samples source coordinate (i + 0.5) · extent / out_size − 0.5, clamped
+    to [0, in_size − 1]; `extent` (default in_size) is how many source pixels, from 0, the
+    output spans. With the default it equals `F.interpolate(mode="bilinear")` along one axis.
+    """
+    extent = float(in_size if extent is None else extent)
+    src = (torch.arange(out_size, dtype=torch.float64) + 0.5) * (extent / out_size) - 0.5
+    src = src.clamp(0, in_size - 1)
+    lo = src.floor().long()
+    hi = (lo + 1).clamp(max=in_size - 1)
+    frac = src - lo
+    rows = torch.arange(out_size)
+    weights = torch.zeros(out_size, in_size, dtype=torch.float64)
+    weights.index_put_((rows, lo), 1 - frac, accumulate=True)
+    weights.index_put_((rows, hi), frac, accumulate=True)
+    return weights.float()
+
+
+def upsampled_bands(
+    mask_logits: torch.Tensor,
+    out_hw: tuple[int, int],
+    valid_extent: tuple[float, float] | None = None,
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Yield (row slice, logits [N, rows, W]) bands of `mask_logits` [N, h, w] upsampled to out_hw."""
+    n, h, w = mask_logits.shape
+    out_h, out_w = out_hw
+    ext_h, ext_w = valid_extent if valid_extent is not None else (h, w)
+    weights_h = interp_matrix(out_h, h, ext_h).to(mask_logits.device)  # [H, h]
+    weights_w = interp_matrix(out_w, w, ext_w).to(mask_logits.device)  # [W, w]
+    columns = mask_logits.float() @ weights_w.T  # [N, h, W]
+    step = max(1, _BAND_ELEMENTS // max(1, n * out_w))
+    for start in range(0, out_h, step):
+        rows = slice(start, min(out_h, start + step))
+        yield rows, torch.matmul(weights_h[rows], columns)  # [N, rows, W]
+
+
+def upsample_masks(
+    mask_logits: torch.Tensor,
+    out_hw: tuple[int, int],
+    valid_extent: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Mask logits [N, h, w] → bool [N, H, W] (upsampled logit ≥ 0)."""
+    masks = np.zeros((mask_logits.shape[0], *out_hw), dtype=bool)
+    for rows, band in upsampled_bands(mask_logits, out_hw, valid_extent):
+        masks[:, rows] = (band >= 0).cpu().numpy()
+    return masks
+
+
+def panoptic_inference(
+    mask_logits: torch.Tensor,
+    class_probs: torch.Tensor,
+    isthing: Sequence[bool],
+    out_hw: tuple[int, int],
+    valid_extent: tuple[float, float] | None = None,
+    score_threshold: float = 0.5,
+    overlap_threshold: float = 0.8,
+) -> list[RawSegment]:
+    """Mask2Former panoptic inference: non-overlapping segments.
+
+    mask_logits [Q, h, w]; class_probs [Q, K + 1] (softmax, last = ∅); isthing [K].
+    Keeps queries whose best class is not ∅ and whose score (that class's probability)
+    is above `score_threshold`; each pixel goes to the kept query with the largest
+    score·σ(mask); a query keeps the pixels it won inside its own mask (σ ≥ 0.5) and is
+    dropped when that is less than `overlap_threshold` of its own mask (detectron2 uses
+    the won area, which may include pixels outside the mask). Stuff segments of one class
+    merge into one, scored by their best query.
+    """
+    num_classes = class_probs.shape[-1] - 1
+    if len(isthing) != num_classes:
+        raise ValueError(f"isthing has {len(isthing)} entries for {num_classes} classes.")
+    scores, labels = class_probs.max(-1)  # [Q], [Q]
+    kept = torch.nonzero((labels != num_classes) & (scores > score_threshold))[:, 0]  # [N]
+    if kept.numel() == 0:
+        return []
+    kept_scores = scores[kept].float()  # [N]
+    owner = np.zeros(out_hw, dtype=np.int64)  # [H, W] index into kept
+    own_masks = np.zeros((kept.numel(), *out_hw), dtype=bool)  # [N, H, W]
+    for rows, band in upsampled_bands(mask_logits[kept], out_hw, valid_extent):
+        weighted = kept_scores[:, None, None] * band.sigmoid()  # [N, rows, W]
+        # argmax over a contiguous last axis is several times faster than over axis 0.
+        owner[rows] = weighted.permute(1, 2, 0).contiguous().argmax(-1).cpu().numpy()
+        own_masks[:, rows] = (band >= 0).cpu().numpy()
+
+    segments: list[RawSegment] = []
+    stuff_at: dict[int, int] = {}  # class → index in segments
+    for j, query in enumerate(kept.tolist()):
+        own_area = own_masks[j].sum()
+        mask = (owner == j) & own_masks[j]
+        kept_area = mask.sum()
+        if own_area == 0 or kept_area == 0 or kept_area / own_area < overlap_threshold:
+            continue
+        label, score = int(labels[query]), float(scores[query])
+        if not isthing[label] and label in stuff_at:
+            prev = segments[stuff_at[label]]
+            segments[stuff_at[label]] = RawSegment(
+                prev.mask | mask, label, max(prev.score, score), (*prev.queries, query)
+            )
+            continue
+        if not isthing[label]:
+            stuff_at[label] = len(segments)
+        segments.append(RawSegment(mask, label, score, (query,)))
+    return segments
+
+
+def omi_panoptic(
+    mask_logits: torch.Tensor,
+    class_probs: torch.Tensor,
+    isthing: Sequence[bool],
+    out_hw: tuple[int, int],
+    valid_extent: tuple[float, float] | None = None,
+    score_threshold: float = 0.5,
+    overlap_threshold: float = 0.8,
+) -> list[RawSegment]:
+    """OMI step for ONE decoder pass (one label space): panoptic inference over that pass's classes.
+
+    Segments of one pass never overlap; the predictor takes the union across passes,
+    where overlaps are allowed, then `esf_fuse`s duplicates.
+    """
+    return panoptic_inference(
+        mask_logits, class_probs, isthing, out_hw, valid_extent, score_threshold, overlap_threshold
+    )
+
+
+def standard_panoptic_union(
+    mask_logits: torch.Tensor,
+    class_probs: torch.Tensor,
+    isthing: Sequence[bool],
+    out_hw: tuple[int, int],
+    valid_extent: tuple[float, float] | None = None,
+    score_threshold: float = 0.5,
+    overlap_threshold: float = 0.8,
+) -> list[RawSegment]:
+    """Baseline rule 1 (SPEC §6): one non-overlapping panoptic inference over the union of classes.
+
+    `class_probs` [Q, K + 1] covers every class of the mixed label space.
+    """
+    return panoptic_inference(
+        mask_logits, class_probs, isthing, out_hw, valid_extent, score_threshold, overlap_threshold
+    )
+
+
+def overlapping_instances(
+    mask_logits: torch.Tensor,
+    class_probs: torch.Tensor,
+    out_hw: tuple[int, int],
+    valid_extent: tuple[float, float] | None = None,
+    score_threshold: float = 0.5,
+) -> list[RawSegment]:
+    """Baseline rule 2 (SPEC §6): every query whose best class is not ∅ and scores above
+    `score_threshold` keeps its own thresholded mask; overlaps are allowed.
+
+    mask_logits [Q, h, w]; class_probs [Q, K + 1]. Empty masks are dropped. Sorted by score.
+    """
+    num_classes = class_probs.shape[-1] - 1
+    scores, labels = class_probs.max(-1)  # [Q], [Q]
+    kept = torch.nonzero((labels != num_classes) & (scores > score_threshold))[:, 0]  # [N]
+    if kept.numel() == 0:
+        return []
+    masks = upsample_masks(mask_logits[kept], out_hw, valid_extent)  # [N, H, W]
+    segments = [
+        RawSegment(masks[j], int(labels[q]), float(scores[q]), (q,))
+        for j, q in enumerate(kept.tolist())
+        if masks[j].any()
+    ]
+    return sorted(segments, key=lambda s: -s.score)
+
+
+def instance_list(
+    mask_logits: torch.Tensor,
+    class_probs: torch.Tensor,
+    out_hw: tuple[int, int],
+    valid_extent: tuple[float, float] | None = None,
+    topk: int = 100,
+    isthing: Sequence[bool] | None = None,
+) -> list[RawSegment]:
+    """Mask2Former instance inference: scored, overlapping instances for AP.
+
+    Takes the top-k (query, class) pairs by class probability (∅ excluded; only thing
+    classes when `isthing` [K] is given); score = class probability × mean σ(mask) inside
+    the mask (σ ≥ 0.5). A query may appear with several classes. Empty masks are dropped.
+    Sorted by score, highest first.
+    """
+    num_queries, num_classes = class_probs.shape[0], class_probs.shape[-1] - 1
+    probs = class_probs[:, :num_classes].float()  # [Q, K]
+    if isthing is not None:
+        probs = probs * torch.tensor(list(isthing), dtype=probs.dtype, device=probs.device)
+    top_scores, top_index = probs.flatten().topk(min(topk, num_queries * num_classes))  # [T]
+    top_scores, top_index = top_scores[top_scores > 0], top_index[top_scores > 0]
+    if top_index.numel() == 0:
+        return []
+    top_query, top_label = top_index // num_classes, top_index % num_classes  # [T], [T]
+    queries, slot = torch.unique(top_query, return_inverse=True)  # [U], [T]
+    masks = np.zeros((queries.numel(), *out_hw), dtype=bool)  # [U, H, W]
+    prob_sum = torch.zeros(queries.numel(), dtype=torch.float64)
+    for rows, band in upsampled_bands(mask_logits[queries], out_hw, valid_extent):
+        inside = band >= 0  # [U, rows, W]
+        masks[:, rows] = inside.cpu().numpy()
+        prob_sum += (band.sigmoid() * inside).sum((1, 2)).double().cpu()
+    areas = torch.from_numpy(masks.reshape(masks.shape[0], -1).sum(1))  # [U]
+    mask_scores = prob_sum / (areas + 1e-6)  # [U]
+    segments = [
+        RawSegment(masks[u], int(label), float(score) * float(mask_scores[u]), (int(queries[u]),))
+        for u, label, score in zip(slot.tolist(), top_label.tolist(), top_scores.tolist(), strict=True)
+        if areas[u] > 0
+    ]
+    return sorted(segments, key=lambda s: -s.score)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two bool [H, W] masks; 0 when both are empty."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def esf_fuse(
+    segments_from_passes: Sequence[Sequence[Segment]],
+    mixed: MixedLabelSpace,
+    iou_threshold: float = 0.5,
+) -> list[Segment]:
+    """ESF (equivalent-semantics fusion) of the per-pass OMI outputs.
+
+    Two segments from different passes (query sets) are duplicates when their sources map
+    to the same class of `mixed` (same normalized name or a declared synonym) and their
+    mask IoU is at least `iou_threshold`. Greedy by descending score: a segment fuses into
+    the best-IoU kept segment of its class that shares no pass with it; the kept segment
+    keeps its mask, score and id and gains the other's sources and label spaces. Segments
+    of different classes are always kept, however much they overlap; text similarity
+    never merges. Returns the segments sorted by score, highest first.
+    """
+    ordered = sorted((s for segs in segments_from_passes for s in segs), key=lambda s: -s.score)
+    kept: list[Segment] = []
+    kept_class: list[int] = []
+    for seg in ordered:
+        cls = mixed.class_of(seg.sources[0].label_space, seg.sources[0].class_name)
+        best, best_iou = -1, iou_threshold
+        for i, other in enumerate(kept):
+            if kept_class[i] != cls or set(other.query_sets) & set(seg.query_sets):
+                continue
+            iou = mask_iou(other.mask, seg.mask)
+            if iou >= best_iou:
+                best, best_iou = i, iou
+        if best < 0:
+            kept.append(seg)
+            kept_class.append(cls)
+            continue
+        rep = kept[best]
+        kept[best] = Segment(
+            id=rep.id,
+            mask=rep.mask,
+            class_name=rep.class_name,
+            label_spaces=tuple(dict.fromkeys((*rep.label_spaces, *seg.label_spaces))),
+            score=rep.score,
+            isthing=rep.isthing,
+            sources=(*rep.sources, *seg.sources),
+        )
+    return kept

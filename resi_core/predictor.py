@@ -1,0 +1,264 @@
+"""Predictor: numpy image in, segments out, with the pixel features cached by image hash.
+
+Layering as in segment-anything: the model (`RESIModel`) computes tensors; this class
+converts the image, caches `model.encode`, runs one batched `model.decode` for all query
+sets, classifies, and calls the pure functions of `postprocess` (OMI per pass, then ESF).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from resi_core.image_io import (
+    ImageLike,
+    ResizeInfo,
+    image_hash,
+    resize_for_model,
+    to_pixel_values,
+    to_rgb_uint8,
+)
+from resi_core.labels import LabelError, LabelSpace, MixedLabelSpace, adhoc_space, mix
+from resi_core.postprocess import RawSegment, esf_fuse, instance_list, omi_panoptic
+from resi_core.segment import Segment, Source, segment_id
+
+
+class RequestError(ValueError):
+    """A request a user can get wrong: no classes, an unknown label space, duplicates."""
+
+
+@dataclass(frozen=True)
+class SpacesRequest:
+    """Segment with the classes of trained label spaces; `synonyms` are declared-equal class pairs."""
+
+    spaces: tuple[str, ...]
+    synonyms: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class AdHocRequest:
+    """Segment with typed class names, run through `query_sets` (default: every trained set)."""
+
+    class_names: tuple[str, ...]
+    query_sets: tuple[str, ...] | None = None
+
+
+Request = SpacesRequest | AdHocRequest
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """segments: ESF-OMI output (non-overlapping within a pass, overlapping across passes);
+    instances: the scored overlapping top-k list per pass, thing classes only (for AP);
+    timings: seconds per stage; cache_hit: whether the pixel features came from the cache."""
+
+    segments: list[Segment]
+    instances: list[Segment]
+    timings: dict[str, float]
+    mixed: MixedLabelSpace
+    image_hash: str
+    cache_hit: bool
+
+
+@dataclass(frozen=True, eq=False)
+class _Pass:
+    """One decoder pass: the query set that runs and the label space it classifies against.
+
+    adhoc_embeddings [K, Dt]: the ad-hoc classes' text embeddings; None for a trained space,
+    which the model classifies itself (`space_logits`, text or linear head).
+    """
+
+    query_set: str
+    space: LabelSpace
+    adhoc_embeddings: torch.Tensor | None = None
+
+
+class Predictor:
+    """Runs a RESIModel on single images.
+
+    model: a RESIModel (encode / decode / space_logits / class_logits / label_spaces /
+    config.max_size); text_encoder: embeds ad-hoc class names (`encode(names) -> [K, Dt]`);
+    it must be the encoder the model was trained with (None: trained label spaces only).
+    The model is moved to `device` and put in eval mode. Features of the last `cache_size`
+    images are kept, keyed by the image's hash, so asking the same image again with other
+    classes skips the backbone and pixel decoder. Call `clear_cache` after changing weights.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        text_encoder: Any | None,
+        *,
+        device: str | torch.device = "cpu",
+        score_threshold: float = 0.5,
+        overlap_threshold: float = 0.8,
+        iou_threshold: float = 0.5,
+        topk: int = 100,
+        cache_size: int = 32,
+        max_size: int | None = None,
+        size_divisor: int = 32,
+    ) -> None:
+        trained_with = getattr(model.config, "text_encoder", None)
+        if text_encoder is not None and trained_with is not None and text_encoder.id != trained_with:
+            raise ValueError(
+                f"The model was trained with text encoder {trained_with!r}, not {text_encoder.id!r}."
+            )
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.text_encoder = text_encoder
+        self.score_threshold = score_threshold
+        self.overlap_threshold = overlap_threshold
+        self.iou_threshold = iou_threshold
+        self.topk = topk
+        self.cache_size = cache_size
+        self.max_size = max_size if max_size is not None else int(model.config.max_size)
+        self.size_divisor = size_divisor
+        self._cache: OrderedDict[str, tuple[Any, ResizeInfo]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def label_spaces(self) -> dict[str, LabelSpace]:
+        return dict(self.model.label_spaces)
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    @torch.inference_mode()
+    def predict(self, image: ImageLike, request: Request, *, with_instances: bool = True) -> Prediction:
+        """Segment `image` (array or PIL image; see `image_io.to_rgb_uint8`) for `request`.
+
+        Masks are bool HxW at the image's own resolution, whatever size the model ran at.
+        `with_instances=False` skips the AP instance list (it holds up to `topk` full-size
+        masks per pass), leaving `Prediction.instances` empty.
+        Raises RequestError for a bad request and image_io.ImageError for a bad image.
+        """
+        start = time.perf_counter()
+        passes, mixed = self._resolve(request)
+        rgb = to_rgb_uint8(image)
+        key = image_hash(rgb)
+        timings = {"hash": time.perf_counter() - start}
+
+        tick = time.perf_counter()
+        features, info, cache_hit = self._features(rgb, key)
+        timings["encode"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        output = self.model.decode(features, [p.query_set for p in passes])
+        hidden = output.hidden_states[-1]  # [k, Q, D]
+        mask_logits = output.masks_queries_logits[-1]  # [k, Q, h, w]
+        timings["decode"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        extent = info.valid_extent(tuple(mask_logits.shape[-2:]))
+        per_pass: list[list[Segment]] = []
+        instances: list[Segment] = []
+        for i, p in enumerate(passes):
+            if p.adhoc_embeddings is None:
+                logits = self.model.space_logits(hidden[i], p.space.name)  # [Q, K + 1]
+            else:
+                logits = self.model.class_logits(hidden[i], p.adhoc_embeddings)  # [Q, K + 1]
+            probs = logits.float().softmax(-1)
+            isthing = [c.isthing for c in p.space.classes]
+            raw = omi_panoptic(
+                mask_logits[i],
+                probs,
+                isthing,
+                info.original_hw,
+                extent,
+                self.score_threshold,
+                self.overlap_threshold,
+            )
+            per_pass.append(self._name(raw, p, mixed, key, "segment"))
+            if with_instances:
+                raw = instance_list(mask_logits[i], probs, info.original_hw, extent, self.topk, isthing)
+                instances.extend(self._name(raw, p, mixed, key, "instance"))
+        segments = esf_fuse(per_pass, mixed, self.iou_threshold)
+        instances.sort(key=lambda s: -s.score)
+        timings["postprocess"] = time.perf_counter() - tick
+        timings["total"] = time.perf_counter() - start
+        return Prediction(segments, instances, timings, mixed, key, cache_hit)
+
+    def _resolve(self, request: Request) -> tuple[list[_Pass], MixedLabelSpace]:
+        """Check the request; return its decoder passes and its mixed label space."""
+        trained = self.label_spaces
+        if isinstance(request, SpacesRequest):
+            names = self._check_spaces(request.spaces, trained, what="label space")
+            spaces = [trained[n] for n in names]
+            try:
+                mixed = mix(spaces, request.synonyms)
+            except LabelError as err:
+                raise RequestError(str(err)) from err
+            return [_Pass(s.name, s) for s in spaces], mixed
+        if isinstance(request, AdHocRequest):
+            try:
+                space = adhoc_space(request.class_names)
+            except LabelError as err:
+                raise RequestError(str(err)) from err
+            if self.text_encoder is None or getattr(self.model.config, "classifier", "text") != "text":
+                raise RequestError(
+                    "Typed class names need a model with the text classifier and a text encoder."
+                )
+            chosen = request.query_sets if request.query_sets is not None else tuple(trained)
+            names = self._check_spaces(chosen, trained, what="query set")
+            embeddings = self.text_encoder.encode(space.class_names).to(self.device)  # [K, Dt]
+            return [_Pass(n, space, embeddings) for n in names], mix([space])
+        raise RequestError(f"Unknown request type {type(request).__name__}.")
+
+    @staticmethod
+    def _check_spaces(names: Sequence[str], trained: dict[str, LabelSpace], what: str) -> list[str]:
+        known = ", ".join(trained) or "none"
+        if not names:
+            raise RequestError(f"Pick at least one {what}; this model has: {known}.")
+        unknown = [n for n in names if n not in trained]
+        if unknown:
+            raise RequestError(f"Unknown {what} {', '.join(map(repr, unknown))}; this model has: {known}.")
+        if len(set(names)) != len(names):
+            raise RequestError(f"A {what} is listed twice: {list(names)}.")
+        return list(names)
+
+    def _features(self, rgb: Any, key: str) -> tuple[Any, ResizeInfo, bool]:
+        """Pixel features of an RGB uint8 image from the LRU cache, or from `model.encode`."""
+        cache_key = f"{key}|{self.max_size}|{self.size_divisor}"
+        with self._lock:
+            if cache_key in self._cache:
+                self._cache.move_to_end(cache_key)
+                features, info = self._cache[cache_key]
+                return features, info, True
+        resized, info = resize_for_model(rgb, self.max_size, self.size_divisor)
+        pixel_values = to_pixel_values(resized, info.padded_hw).to(self.device)  # [1, 3, Hp, Wp]
+        features = self.model.encode(pixel_values)
+        with self._lock:
+            self._cache[cache_key] = (features, info)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return features, info, False
+
+    @staticmethod
+    def _name(
+        raw: list[RawSegment], p: _Pass, mixed: MixedLabelSpace, image_key: str, kind: str
+    ) -> list[Segment]:
+        """Class indices of one pass → Segments named by the mixed label space."""
+        named = []
+        for r in raw:
+            source_class = p.space.classes[r.label]
+            mixed_class = mixed.classes[mixed.class_of(p.space.name, source_class.name)]
+            sources = tuple(Source(p.space.name, source_class.name, q, p.query_set) for q in r.queries)
+            named.append(
+                Segment(
+                    id=segment_id(image_key, kind, sources),
+                    mask=r.mask,
+                    class_name=mixed_class.name,
+                    label_spaces=(p.space.name,),
+                    score=r.score,
+                    isthing=source_class.isthing,
+                    sources=sources,
+                )
+            )
+        return named

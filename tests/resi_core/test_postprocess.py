@@ -1,0 +1,222 @@
+"""OMI, instance inference, baseline rules and ESF on hand-built tensors and masks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from resi_core.labels import ClassDef, LabelSpace, mix
+from resi_core.postprocess import (
+    esf_fuse,
+    instance_list,
+    interp_matrix,
+    mask_iou,
+    omi_panoptic,
+    overlapping_instances,
+    standard_panoptic_union,
+    upsample_masks,
+)
+from resi_core.segment import Segment, Source
+
+H = W = 8
+CLASSES = ["person", "car", "sky"]
+ISTHING = [True, True, False]
+
+
+def box_logits(*boxes: tuple[int, int, int, int]) -> torch.Tensor:
+    """[Q, 8, 8] logits: +10 inside the box (r0, r1, c0, c1) of each query, −10 outside."""
+    logits = torch.full((len(boxes), H, W), -10.0)
+    for q, (r0, r1, c0, c1) in enumerate(boxes):
+        logits[q, r0:r1, c0:c1] = 10.0
+    return logits
+
+
+def probs(*rows: tuple[int, float]) -> torch.Tensor:
+    """[Q, K + 1]: query q puts probability p on class c and the rest on no-object."""
+    out = torch.zeros(len(rows), len(CLASSES) + 1)
+    for q, (c, p) in enumerate(rows):
+        out[q, c] += p
+        out[q, -1] += 1 - p
+    return out
+
+
+def test_interp_matrix_matches_bilinear_interpolate():
+    x = torch.randn(2, 5, 7)
+    for out_hw in [(5, 7), (13, 30), (3, 2)]:
+        expected = F.interpolate(x[None], size=out_hw, mode="bilinear", align_corners=False)[0]
+        got = torch.einsum("Hh,nhw,Ww->nHW", interp_matrix(out_hw[0], 5), x, interp_matrix(out_hw[1], 7))
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_omi_drops_low_score_no_object_and_occluded_and_merges_stuff():
+    logits = box_logits(
+        (0, 4, 0, 4),  # q0 person 0.9
+        (4, 8, 4, 8),  # q1 car 0.3: below threshold
+        (0, 8, 0, 8),  # q2 best class is no-object
+        (0, 4, 2, 6),  # q3 car 0.6: loses half its mask to q0 (0.5 < 0.8)
+        (6, 8, 0, 8),  # q4 sky 0.8
+        (4, 6, 0, 4),  # q5 sky 0.7: merged with q4
+        (4, 6, 4, 8),  # q6 car 0.95
+    )
+    class_probs = probs((0, 0.9), (1, 0.3), (0, 0.2), (1, 0.6), (2, 0.8), (2, 0.7), (1, 0.95))
+    segments = omi_panoptic(logits, class_probs, ISTHING, (H, W))
+    by_label = {s.label: s for s in segments}
+    assert sorted(s.queries for s in segments) == [(0,), (4, 5), (6,)]
+    assert by_label[0].mask.sum() == 16 and by_label[0].score == pytest.approx(0.9)
+    assert by_label[2].mask.sum() == 16 + 8 and by_label[2].score == pytest.approx(0.8)
+    assert by_label[1].queries == (6,)
+    total = np.sum([s.mask for s in segments], axis=0)
+    assert total.max() == 1  # no overlaps within a pass
+    assert all(s.mask.dtype == np.bool_ and s.mask.shape == (H, W) for s in segments)
+
+
+def test_omi_keeps_occluded_query_above_overlap_threshold_and_threshold_is_configurable():
+    logits = box_logits((0, 4, 0, 4), (0, 4, 3, 8))  # q1 loses 4 of 20 pixels: keeps 0.8
+    class_probs = probs((0, 0.9), (1, 0.6))
+    kept = omi_panoptic(logits, class_probs, ISTHING, (H, W))
+    assert [s.queries for s in kept] == [(0,), (1,)]
+    assert kept[1].mask.sum() == 16
+    assert [s.queries for s in omi_panoptic(logits, class_probs, ISTHING, (H, W), overlap_threshold=0.9)] == [
+        (0,)
+    ]
+    assert omi_panoptic(logits, class_probs, ISTHING, (H, W), score_threshold=0.95) == []
+
+
+def test_things_of_one_class_stay_separate():
+    logits = box_logits((0, 4, 0, 4), (4, 8, 4, 8))
+    segments = omi_panoptic(logits, probs((0, 0.9), (0, 0.8)), ISTHING, (H, W))
+    assert len(segments) == 2
+
+
+def test_standard_panoptic_union_is_non_overlapping():
+    logits = box_logits((0, 8, 0, 8), (0, 4, 0, 4))
+    segments = standard_panoptic_union(
+        logits, probs((0, 0.9), (1, 0.95)), ISTHING, (H, W), overlap_threshold=0.0
+    )
+    assert np.sum([s.mask for s in segments], axis=0).max() == 1
+
+
+def test_overlapping_instances_keep_their_own_masks():
+    logits = box_logits((0, 8, 0, 8), (0, 4, 0, 4), (4, 8, 4, 8))
+    segments = overlapping_instances(logits, probs((0, 0.7), (1, 0.9), (1, 0.4)), (H, W), score_threshold=0.5)
+    assert [s.queries for s in segments] == [(1,), (0,)]  # sorted by score; q2 below threshold
+    assert segments[1].mask.all() and segments[0].mask.sum() == 16
+
+
+def test_instance_list_scores_topk_and_thing_filter():
+    logits = box_logits((0, 4, 0, 4), (4, 8, 0, 8))
+    logits[0, 0, 0] = 0.0  # σ = 0.5 at one pixel of q0's mask
+    class_probs = torch.tensor([[0.6, 0.3, 0.0, 0.1], [0.0, 0.1, 0.8, 0.1]])
+    segments = instance_list(logits, class_probs, (H, W), topk=3, isthing=ISTHING)
+    assert [(s.queries, s.label) for s in segments] == [((0,), 0), ((0,), 1), ((1,), 1)]  # sky is stuff
+    mean_sigma = (15 * torch.sigmoid(torch.tensor(10.0)) + 0.5) / 16
+    assert segments[0].score == pytest.approx(0.6 * float(mean_sigma), rel=1e-5)
+    assert len(instance_list(logits, class_probs, (H, W), topk=1)) == 1
+    with_stuff = instance_list(logits, class_probs, (H, W), topk=1)
+    assert with_stuff[0].label == 2
+
+
+def test_masks_map_back_through_resize_and_padding():
+    # The model grid is 4x4; only its left 2 columns cover the image (the rest is padding).
+    logits = torch.full((1, 4, 4), -10.0)
+    logits[0, :, :2] = 10.0
+    full = upsample_masks(logits, (12, 10), valid_extent=(4.0, 2.0))
+    assert full.shape == (1, 12, 10) and full.all()
+    assert not upsample_masks(logits, (12, 10))[0, :, 6:].any()  # ignoring padding would be wrong
+
+
+# ---- ESF ----
+
+STREET = LabelSpace("street", (ClassDef("person"), ClassDef("car"), ClassDef("road", isthing=False)))
+PORTRAIT = LabelSpace("portrait", (ClassDef("face"), ClassDef("hair")))
+DRIVE = LabelSpace("drive", (ClassDef("pedestrian"), ClassDef("vehicle"), ClassDef("road", isthing=False)))
+
+
+def rect(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[r0:r1, c0:c1] = True
+    return mask
+
+
+def seg(space: str, name: str, score: float, mask: np.ndarray, query: int = 0) -> Segment:
+    return Segment(
+        id=f"{space}-{name}-{query}",
+        mask=mask,
+        class_name=name,
+        label_spaces=(space,),
+        score=score,
+        isthing=True,
+        sources=(Source(space, name, query, space),),
+    )
+
+
+def test_esf_fuses_same_class_duplicates_from_two_passes():
+    mixed = mix([STREET, DRIVE])
+    street = [seg("street", "road", 0.7, rect(5, 10, 0, 10))]
+    drive = [seg("drive", "road", 0.9, rect(6, 10, 0, 10), query=3)]
+    fused = esf_fuse([street, drive], mixed)
+    assert len(fused) == 1
+    (out,) = fused
+    assert out.score == 0.9 and out.id == "drive-road-3"
+    assert np.array_equal(out.mask, rect(6, 10, 0, 10))
+    assert set(out.label_spaces) == {"street", "drive"}
+    assert {(s.label_space, s.query_index) for s in out.sources} == {("street", 0), ("drive", 3)}
+
+
+def test_esf_keeps_different_classes_even_when_fully_overlapping():
+    mixed = mix([STREET, PORTRAIT])
+    person, face = (
+        seg("street", "person", 0.9, rect(0, 5, 0, 5)),
+        seg("portrait", "face", 0.8, rect(0, 5, 0, 5)),
+    )
+    assert {s.class_name for s in esf_fuse([[person], [face]], mixed)} == {"person", "face"}
+
+
+def test_esf_fuses_synonyms_only_when_declared():
+    person = seg("street", "person", 0.9, rect(0, 6, 0, 4))
+    pedestrian = seg("drive", "pedestrian", 0.8, rect(0, 6, 0, 4))
+    assert len(esf_fuse([[person], [pedestrian]], mix([STREET, DRIVE]))) == 2
+    fused = esf_fuse([[person], [pedestrian]], mix([STREET, DRIVE], [("person", "pedestrian")]))
+    assert len(fused) == 1 and fused[0].class_name == "person"
+    assert set(fused[0].label_spaces) == {"street", "drive"}
+
+
+def test_esf_keeps_same_class_apart_below_iou_threshold():
+    a, b = rect(0, 10, 0, 4), rect(0, 10, 2, 6)  # IoU = 20 / 60
+    assert mask_iou(a, b) == pytest.approx(1 / 3)
+    road_s, road_d = seg("street", "road", 0.9, a), seg("drive", "road", 0.8, b)
+    assert len(esf_fuse([[road_s], [road_d]], mix([STREET, DRIVE]))) == 2
+    assert len(esf_fuse([[road_s], [road_d]], mix([STREET, DRIVE]), iou_threshold=0.3)) == 1
+
+
+def test_esf_never_fuses_within_one_pass():
+    mixed = mix([STREET, DRIVE])
+    one_pass = [seg("street", "car", 0.9, rect(0, 5, 0, 5)), seg("street", "car", 0.8, rect(0, 5, 0, 5), 1)]
+    assert len(esf_fuse([one_pass], mixed)) == 2
+
+
+def test_esf_adhoc_passes_fuse_by_query_set():
+    from resi_core.labels import adhoc_space
+
+    mixed = mix([adhoc_space(["dog"])])
+    a = Segment("a", rect(0, 5, 0, 5), "dog", ("adhoc",), 0.6, True, (Source("adhoc", "dog", 2, "street"),))
+    b = Segment("b", rect(0, 5, 0, 5), "dog", ("adhoc",), 0.7, True, (Source("adhoc", "dog", 4, "drive"),))
+    (fused,) = esf_fuse([[a], [b]], mixed)
+    assert fused.id == "b" and fused.query_sets == ("drive", "street")
+
+
+def test_segment_helpers():
+    s = seg("street", "car", 0.5, rect(2, 5, 3, 9))
+    assert s.area == 18 and s.bbox_xywh == (3, 2, 6, 3)
+    rle = s.to_rle()
+    assert rle["size"] == [10, 10] and isinstance(rle["counts"], str)
+    from pycocotools import mask as mask_utils
+
+    decoded = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+    assert np.array_equal(decoded.astype(bool), s.mask)
+    with pytest.raises(ValueError):
+        s.mask[0, 0] = True
+    with pytest.raises(ValueError, match="bool HxW"):
+        seg("street", "car", 0.5, np.zeros((3, 3), dtype=np.uint8))

@@ -1,0 +1,241 @@
+"""Predictor with a fake model (counts calls, masks derived from the image) and a tiny real model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resi_core.labels import ClassDef, LabelSpace
+from resi_core.predictor import AdHocRequest, Predictor, RequestError, SpacesRequest
+
+DIM = 4  # hidden size = text dim; class embeddings are one-hot
+NUM_QUERIES = 3
+SPACES = {
+    "street": LabelSpace("street", (ClassDef("person"), ClassDef("road", isthing=False))),
+    "portrait": LabelSpace("portrait", (ClassDef("face"), ClassDef("hair"))),
+    "drive": LabelSpace("drive", (ClassDef("pedestrian"), ClassDef("road", isthing=False))),
+}
+
+
+@dataclass
+class FakeFeatures:
+    red: torch.Tensor  # [1, h, w] normalized red channel, average-pooled by 4
+
+
+@dataclass
+class FakeOutput:
+    hidden_states: torch.Tensor  # [L+1, k, Q, D]
+    masks_queries_logits: torch.Tensor  # [L+1, k, Q, h, w]
+
+
+class FakeModel(nn.Module):
+    """Query 0 of every set finds class 0 where the image is red; other queries predict ∅."""
+
+    def __init__(self, max_size: int = 64):
+        super().__init__()
+        self.config = SimpleNamespace(max_size=max_size, text_encoder="fake")
+        self.label_spaces = dict(SPACES)
+        self.encode_calls = 0
+        self.decode_calls: list[list[str]] = []
+        self.anchor = nn.Parameter(torch.zeros(1))
+
+    def encode(self, pixel_values: torch.Tensor) -> FakeFeatures:
+        assert pixel_values.ndim == 4 and pixel_values.shape[:2] == (1, 3)
+        assert pixel_values.shape[2] % 32 == 0 and pixel_values.shape[3] % 32 == 0
+        self.encode_calls += 1
+        return FakeFeatures(F.avg_pool2d(pixel_values[:, :1], 4)[0])
+
+    def decode(self, features: FakeFeatures, query_sets) -> FakeOutput:
+        self.decode_calls.append(list(query_sets))
+        k, (h, w) = len(query_sets), features.red.shape[-2:]
+        masks = torch.full((2, k, NUM_QUERIES, h, w), -10.0)
+        masks[:, :, 0] = 10.0 * (features.red - 1.0)  # red ≈ +2.2 normalized, others ≈ −2.1, padding 0
+        hidden = torch.zeros(2, k, NUM_QUERIES, DIM)
+        hidden[:, :, 0, 0] = 1.0
+        return FakeOutput(hidden, masks)
+
+    def class_logits(self, hidden: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
+        logits = 20.0 * hidden @ class_embeddings.T  # [..., Q, K]
+        return torch.cat([logits, torch.zeros(*logits.shape[:-1], 1)], -1)  # [..., Q, K + 1]
+
+    def space_logits(self, hidden: torch.Tensor, space: str) -> torch.Tensor:
+        return self.class_logits(hidden, torch.eye(DIM)[: len(self.label_spaces[space].classes)])
+
+
+class FakeEncoder:
+    id = "fake"
+
+    def encode(self, names):
+        return torch.eye(DIM)[: len(names)]
+
+
+def red_left_image(h: int, w: int) -> np.ndarray:
+    image = np.zeros((h, w, 3), dtype=np.uint8)
+    image[:, : w // 2, 0] = 255
+    return image
+
+
+@pytest.fixture
+def model() -> FakeModel:
+    return FakeModel()
+
+
+def test_cache_hit_skips_encode_and_passes_share_one_decode(model):
+    predictor = Predictor(model, FakeEncoder())
+    image = red_left_image(64, 64)
+    first = predictor.predict(image, SpacesRequest(("street", "portrait")))
+    assert model.encode_calls == 1 and not first.cache_hit
+    assert model.decode_calls == [["street", "portrait"]]
+    second = predictor.predict(image.copy(), SpacesRequest(("drive",)))
+    assert model.encode_calls == 1 and second.cache_hit and second.image_hash == first.image_hash
+    predictor.predict(red_left_image(64, 32), SpacesRequest(("drive",)))
+    assert model.encode_calls == 2
+    assert set(first.timings) >= {"encode", "decode", "postprocess", "total"}
+
+
+def test_cache_is_bounded_lru(model):
+    predictor = Predictor(model, FakeEncoder(), cache_size=1)
+    a, b = red_left_image(32, 32), red_left_image(32, 64)
+    for image in (a, b, a):
+        predictor.predict(image, SpacesRequest(("street",)))
+    assert model.encode_calls == 3
+
+
+def test_segments_per_space_overlap_and_carry_their_sources(model):
+    prediction = Predictor(model, FakeEncoder()).predict(
+        red_left_image(64, 64), SpacesRequest(("street", "portrait"))
+    )
+    assert sorted(s.class_name for s in prediction.segments) == ["face", "person"]
+    person, face = sorted(prediction.segments, key=lambda s: s.class_name, reverse=True)
+    assert np.array_equal(person.mask, face.mask)  # different classes overlap freely
+    assert person.label_spaces == ("street",) and person.sources[0].query_index == 0
+    assert person.isthing and person.score > 0.99
+    assert len({s.id for s in prediction.segments}) == 2
+    # Top-k (query, class) pairs of thing classes per pass: street's road is stuff, portrait's hair is not.
+    assert [s.class_name for s in prediction.instances] == ["person", "face", "hair"]
+    assert prediction.instances[2].score < 1e-6
+
+
+def test_same_class_in_two_spaces_is_fused_and_ids_are_stable(model):
+    predictor = Predictor(model, FakeEncoder())
+    image = red_left_image(64, 64)
+    request = SpacesRequest(("street", "drive"), synonyms=(("person", "pedestrian"),))
+    prediction = predictor.predict(image, request)
+    (fused,) = prediction.segments
+    assert fused.class_name == "person" and set(fused.label_spaces) == {"street", "drive"}
+    assert len(fused.sources) == 2
+    assert [s.id for s in predictor.predict(image, request).segments] == [fused.id]
+    unfused = predictor.predict(image, SpacesRequest(("street", "drive")))
+    assert sorted(s.class_name for s in unfused.segments) == ["pedestrian", "person"]
+
+
+def test_masks_are_full_resolution_for_a_large_non_square_image(model):
+    image = red_left_image(200, 520)  # model runs at 25x64, padded to 32x64
+    prediction = Predictor(model, FakeEncoder()).predict(image, SpacesRequest(("street",)))
+    (person,) = prediction.segments
+    assert person.mask.shape == (200, 520) and person.mask.dtype == np.bool_
+    truth = np.zeros((200, 520), dtype=bool)
+    truth[:, :260] = True
+    assert (person.mask == truth).mean() > 0.98
+    assert person.mask[-1, :200].all()  # bottom rows map to the image, not the padding
+    assert prediction.instances[0].mask.shape == (200, 520)
+    without = Predictor(model, FakeEncoder()).predict(image, SpacesRequest(("street",)), with_instances=False)
+    assert without.instances == [] and len(without.segments) == 1
+
+
+def test_grayscale_rgba_and_16bit_images_are_accepted(model):
+    predictor = Predictor(model, FakeEncoder())
+    gray = np.zeros((40, 30), dtype=np.uint8)
+    rgba = np.zeros((40, 30, 4), dtype=np.uint8)
+    deep = np.zeros((40, 30, 3), dtype=np.uint16)
+    for image in (gray, rgba, deep):
+        prediction = predictor.predict(image, SpacesRequest(("street",)))
+        assert all(s.mask.shape == (40, 30) for s in prediction.segments + prediction.instances)
+
+
+def test_adhoc_classes_run_every_query_set_and_fuse_duplicates(model):
+    predictor = Predictor(model, FakeEncoder())
+    prediction = predictor.predict(red_left_image(64, 64), AdHocRequest(("dog", "cat")))
+    assert model.decode_calls[-1] == ["street", "portrait", "drive"]
+    (dog,) = prediction.segments
+    assert dog.class_name == "dog" and dog.label_spaces == ("adhoc",)
+    assert set(dog.query_sets) == {"street", "portrait", "drive"}
+    confident = [s for s in prediction.instances if s.score > 0.5]
+    assert len(confident) == 3  # the instance list is per pass, not fused
+    predictor.predict(red_left_image(64, 64), AdHocRequest(("dog",), query_sets=("drive",)))
+    assert model.decode_calls[-1] == ["drive"]
+
+
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        (SpacesRequest(("street", "nope")), "Unknown label space 'nope'.*street, portrait, drive"),
+        (SpacesRequest(()), "at least one label space"),
+        (SpacesRequest(("street", "street")), "twice"),
+        (SpacesRequest(("street",), synonyms=(("person", "unicorn"),)), "unicorn"),
+        (AdHocRequest(()), "empty"),
+        (AdHocRequest(("dog", "Dog")), "twice"),
+        (AdHocRequest(("dog", " ")), "empty"),
+        (AdHocRequest(("dog",), query_sets=("moon",)), "Unknown query set 'moon'"),
+    ],
+)
+def test_bad_requests_raise_request_error(model, request_, message):
+    with pytest.raises(RequestError, match=message):
+        Predictor(model, FakeEncoder()).predict(red_left_image(32, 32), request_)
+    assert model.encode_calls == 0  # checked before any work
+
+
+def test_bad_image_raises_image_error(model):
+    from resi_core.image_io import ImageError
+
+    with pytest.raises(ImageError):
+        Predictor(model, FakeEncoder()).predict(
+            np.zeros((0, 4, 3), dtype=np.uint8), SpacesRequest(("street",))
+        )
+
+
+class HashEncoder:
+    """Deterministic stand-in for a text encoder: a normalized random vector per name."""
+
+    id = "hash-test"
+    dim = 8
+
+    def encode(self, names):
+        rows = [
+            torch.randn(self.dim, generator=torch.Generator().manual_seed(sum(map(ord, n)))) for n in names
+        ]
+        return F.normalize(torch.stack(rows), dim=-1)  # [K, Dt]
+
+
+def test_round_trip_with_a_tiny_real_model_on_a_coco_photo():
+    from pathlib import Path
+
+    from PIL import Image
+
+    from resi_core.model import RESIConfig, build_model
+
+    photos = sorted(Path("/work/shared/data/coco128/images/train2017").glob("*.jpg"))
+    if not photos:
+        pytest.skip("coco128 photos are not available")
+    image = np.asarray(Image.open(photos[0]).convert("RGB"))
+    torch.manual_seed(0)
+    config = RESIConfig(text_encoder=HashEncoder.id, text_dim=HashEncoder.dim, max_size=64, num_queries=8)
+    spaces = [SPACES["street"], SPACES["portrait"]]
+    model = build_model(config, spaces, HashEncoder())
+    predictor = Predictor(model, HashEncoder(), score_threshold=0.0, overlap_threshold=0.0, topk=10)
+    for request in (SpacesRequest(("street", "portrait")), AdHocRequest(("dog", "kite"))):
+        prediction = predictor.predict(image, request)
+        for s in prediction.segments + prediction.instances:
+            assert s.mask.shape == image.shape[:2] and s.mask.dtype == np.bool_
+            assert 0.0 <= s.score <= 1.0 and isinstance(s.score, float)
+        assert len(prediction.instances) <= 10 * 2
+        assert np.isfinite(list(prediction.timings.values())).all()
+    assert prediction.cache_hit  # the second request reused the features
+    with pytest.raises(ValueError, match="trained with text encoder"):
+        Predictor(model, SimpleNamespace(id="minilm"))
