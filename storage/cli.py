@@ -1,0 +1,185 @@
+"""`python -m train db <command>`: create, upgrade, back up, restore and check the database.
+
+The database is `RESI_DATABASE_URL` when set, else `<data dir>/resi.db` (SQLite); the data
+directory is `--data-dir`, else `RESI_DATA_DIR`, else `./resi-data`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sqlite3
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqlalchemy import select
+
+from storage.db import (
+    current_revision,
+    database_url,
+    head_revision,
+    make_engine,
+    make_session_factory,
+    sqlite_path,
+    upgrade,
+    verify_database,
+)
+from storage.errors import InvalidInput, StorageError
+
+DATA_DIR_ENV = "RESI_DATA_DIR"
+DEFAULT_DATA_DIR = "resi-data"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m train db",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data-dir", default=os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR),
+                        help="data directory holding resi.db and images/ (default: $RESI_DATA_DIR or ./resi-data)")
+    parser.add_argument("--url", help="SQLAlchemy database URL (default: $RESI_DATABASE_URL or the SQLite file)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("upgrade", help="create the schema or upgrade it to the newest migration")
+    backup = sub.add_parser("backup", help="write a consistent copy of a live SQLite database (online backup API)")
+    backup.add_argument("dest", type=Path, help="file to write; it must not exist unless --force")
+    backup.add_argument("--force", action="store_true", help="overwrite dest")
+    restore = sub.add_parser("restore", help="replace the SQLite database with a backup (checked first)")
+    restore.add_argument("source", type=Path, help="a file written by `db backup`")
+    restore.add_argument("--force", action="store_true", help="replace a database that holds data")
+    sub.add_parser("check", help="integrity check, foreign keys, schema revision and image files")
+    return parser
+
+
+def _open_checked_sqlite(path: Path) -> sqlite3.Connection:
+    """Open a SQLite file read-only and make sure it is a whole RESI database."""
+    if not path.is_file():
+        raise InvalidInput(f"{path} does not exist.")
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        result = conn.execute("PRAGMA integrity_check").fetchall()
+        if result != [("ok",)]:
+            raise InvalidInput(f"{path} is damaged: {result[:3]}")
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "alembic_version" not in tables:
+            raise InvalidInput(f"{path} is a SQLite file but not a RESI database.")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise InvalidInput(f"{path} is not a SQLite database ({exc}).") from None
+    except InvalidInput:
+        conn.close()
+        raise
+    return conn
+
+
+def backup(db_file: Path, dest: Path, force: bool = False) -> None:
+    """Copy a live database with SQLite's online backup API into `dest` (atomically replaced)."""
+    if dest.exists() and not force:
+        raise InvalidInput(f"{dest} exists; pass --force to overwrite it.")
+    source = _open_checked_sqlite(db_file)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
+    os.close(fd)
+    try:
+        target = sqlite3.connect(tmp)
+        try:
+            source.backup(target)  # one step: a consistent snapshot even while others write
+            target.execute("PRAGMA journal_mode=DELETE")  # a self-contained single file
+        finally:
+            target.close()
+        os.replace(tmp, dest)
+    finally:
+        source.close()
+        Path(tmp).unlink(missing_ok=True)
+
+
+def restore(source_file: Path, db_file: Path, force: bool = False) -> None:
+    """Copy a checked backup into the database file through the backup API (safe while open)."""
+    source = _open_checked_sqlite(source_file)
+    try:
+        if db_file.exists() and db_file.stat().st_size > 0 and not force:
+            raise InvalidInput(f"{db_file} exists; pass --force to replace it with {source_file}.")
+        db_file.parent.mkdir(parents=True, exist_ok=True)
+        target = sqlite3.connect(db_file, timeout=30)
+        try:
+            source.backup(target)
+            target.execute("PRAGMA journal_mode=WAL")
+            if target.execute("PRAGMA integrity_check").fetchall() != [("ok",)]:
+                raise InvalidInput(f"The restored {db_file} failed its integrity check.")
+        finally:
+            target.close()
+    finally:
+        source.close()
+
+
+def check(url: str, data_dir: Path) -> list[str]:
+    """Problems found in the database and file store; empty when all is well."""
+    from storage.files import FileStore
+    from storage.models import Image
+
+    problems: list[str] = []
+    engine = make_engine(url)
+    try:
+        verify_database(engine)
+        path = sqlite_path(engine)
+        if path is not None:
+            with engine.connect() as conn:
+                result = [r[0] for r in conn.exec_driver_sql("PRAGMA integrity_check")]
+                if result != ["ok"]:
+                    problems.append(f"integrity_check: {result[:5]}")
+                if fk := conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall():
+                    problems.append(f"foreign_key_check: {len(fk)} rows point at missing rows")
+        revision, head = current_revision(engine), head_revision()
+        if revision != head:
+            problems.append(f"schema is at revision {revision}, the code expects {head}: run `db upgrade`")
+            return problems
+        store = FileStore(data_dir / "images")
+        with make_session_factory(engine)() as session:
+            missing = [sha for sha in session.scalars(select(Image.sha256).distinct()) if not store.exists(sha)]
+        if missing:
+            problems.append(f"{len(missing)} image files are missing from {store.root}, e.g. {missing[0]}")
+    finally:
+        engine.dispose()
+    return problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    data_dir = Path(args.data_dir)
+    url = args.url or database_url(data_dir)
+    db_file = sqlite_path(url)
+    try:
+        if args.command == "upgrade":
+            engine = make_engine(url)
+            try:
+                verify_database(engine)
+                upgrade(engine)
+                print(f"database at revision {current_revision(engine)}: {engine.url.render_as_string()}")
+            finally:
+                engine.dispose()
+        elif args.command in ("backup", "restore"):
+            if db_file is None:
+                raise InvalidInput(f"`db {args.command}` works on SQLite files; for PostgreSQL use pg_dump/pg_restore.")
+            if args.command == "backup":
+                backup(db_file, args.dest, force=args.force)
+                print(f"backed up {db_file} to {args.dest}")
+            else:
+                restore(args.source, db_file, force=args.force)
+                print(f"restored {db_file} from {args.source}")
+        else:
+            problems = check(url, data_dir)
+            for problem in problems:
+                print(f"problem: {problem}", file=sys.stderr)
+            if problems:
+                return 1
+            print("database OK")
+    except StorageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

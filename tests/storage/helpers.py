@@ -1,0 +1,36 @@
+"""Images and masks built by hand for the storage tests."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image as PILImage
+from pycocotools import mask as mask_utils
+
+
+def png_bytes(width: int = 64, height: int = 48, seed: int = 0, fmt: str = "PNG", exif_orientation: int | None = None) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, size=(height, width, 3), dtype=np.uint8)
+    img = PILImage.fromarray(pixels)
+    buf = io.BytesIO()
+    if exif_orientation is not None:
+        exif = PILImage.Exif()
+        exif[0x0112] = exif_orientation
+        img.save(buf, format="JPEG", exif=exif.tobytes())
+    else:
+        img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def rle_box(height: int, width: int, y0: int, x0: int, y1: int, x1: int) -> dict:
+    mask = np.zeros((height, width), dtype=np.uint8)
+    mask[y0:y1, x0:x1] = 1
+    rle = mask_utils.encode(np.asfortranarray(mask))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def segment(seg_id: str, height: int, width: int, box: tuple[int, int, int, int], class_name: str = "person",
+            label_space: str = "street", score: float | None = 0.9, isthing: bool = True) -> dict:
+    return {"id": seg_id, "class_name": class_name, "label_space": label_space, "isthing": isthing,
+            "score": score, "rle": rle_box(height, width, *box)}

@@ -1,0 +1,89 @@
+"""`python -m train db ...`: upgrade, backup of a live database, restore, check, bad files."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from storage import repo
+from storage.cli import main
+from storage.db import make_engine, make_session_factory, verify_database
+from storage.errors import InvalidInput
+from storage.files import FileStore
+from tests.storage.helpers import png_bytes
+
+
+def _count(db: Path, table: str) -> int:
+    with sqlite3.connect(db) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def test_upgrade_backup_restore_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    assert main(["--data-dir", str(data), "upgrade"]) == 0
+    engine = make_engine(f"sqlite:///{data / 'resi.db'}")
+    sessions = make_session_factory(engine)
+    with sessions.begin() as s:
+        project_id = repo.create_project(s, "p").id
+        repo.add_image(s, FileStore(data / "images"), project_id, png_bytes(8, 8), "a.png")
+
+    stop = threading.Event()
+
+    def write_projects() -> None:  # the backup runs while this writer commits
+        i = 0
+        while not stop.is_set():
+            with sessions.begin() as s:
+                repo.create_project(s, f"live {i}")
+            i += 1
+
+    writer = threading.Thread(target=write_projects)
+    writer.start()
+    try:
+        assert main(["--data-dir", str(data), "backup", str(tmp_path / "backup.db")]) == 0
+    finally:
+        stop.set()
+        writer.join()
+    engine.dispose()
+    backed_up = _count(tmp_path / "backup.db", "projects")
+    assert backed_up >= 1 and _count(data / "resi.db", "projects") >= backed_up
+    with sqlite3.connect(tmp_path / "backup.db") as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+    assert main(["--data-dir", str(data), "restore", str(tmp_path / "backup.db")]) == 1  # needs --force
+    assert main(["--data-dir", str(data), "restore", str(tmp_path / "backup.db"), "--force"]) == 0
+    assert _count(data / "resi.db", "projects") == backed_up
+    assert main(["--data-dir", str(data), "check"]) == 0
+    assert "database OK" in capsys.readouterr().out
+
+    (next((data / "images").rglob("*/*"))).unlink()
+    assert main(["--data-dir", str(data), "check"]) == 1
+    assert "missing" in capsys.readouterr().err
+
+
+def test_files_that_are_not_databases_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "resi.db").write_bytes(b"this is not a database, just text" * 100)
+    for command in (["upgrade"], ["check"], ["backup", str(tmp_path / "b.db")]):
+        assert main(["--data-dir", str(data), *command]) == 1
+        assert "not a SQLite database" in capsys.readouterr().err
+    assert (data / "resi.db").read_bytes().startswith(b"this is not")  # left alone
+    with pytest.raises(InvalidInput, match="not a SQLite database"):
+        verify_database(make_engine(f"sqlite:///{data / 'resi.db'}"))
+
+    good = tmp_path / "good"
+    assert main(["--data-dir", str(good), "upgrade"]) == 0
+    assert main(["--data-dir", str(good), "restore", str(data / "resi.db"), "--force"]) == 1
+    assert "not a SQLite database" in capsys.readouterr().err
+    assert main(["--data-dir", str(good), "check"]) == 0
+
+
+def test_help_explains(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert all(word in out for word in ("upgrade", "backup", "restore", "check"))

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from storage.db import current_revision, head_revision, make_engine, upgrade
+from storage.models import Base
+
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.mark.parametrize("empty_db_url", BACKENDS, indirect=True)
+def test_upgrade_empty_database_to_head_matches_models(empty_db_url: str) -> None:
+    engine = make_engine(empty_db_url)
+    try:
+        assert current_revision(engine) is None
+        upgrade(engine)
+        assert current_revision(engine) == head_revision()
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+        assert diff == []
+        assert {"projects", "images", "annotation_events"} <= set(inspect(engine).get_table_names())
+        upgrade(engine)  # idempotent at head
+        assert current_revision(engine) == head_revision()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("empty_db_url", ["sqlite"], indirect=True)
+def test_downgrade_to_base_and_back(empty_db_url: str) -> None:
+    from alembic import command
+
+    from storage.db import alembic_config
+
+    engine = make_engine(empty_db_url)
+    try:
+        upgrade(engine)
+        command.downgrade(alembic_config(engine), "base")
+        assert "images" not in inspect(engine).get_table_names()
+        upgrade(engine)
+        assert "images" in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
