@@ -1,0 +1,86 @@
+"""RESI's four metrics (SPEC §5): PIQ, multi-label mIoU, PQ per label space, COCO mask AP.
+
+PIQ and the multi-label mIoU/PQ definitions are this project's own (docs/METRICS.md): the
+paper's formulas were not available. Everything is a pure function of COCO RLEs or numpy
+arrays; `evaluate` decodes each image once and feeds every metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from resi_core.coco import GroundTruth, Prediction
+from resi_core.metrics.ap import APResult, mask_ap
+from resi_core.metrics.miou import MIoUResult, image_iou_counts, miou, summarize_iou
+from resi_core.metrics.piq import (
+    ClassPIQ,
+    PIQResult,
+    QualityCounts,
+    image_quality_counts,
+    piq,
+    piq_of_masks,
+    summarize,
+)
+from resi_core.metrics.pq import PQAccumulator, PQResult, paste_by_score, pq
+from resi_core.metrics.segments import class_names, iter_image_segments
+
+__all__ = [
+    "APResult",
+    "ClassPIQ",
+    "EvalResult",
+    "MIoUResult",
+    "PIQResult",
+    "PQResult",
+    "evaluate",
+    "mask_ap",
+    "miou",
+    "paste_by_score",
+    "piq",
+    "piq_of_masks",
+    "pq",
+]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    piq: PIQResult
+    miou: MIoUResult
+    pq: PQResult
+    ap: APResult | None  # None when the ground truth has no thing annotation
+    num_images: int
+    num_predictions: int
+
+    def to_json(self) -> dict:
+        return {
+            "num_images": self.num_images,
+            "num_predictions": self.num_predictions,
+            "piq": self.piq.to_json(),
+            "miou": self.miou.to_json(),
+            "pq": self.pq.to_json(),
+            "ap": None if self.ap is None else self.ap.to_json(),
+        }
+
+
+def evaluate(gt: GroundTruth, predictions: Sequence[Prediction]) -> EvalResult:
+    """All four metrics of validated predictions (coco.load_predictions) against the ground truth."""
+    isthing = {i: c.isthing for i, c in gt.categories.items()}
+    spaces = {i: c.label_spaces for i, c in gt.categories.items()}
+    quality = {i: QualityCounts() for i in gt.categories}
+    iou = {i: (0, 0) for i in gt.categories}
+    pq_sums = PQAccumulator(gt)
+    for seg in iter_image_segments(gt, predictions):
+        for c, counts in image_quality_counts(seg, isthing, spaces).items():
+            quality[c] += counts
+        for c, (inter, union) in image_iou_counts(seg, spaces).items():
+            iou[c] = (iou[c][0] + inter, iou[c][1] + union)
+        pq_sums.add(seg)
+    names = class_names(gt)
+    return EvalResult(
+        piq=summarize(quality, names, isthing),
+        miou=summarize_iou(iou, names),
+        pq=pq_sums.result(),
+        ap=mask_ap(gt, predictions),
+        num_images=len(gt.images),
+        num_predictions=len(predictions),
+    )
