@@ -1,0 +1,92 @@
+"""The app's settings: one frozen dataclass, built once by launch.py and changed with `dataclasses.replace`."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_DATA_DIR = Path("resi-data")
+DEFAULT_CHECKPOINT = Path("checkpoints/demo")
+DEFAULT_TEXT_ENCODER = "minilm"
+DEFAULT_MAX_UPLOAD_MB = 50
+# 40 megapixels: a large photo still fits, a decompression bomb does not.
+DEFAULT_MAX_PIXELS = 40_000_000
+MAX_CLASSES = 500
+
+
+class ConfigError(ValueError):
+    """A launch setting that cannot work; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    host: str = "127.0.0.1"
+    port: int = 7860
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_url: str | None = None
+    checkpoint: Path = DEFAULT_CHECKPOINT
+    text_encoder: str = DEFAULT_TEXT_ENCODER
+    # (user, password) pairs; empty means no login page.
+    auth: tuple[tuple[str, str], ...] = ()
+    allow_unauthenticated_remote: bool = False
+    max_upload_mb: int = DEFAULT_MAX_UPLOAD_MB
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    # torch device for the predictor: "auto" picks CUDA when present.
+    device: str = "auto"
+
+    @property
+    def image_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.data_dir / "exports"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+
+def is_loopback(host: str) -> bool:
+    """True for hosts only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_config(config: AppConfig) -> None:
+    """Raise ConfigError for settings that would be unsafe or cannot work."""
+    if not is_loopback(config.host) and not config.auth and not config.allow_unauthenticated_remote:
+        raise ConfigError(
+            f"Refusing to listen on {config.host!r} without a login: anyone on the network could read and "
+            "change your annotations. Add --auth user:password (or --auth-file), or pass "
+            "--allow-unauthenticated-remote if the network is trusted."
+        )
+    if not 0 < config.port < 65536:
+        raise ConfigError(f"Port {config.port} is not between 1 and 65535.")
+    if config.max_upload_mb <= 0:
+        raise ConfigError("--max-upload-mb must be a positive number of megabytes.")
+
+
+def parse_auth_pair(text: str) -> tuple[str, str]:
+    """`user:password` → (user, password). The password may contain ':'."""
+    user, sep, password = text.strip().partition(":")
+    if not sep or not user or not password:
+        raise ConfigError(f"Login {text.strip()[:40]!r} is not of the form user:password.")
+    return user, password
+
+
+def read_auth_file(path: Path) -> tuple[tuple[str, str], ...]:
+    """One `user:password` per line; blank lines and lines starting with '#' are skipped."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"Cannot read the auth file {path}: {exc.strerror or exc}.") from exc
+    pairs = tuple(parse_auth_pair(line) for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    if not pairs:
+        raise ConfigError(f"The auth file {path} lists no user:password line.")
+    return pairs

@@ -1,0 +1,719 @@
+"""The app's steps as plain functions: tests, scripts and the Gradio UI all call these.
+
+Each function takes the Services, plain values and the per-user `UserState`, converts formats, and
+calls storage or the predictor. Errors a user can cause raise `UserError` (or a storage/label error,
+which the UI shows the same way); edits return an `EditResult` whose message says what happened,
+including a save conflict, so that the user's state is never lost with an exception.
+"""
+
+from __future__ import annotations
+
+import time
+import zipfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.config import MAX_CLASSES
+from app.editing import BrushMode, apply_strokes, merge_masks, stroke_mask
+from app.segments import SegmentView, find_segment
+from app.services import ModelInfo, Services, UserError
+from resi_core.coco import decode_rle, encode_mask
+from resi_core.labels import ADHOC_SPACE, LabelError, LabelSpace, adhoc_space, check_class_names, mix
+from storage import repo
+from storage.errors import Conflict, Correction, InvalidInput
+from storage.models import EventType, ImageStatus
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+MAX_ZIP_MEMBERS = 5000
+SYNONYM_THRESHOLD = 0.6
+PAGE_SIZE = 500
+OPEN_STATUSES = (ImageStatus.NEW, ImageStatus.PROPOSED, ImageStatus.IN_REVIEW)
+
+
+# --- per-user state and results ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserState:
+    """What one browser tab is looking at. `version` is the annotation version its edits start from."""
+
+    project_id: int | None = None
+    image_id: int | None = None
+    version: int = 0
+    selected_id: str | None = None
+    # An edit a save conflict rejected, kept until the user saves it anyway or drops it.
+    pending: Correction | None = None
+
+
+@dataclass(frozen=True)
+class ClassOption:
+    """One class the user can give a segment: its name, the label space it belongs to, isthing."""
+
+    name: str
+    label_space: str
+    isthing: bool = True
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} [{self.label_space}]"
+
+
+@dataclass(frozen=True)
+class ImageView:
+    image_id: int
+    name: str
+    status: str
+    version: int
+    image: np.ndarray  # RGB uint8 HxWx3
+    segments: list[SegmentView]
+    can_undo: bool
+    can_redo: bool
+
+
+@dataclass(frozen=True)
+class EditResult:
+    state: UserState
+    view: ImageView | None
+    message: str
+    ok: bool = True
+
+
+def _require_project(state: UserState) -> int:
+    if state.project_id is None:
+        raise UserError("Open or create a project first (Projects tab).")
+    return state.project_id
+
+
+def _require_image(state: UserState) -> int:
+    if state.image_id is None:
+        raise UserError("Open an image first: pick one in the list, or upload some.")
+    return state.image_id
+
+
+# --- 1. projects -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProjectOverview:
+    project_id: int
+    name: str
+    counts: dict[str, int]
+    rows: list[list[Any]]  # id, file name, status, size, version
+
+    @property
+    def summary(self) -> str:
+        total = sum(self.counts.values())
+        parts = ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in self.counts.items())
+        return f"**{self.name}**: {total} images ({parts})"
+
+
+IMAGE_COLUMNS = ["id", "file", "status", "size", "version"]
+
+
+def create_project(svc: Services, name: str) -> UserState:
+    with svc.sessions.begin() as session:
+        project = repo.create_project(session, name)
+        return UserState(project_id=project.id)
+
+
+def project_names(svc: Services) -> list[str]:
+    with svc.sessions() as session:
+        return [p.name for p in repo.list_projects(session)]
+
+
+def open_project(svc: Services, name: str) -> UserState:
+    if not name:
+        raise UserError("Pick a project to open, or type a name and create one.")
+    with svc.sessions() as session:
+        return UserState(project_id=repo.get_project_by_name(session, name).id)
+
+
+def project_overview(svc: Services, state: UserState) -> ProjectOverview:
+    project_id = _require_project(state)
+    with svc.sessions() as session:
+        project = repo.get_project(session, project_id)
+        counts = {s.value: n for s, n in repo.status_counts(session, project_id).items()}
+        rows = []
+        page = 1
+        while True:
+            images = repo.list_images(session, project_id, page=page, page_size=PAGE_SIZE)
+            rows += [[i.id, i.original_name, i.status.value, f"{i.width}x{i.height}", i.version] for i in images]
+            if len(images) < PAGE_SIZE:
+                break
+            page += 1
+        return ProjectOverview(project_id, project.name, counts, rows)
+
+
+# --- 2. upload ---------------------------------------------------------------------------------
+
+
+@dataclass
+class UploadReport:
+    added: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (file name, why)
+    first_image_id: int | None = None
+
+    @property
+    def message(self) -> str:
+        lines = [f"Added {len(self.added)} image(s)."]
+        if self.duplicates:
+            lines.append(f"{len(self.duplicates)} duplicate(s) skipped (already in the project): "
+                         + ", ".join(self.duplicates[:10]) + (" ..." if len(self.duplicates) > 10 else ""))
+        for name, why in self.rejected[:20]:
+            lines.append(f"Rejected {name}: {why}")
+        if len(self.rejected) > 20:
+            lines.append(f"... and {len(self.rejected) - 20} more rejected.")
+        return "\n\n".join(lines)
+
+
+def _zip_members(path: Path, max_bytes: int) -> Iterable[tuple[str, bytes | str]]:
+    """(name, bytes) per image in a zip, or (name, reason) for a member that is refused."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        yield path.name, "the zip file is damaged."
+        return
+    with archive:
+        members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
+        if len(members) > MAX_ZIP_MEMBERS:
+            yield path.name, f"the zip holds {len(members)} files, more than {MAX_ZIP_MEMBERS}."
+            return
+        for member in members:
+            name = f"{path.name}/{member.filename}"
+            if Path(member.filename).suffix.lower() not in IMAGE_SUFFIXES:
+                yield name, "not an image file name (skipped)."
+            elif member.file_size > max_bytes:
+                yield name, f"larger than the {max_bytes // 2**20} MB limit."
+            else:
+                yield name, archive.read(member)
+
+
+def _upload_items(paths: Sequence[str | Path], max_bytes: int) -> Iterable[tuple[str, bytes | str]]:
+    for raw in paths:
+        path = Path(raw)
+        if path.suffix.lower() == ".zip":
+            yield from _zip_members(path, max_bytes)
+        elif path.stat().st_size > max_bytes:
+            yield path.name, f"larger than the {max_bytes // 2**20} MB limit."
+        else:
+            yield path.name, path.read_bytes()
+
+
+def upload_images(svc: Services, state: UserState, paths: Sequence[str | Path] | None) -> UploadReport:
+    """Store image files and zips of images; every file is saved on its own, so one bad file costs nothing."""
+    project_id = _require_project(state)
+    if not paths:
+        raise UserError("Choose one or more image files, or a zip of images, to upload.")
+    report = UploadReport()
+    for name, data in _upload_items(paths, svc.config.max_upload_bytes):
+        if isinstance(data, str):
+            report.rejected.append((name, data))
+            continue
+        try:
+            with svc.sessions.begin() as session:
+                image, duplicate = repo.add_image(session, svc.files, project_id, data, name)
+                image_id = image.id
+        except InvalidInput as exc:
+            report.rejected.append((name, str(exc)))
+            continue
+        (report.duplicates if duplicate else report.added).append(name)
+        if report.first_image_id is None and not duplicate:
+            report.first_image_id = image_id
+    return report
+
+
+# --- 3. class set ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassSetChoice:
+    label_spaces: tuple[str, ...]
+    adhoc: tuple[str, ...]
+    synonyms: tuple[tuple[str, str], ...]
+
+    @property
+    def summary(self) -> str:
+        parts = []
+        if self.label_spaces:
+            parts.append("label spaces: " + ", ".join(self.label_spaces))
+        if self.adhoc:
+            parts.append(f"{len(self.adhoc)} ad-hoc class(es): " + ", ".join(self.adhoc[:20])
+                         + (" ..." if len(self.adhoc) > 20 else ""))
+        if self.synonyms:
+            parts.append("synonyms: " + ", ".join(f"{a} = {b}" for a, b in self.synonyms))
+        return "; ".join(parts) or "no classes"
+
+
+def parse_class_names(text: str | None) -> list[str]:
+    """Comma- or newline-separated names → checked names; an empty text gives []."""
+    names = [n for n in (text or "").replace("\n", ",").split(",") if n.strip()]
+    if not names:
+        return []
+    if len(names) > MAX_CLASSES:
+        raise UserError(f"{len(names)} class names is more than the {MAX_CLASSES} a class set can hold.")
+    return check_class_names(names)
+
+
+def trained_spaces(svc: Services) -> list[LabelSpace]:
+    """The checkpoint's label spaces; [] when there is no checkpoint."""
+    return list(svc.model.info().label_spaces) if svc.model.available else []
+
+
+def _chosen_spaces(svc: Services, names: Sequence[str], adhoc: Sequence[str]) -> list[LabelSpace]:
+    known = {s.name: s for s in trained_spaces(svc)}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"The model has no label space {', '.join(unknown)}; it has {', '.join(known) or 'none'}.")
+    spaces = [known[n] for n in names]
+    return spaces + ([adhoc_space(adhoc)] if adhoc else [])
+
+
+@dataclass(frozen=True)
+class SynonymSuggestion:
+    a: str
+    space_a: str
+    b: str
+    space_b: str
+    similarity: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.a} ≈ {self.b} ({self.similarity:.2f})"
+
+
+def suggest_synonyms(
+    svc: Services, label_spaces: Sequence[str], adhoc_text: str | None, threshold: float = SYNONYM_THRESHOLD
+) -> list[SynonymSuggestion]:
+    """Classes of different chosen spaces that the text encoder finds alike; the user decides."""
+    from resi_core.text import suggest_synonyms as text_suggestions
+
+    spaces = _chosen_spaces(svc, label_spaces, parse_class_names(adhoc_text))
+    if len(spaces) < 2:
+        return []
+    pairs = text_suggestions(svc.model.text_encoder(), spaces, threshold=threshold)
+    return [SynonymSuggestion(*pair) for pair in pairs]
+
+
+def save_class_set(
+    svc: Services,
+    state: UserState,
+    label_spaces: Sequence[str] | None,
+    adhoc_text: str | None,
+    confirmed: Sequence[SynonymSuggestion] = (),
+) -> ClassSetChoice:
+    """Check the choice (empty set, duplicates, unknown synonyms) and store it as the project's class set."""
+    project_id = _require_project(state)
+    adhoc = parse_class_names(adhoc_text)
+    spaces = _chosen_spaces(svc, label_spaces or [], adhoc)
+    if not spaces:
+        raise UserError("The class set is empty: tick a label space or type class names, comma-separated.")
+    pairs = tuple((s.a, s.b) for s in confirmed)
+    mix(spaces, pairs)  # raises LabelError for a synonym of a class that is not chosen
+    with svc.sessions.begin() as session:
+        repo.set_class_set(session, project_id, list(label_spaces or []), adhoc, pairs)
+    return ClassSetChoice(tuple(label_spaces or ()), tuple(adhoc), pairs)
+
+
+def current_class_set(svc: Services, state: UserState) -> ClassSetChoice | None:
+    project_id = _require_project(state)
+    with svc.sessions() as session:
+        class_set = repo.current_class_set(session, project_id)
+        if class_set is None:
+            return None
+        return ClassSetChoice(
+            tuple(class_set.label_spaces), tuple(class_set.adhoc_classes),
+            tuple((a, b) for a, b in class_set.synonyms),
+        )
+
+
+def class_options(svc: Services, state: UserState) -> list[ClassOption]:
+    """Every class of the project's class set, for relabeling and drawing new segments."""
+    choice = current_class_set(svc, state)
+    if choice is None:
+        return []
+    known = {s.name: s for s in trained_spaces(svc)}
+    options = [ClassOption(c.name, s, c.isthing) for s in choice.label_spaces if s in known for c in known[s].classes]
+    options += [ClassOption(name, ADHOC_SPACE) for name in choice.adhoc]
+    return options
+
+
+def find_option(options: Sequence[ClassOption], label: str | None) -> ClassOption:
+    for option in options:
+        if option.label == label:
+            return option
+    raise UserError("Pick a class from the class set (set it on the Class set tab first).")
+
+
+# --- images and their annotation ---------------------------------------------------------------
+
+
+def to_view(seg: repo.Segment) -> SegmentView:
+    return SegmentView(seg.id, seg.class_name, seg.label_space, decode_rle(seg.rle), seg.score, seg.isthing)
+
+
+def to_storage(seg: SegmentView) -> dict[str, Any]:
+    return repo.Segment(seg.id, seg.class_name, seg.label_space, seg.isthing, encode_mask(seg.mask),
+                        seg.score).to_json()
+
+
+def load_image(svc: Services, state: UserState) -> tuple[UserState, ImageView]:
+    """The open image with its current annotation; the state's version follows the stored one."""
+    image_id = _require_image(state)
+    with svc.sessions() as session:
+        image = repo.get_image(session, image_id)
+        annotation = repo.current_annotation(session, image_id)
+        can_undo, can_redo = repo.can_undo_redo(session, image_id)
+    view = ImageView(
+        image_id=image.id,
+        name=image.original_name,
+        status=annotation.status.value,
+        version=annotation.version,
+        image=svc.images.rgb(image.sha256),
+        segments=[to_view(s) for s in annotation.segments],
+        can_undo=can_undo,
+        can_redo=can_redo,
+    )
+    selected = state.selected_id if any(s.id == state.selected_id for s in view.segments) else None
+    return replace(state, version=annotation.version, selected_id=selected), view
+
+
+def open_image(svc: Services, state: UserState, image_id: int) -> tuple[UserState, ImageView]:
+    project_id = _require_project(state)
+    with svc.sessions() as session:
+        if repo.get_image(session, int(image_id)).project_id != project_id:
+            raise UserError(f"Image {image_id} belongs to another project.")
+    return load_image(svc, UserState(project_id=project_id, image_id=int(image_id)))
+
+
+def next_open_image(svc: Services, project_id: int, after_id: int | None) -> int | None:
+    """The next image still to label (new, proposed or in review), after `after_id` and wrapping round."""
+    with svc.sessions() as session:
+        ids = sorted(i.id for status in OPEN_STATUSES
+                     for i in repo.list_images(session, project_id, status=status, page_size=PAGE_SIZE))
+    if not ids:
+        return None
+    later = [i for i in ids if after_id is None or i > after_id]
+    return (later or ids)[0]
+
+
+# --- 4. propose --------------------------------------------------------------------------------
+
+
+def _model_version_id(svc: Services, project_id: int, info: ModelInfo) -> int:
+    """The project's model version for the loaded checkpoint, registered (and made active) on first use."""
+    with svc.register_lock, svc.sessions.begin() as session:
+        for version in repo.list_model_versions(session, project_id):
+            if version.checkpoint_sha256 == info.sha256:
+                return version.id
+        version = repo.register_model_version(
+            session, project_id, f"{info.name}-{info.sha256[:8]}", str(info.path), info.sha256,
+            [s.to_json() for s in info.label_spaces], {"text_encoder": info.text_encoder}, active=True,
+        )
+        return version.id
+
+
+def predict_segments(predictor: Any, rgb: np.ndarray, choice: ClassSetChoice) -> list[SegmentView]:
+    """Run ESF-OMI for the class set. Trained spaces and ad-hoc names run as two requests whose
+    segments are joined (the predictor takes one kind of request at a time; features are cached)."""
+    from resi_core.predictor import AdHocRequest, RequestError, SpacesRequest
+
+    requests: list[Any] = []
+    if choice.label_spaces:
+        trained = {n for s in choice.label_spaces for c in predictor.label_spaces[s].classes for n in [c.name]}
+        synonyms = tuple((a, b) for a, b in choice.synonyms if a in trained and b in trained)
+        requests.append(SpacesRequest(choice.label_spaces, synonyms))
+    if choice.adhoc:
+        requests.append(AdHocRequest(choice.adhoc))
+    segments: list[SegmentView] = []
+    for request in requests:
+        try:
+            prediction = predictor.predict(rgb, request)
+        except RequestError as exc:
+            raise UserError(str(exc)) from exc
+        segments += [
+            SegmentView(s.id, s.class_name, "+".join(s.label_spaces), np.asarray(s.mask, dtype=bool),
+                        float(min(max(s.score, 0.0), 1.0)), s.isthing)
+            for s in prediction.segments
+        ]
+    return segments
+
+
+def propose(svc: Services, state: UserState, user: str) -> EditResult:
+    """Ask the model for segments. A new image is seeded with them; an image already being labeled
+    gets them as one undoable edit that replaces its segments (e.g. after changing the class set)."""
+    project_id, image_id = _require_project(state), _require_image(state)
+    choice = current_class_set(svc, state)
+    if choice is None:
+        raise UserError("Choose a class set first (Class set tab): the model needs to know what to look for.")
+    info = svc.model.info()
+    predictor = svc.model.predictor()
+    version_id = _model_version_id(svc, project_id, info)
+    with svc.sessions() as session:
+        image = repo.get_image(session, image_id)
+        class_set_id = repo.current_class_set(session, project_id).id  # type: ignore[union-attr]
+        was_new = image.status == ImageStatus.NEW
+    start = time.perf_counter()
+    segments = predict_segments(predictor, svc.images.rgb(image.sha256), choice)
+    elapsed_ms = (time.perf_counter() - start) * 1000
+    rows = [to_storage(s) for s in segments]
+    try:
+        with svc.sessions.begin() as session:
+            repo.save_proposal(session, image_id, version_id, class_set_id, rows, elapsed_ms, user)
+            if not was_new:
+                current = repo.current_annotation(session, image_id)
+                repo.apply_correction(session, image_id, state.version, user,
+                                      Correction(EventType.EDIT.value, [s.to_json() for s in current.segments], rows))
+    except Conflict as exc:
+        return _conflict(svc, state, exc)
+    new_state, view = load_image(svc, state)
+    return EditResult(new_state, view, f"Proposed {len(segments)} segment(s) in {elapsed_ms:.0f} ms.")
+
+
+def propose_all(svc: Services, state: UserState, user: str,
+                progress: Callable[[int, int], None] | None = None) -> str:
+    """Pre-label every new image of the project; one failure is reported and the rest go on."""
+    project_id = _require_project(state)
+    with svc.sessions() as session:
+        ids = [i.id for i in repo.list_images(session, project_id, status=ImageStatus.NEW, page_size=PAGE_SIZE)]
+    done, failed = 0, []
+    for n, image_id in enumerate(ids):
+        if progress is not None:
+            progress(n, len(ids))
+        try:
+            propose(svc, UserState(project_id=project_id, image_id=image_id), user)
+            done += 1
+        except (UserError, InvalidInput, LabelError) as exc:
+            if "class set" in str(exc) or "checkpoint" in str(exc):
+                raise
+            failed.append(f"image {image_id}: {exc}")
+    if progress is not None:
+        progress(len(ids), len(ids))
+    return f"Pre-labeled {done} of {len(ids)} new image(s)." + "".join(f"\n\n{f}" for f in failed)
+
+
+# --- 5. corrections ----------------------------------------------------------------------------
+
+
+def _conflict(svc: Services, state: UserState, exc: Conflict) -> EditResult:
+    return EditResult(
+        replace(state, pending=exc.correction), None,
+        f"{exc} Use 'Save mine anyway' to keep your edit as a new revision (theirs stays in the history, "
+        "undo brings it back), or 'Reload' to drop yours and see theirs.",
+        ok=False,
+    )
+
+
+def save_correction(svc: Services, state: UserState, user: str, correction: Correction, message: str) -> EditResult:
+    """Save one edit at once, on top of the version the user was looking at."""
+    image_id = _require_image(state)
+    try:
+        with svc.sessions.begin() as session:
+            repo.apply_correction(session, image_id, state.version, user, correction)
+    except Conflict as exc:
+        return _conflict(svc, state, exc)
+    new_state, view = load_image(svc, replace(state, pending=None))
+    return EditResult(new_state, view, message)
+
+
+def save_pending_anyway(svc: Services, state: UserState, user: str) -> EditResult:
+    """After a conflict: write the rejected edit as a new revision over the other user's."""
+    if state.pending is None:
+        raise UserError("There is no unsaved edit to keep.")
+    with svc.sessions.begin() as session:
+        repo.reapply_correction(session, _require_image(state), state.pending, user, force=True)
+    new_state, view = load_image(svc, replace(state, pending=None))
+    return EditResult(new_state, view, "Your edit is saved as the newest revision; the other one is in the history.")
+
+
+def reload_image(svc: Services, state: UserState) -> EditResult:
+    new_state, view = load_image(svc, replace(state, pending=None))
+    return EditResult(new_state, view, "Reloaded the saved version.")
+
+
+def _segments(svc: Services, state: UserState) -> list[SegmentView]:
+    return load_image(svc, state)[1].segments
+
+
+def _selected(svc: Services, state: UserState, segment_id: str | None) -> SegmentView:
+    if not segment_id:
+        raise UserError("Select a segment first: click it in the image or its row in the table.")
+    try:
+        return find_segment(_segments(svc, state), segment_id)
+    except KeyError:
+        raise UserError("That segment is no longer in the image (someone removed it?). Reload.") from None
+
+
+def select_segment(svc: Services, state: UserState, segment_id: str | None) -> UserState:
+    seg = _selected(svc, state, segment_id)
+    return replace(state, selected_id=seg.id)
+
+
+def relabel(svc: Services, state: UserState, user: str, segment_id: str | None, option: ClassOption) -> EditResult:
+    seg = _selected(svc, state, segment_id)
+    new = replace(seg.relabeled(option.name, option.label_space), isthing=option.isthing)
+    correction = Correction(EventType.RELABEL.value, [to_storage(seg)], [to_storage(new)])
+    return save_correction(svc, state, user, correction, f"Relabeled to {option.label}.")
+
+
+def delete_segment(svc: Services, state: UserState, user: str, segment_id: str | None) -> EditResult:
+    seg = _selected(svc, state, segment_id)
+    result = save_correction(svc, state, user, Correction(EventType.DELETE.value, [to_storage(seg)], []),
+                             f"Deleted {seg.class_name}.")
+    return replace(result, state=replace(result.state, selected_id=None))
+
+
+def merge_segments(svc: Services, state: UserState, user: str, first_id: str | None, second_id: str | None) -> EditResult:
+    """Merge the second segment into the first: the first keeps its id and class."""
+    first, second = _selected(svc, state, first_id), _selected(svc, state, second_id)
+    if first.id == second.id:
+        raise UserError("Pick two different segments to merge.")
+    merged = first.with_mask(merge_masks([first.mask, second.mask]))
+    correction = Correction(EventType.MERGE.value, [to_storage(first), to_storage(second)], [to_storage(merged)])
+    return save_correction(svc, state, user, correction, f"Merged into {first.class_name}.")
+
+
+def edit_mask(svc: Services, state: UserState, user: str, segment_id: str | None,
+              editor_value: dict[str, Any] | None, mode: BrushMode | str) -> EditResult:
+    """Add the brush strokes to the selected segment's mask, or erase them from it."""
+    seg = _selected(svc, state, segment_id)
+    strokes = stroke_mask(editor_value, seg.mask.shape)
+    if strokes is None:
+        raise UserError("Paint on the image with the brush first, then apply the edit.")
+    mode = BrushMode(mode)
+    mask = apply_strokes(seg.mask, strokes, mode)
+    if not mask.any():
+        raise UserError("That would erase the whole segment; use Delete to remove it.")
+    event = EventType.EDIT if mode is BrushMode.ADD else EventType.ERASE
+    correction = Correction(event.value, [to_storage(seg)], [to_storage(seg.with_mask(mask))])
+    return save_correction(svc, state, user, correction, f"Mask of {seg.class_name} updated.")
+
+
+def add_segment(svc: Services, state: UserState, user: str, editor_value: dict[str, Any] | None,
+                option: ClassOption) -> EditResult:
+    """A new segment of class `option` from the brush strokes."""
+    _, view = load_image(svc, state)
+    strokes = stroke_mask(editor_value, view.image.shape[:2])
+    if strokes is None:
+        raise UserError("Paint the new segment on the image with the brush first.")
+    seg = SegmentView(repo.new_segment_id(), option.name, option.label_space, strokes, None, option.isthing)
+    result = save_correction(svc, state, user, Correction(EventType.ADD.value, [], [to_storage(seg)]),
+                             f"Added a {option.name} segment.")
+    return replace(result, state=replace(result.state, selected_id=seg.id)) if result.ok else result
+
+
+def undo(svc: Services, state: UserState, user: str) -> EditResult:
+    return _undo_redo(svc, state, user, repo.undo, "Undone.")
+
+
+def redo(svc: Services, state: UserState, user: str) -> EditResult:
+    return _undo_redo(svc, state, user, repo.redo, "Redone.")
+
+
+def _undo_redo(svc: Services, state: UserState, user: str, step: Callable[..., int], message: str) -> EditResult:
+    image_id = _require_image(state)
+    try:
+        with svc.sessions.begin() as session:
+            step(session, image_id, state.version, user)
+    except Conflict as exc:
+        new_state, view = load_image(svc, state)
+        return EditResult(new_state, view, f"{exc} Showing the newest version now.", ok=False)
+    new_state, view = load_image(svc, state)
+    return EditResult(new_state, view, message)
+
+
+# --- 6. accept ---------------------------------------------------------------------------------
+
+
+def _piq_parts(segments: Iterable[repo.Segment]) -> list[tuple[np.ndarray, str, bool, float]]:
+    from resi_core.labels import normalize_name
+
+    return [(decode_rle(s.rle), normalize_name(s.class_name), s.isthing, s.score or 1.0) for s in segments]
+
+
+@dataclass(frozen=True)
+class AcceptResult:
+    state: UserState
+    message: str
+    piq: float | None
+    next_image_id: int | None
+    ok: bool = True
+
+
+def accept(svc: Services, state: UserState, user: str) -> AcceptResult:
+    """Accept the annotation, record PIQ of the latest proposal against it, and move to the next image."""
+    from resi_core.metrics.piq import piq_of_masks
+
+    project_id, image_id = _require_project(state), _require_image(state)
+    with svc.sessions() as session:
+        annotation = repo.current_annotation(session, image_id)
+        proposal = repo.latest_proposal(session, image_id)
+    score = model_version_id = None
+    sq = rq = None
+    if proposal is not None:
+        result = piq_of_masks(_piq_parts(repo.proposal_segments(proposal)), _piq_parts(annotation.segments))
+        score, sq, rq, model_version_id = result.piq, result.sq, result.rq, proposal.model_version_id
+    try:
+        with svc.sessions.begin() as session:
+            repo.accept(session, image_id, state.version, user, piq=score, model_version_id=model_version_id,
+                        sq=sq, rq=rq)
+    except Conflict as exc:
+        return AcceptResult(state, f"{exc} Reload to see the newest version, then accept again.", None, None, ok=False)
+    next_id = next_open_image(svc, project_id, image_id)
+    text = "Accepted." + (f" PIQ of the proposal: {score:.3f}." if score is not None else "")
+    text += "" if next_id is not None else " Every image of the project is accepted."
+    return AcceptResult(UserState(project_id=project_id, image_id=next_id), text, score, next_id)
+
+
+# --- 7. quality --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    over_time: list[dict[str, Any]]  # {"time", "piq", "model"} per accepted image
+    per_model: list[dict[str, Any]]  # {"model", "mean_piq", "images"}
+    unchanged_share: float | None  # proposed segments accepted exactly as proposed
+    accepted_images: int
+
+    @property
+    def summary(self) -> str:
+        if not self.over_time:
+            return "No PIQ recorded yet: accept a proposed image to see how good the proposals are."
+        mean = sum(r["piq"] for r in self.over_time) / len(self.over_time)
+        share = "n/a" if self.unchanged_share is None else f"{self.unchanged_share:.0%}"
+        return (f"Mean PIQ {mean:.3f} over {len(self.over_time)} accepted image(s); "
+                f"{share} of proposed segments were accepted unchanged.")
+
+
+def quality(svc: Services, state: UserState) -> QualityReport:
+    project_id = _require_project(state)
+    with svc.sessions() as session:
+        names = {v.id: v.name for v in repo.list_model_versions(session, project_id)}
+        records = [r for r in repo.piq_history(session, project_id) if r.image_id is not None]
+        accepted = repo.accepted_annotations(session, project_id)
+        proposals = {a.image_id: repo.latest_proposal(session, a.image_id) for a in accepted}
+    over_time = [{"time": r.created_at, "piq": r.piq, "model": names.get(r.model_version_id, "unknown")}
+                 for r in records]
+    per_model: dict[str, list[float]] = {}
+    for row in over_time:
+        per_model.setdefault(row["model"], []).append(row["piq"])
+    proposed = kept = 0
+    for item in accepted:
+        proposal = proposals[item.image_id]
+        if proposal is None:
+            continue
+        final = {s.id: s for s in item.segments}
+        for seg in repo.proposal_segments(proposal):
+            proposed += 1
+            kept += final.get(seg.id) == seg
+    return QualityReport(
+        over_time=over_time,
+        per_model=[{"model": m, "mean_piq": sum(v) / len(v), "images": len(v)} for m, v in per_model.items()],
+        unchanged_share=kept / proposed if proposed else None,
+        accepted_images=len(accepted),
+    )
+

@@ -1,0 +1,111 @@
+"""Start the RESI labeling app: `python launch.py [--data-dir DIR] [--port N] ...`.
+
+The one place that wires config, database, image store, predictor and UI together. Everything runs
+on this machine: no network access is needed, and by default the app only listens on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from app.config import (
+    DEFAULT_CHECKPOINT,
+    DEFAULT_DATA_DIR,
+    DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_TEXT_ENCODER,
+    AppConfig,
+    ConfigError,
+    check_config,
+    parse_auth_pair,
+    read_auth_file,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python launch.py",
+        description=(
+            "Start the RESI labeling app in the browser. Projects, images and annotations are kept in "
+            "--data-dir (a SQLite database and an image store) unless --database-url names another database."
+        ),
+    )
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                        help=f"folder for the database and stored images (default ./{DEFAULT_DATA_DIR})")
+    parser.add_argument("--database-url", default=None,
+                        help="SQLAlchemy URL of the database (default: SQLite file in --data-dir; "
+                             "RESI_DATABASE_URL is read too)")
+    parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT,
+                        help=f"RESI model checkpoint used for proposals (default {DEFAULT_CHECKPOINT})")
+    parser.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER,
+                        help=f"text encoder for class names and synonym suggestions (default {DEFAULT_TEXT_ENCODER})")
+    parser.add_argument("--auth", action="append", default=[], metavar="USER:PASSWORD",
+                        help="require this login; repeat for several users")
+    parser.add_argument("--auth-file", type=Path, default=None,
+                        help="file with one user:password per line ('#' starts a comment)")
+    parser.add_argument("--max-upload-mb", type=int, default=DEFAULT_MAX_UPLOAD_MB,
+                        help=f"largest file accepted by the upload (default {DEFAULT_MAX_UPLOAD_MB} MB)")
+    parser.add_argument("--allow-unauthenticated-remote", action="store_true",
+                        help="allow a non-loopback --host without --auth (only on a trusted network)")
+    parser.add_argument("--device", default="auto", help="torch device for the model (default: cuda if present)")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> AppConfig:
+    """Turn parsed arguments into an AppConfig; raise ConfigError on anything unusable."""
+    auth = tuple(parse_auth_pair(a) for a in args.auth)
+    if args.auth_file is not None:
+        auth += read_auth_file(args.auth_file)
+    config = AppConfig(
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+        database_url=args.database_url,
+        checkpoint=args.checkpoint,
+        text_encoder=args.text_encoder,
+        auth=auth,
+        allow_unauthenticated_remote=args.allow_unauthenticated_remote,
+        max_upload_mb=args.max_upload_mb,
+        device=args.device,
+    )
+    check_config(config)
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+    from app.services import open_services
+    from app.ui import build_ui, launch_kwargs
+
+    services = open_services(config)
+    demo = build_ui(services)
+    print(f"RESI data in {config.data_dir.resolve()}; model checkpoint {config.checkpoint}"
+          + ("" if config.checkpoint.exists() else " (missing: Propose will say how to get one)"))
+    _app, url, _share = demo.launch(**launch_kwargs(config), prevent_thread_lock=True)
+    print(f"RESI is running at {url}  (Ctrl+C to stop)", flush=True)
+    try:
+        demo.block_thread()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        demo.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

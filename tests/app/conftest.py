@@ -1,0 +1,120 @@
+"""Fixtures for the app tests: services on a tmp data dir with a fake model (no torch weights needed)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app.config import AppConfig
+from app.handlers import UserState
+from app.services import ModelInfo, ModelProvider, Services, UserError, open_services
+from resi_core.labels import ClassDef, LabelSpace
+from resi_core.segment import Segment, Source
+
+STREET = LabelSpace("street", (ClassDef("person"), ClassDef("car"), ClassDef("road", isthing=False)))
+DRIVE = LabelSpace("drive", (ClassDef("pedestrian"), ClassDef("vehicle")))
+
+
+class FakeEncoder:
+    """Names that share a word list entry are similar; everything else is orthogonal."""
+
+    id = "fake"
+    dim = 8
+    GROUPS = (("person", "pedestrian"), ("car", "vehicle"))
+
+    def encode(self, names: list[str]) -> torch.Tensor:
+        rows = []
+        for name in names:
+            vec = torch.zeros(self.dim)
+            group = next((i for i, g in enumerate(self.GROUPS) if name in g), None)
+            vec[group if group is not None else 2 + hash(name) % 6] = 1.0
+            if group is not None:
+                vec[7] = 0.3 if name == self.GROUPS[group][0] else -0.3
+            rows.append(vec / vec.norm())
+        return torch.stack(rows)
+
+
+class FakePredictor:
+    """Two boxes per request: the first class of each space top-left, the second bottom-right."""
+
+    label_spaces = {"street": STREET, "drive": DRIVE}
+
+    def predict(self, image: np.ndarray, request: Any) -> Any:
+        from resi_core.predictor import AdHocRequest, RequestError
+
+        h, w = image.shape[:2]
+        if isinstance(request, AdHocRequest):
+            spaces = [LabelSpace("adhoc", tuple(ClassDef(n) for n in request.class_names))]
+        else:
+            unknown = [s for s in request.spaces if s not in self.label_spaces]
+            if unknown:
+                raise RequestError(f"Unknown label space {unknown}.")
+            spaces = [self.label_spaces[s] for s in request.spaces]
+        segments = []
+        for k, space in enumerate(spaces):
+            for j, cls in enumerate(space.classes[:2]):
+                mask = np.zeros((h, w), dtype=bool)
+                top, left = (0, 0) if j == 0 else (h // 2, w // 2)
+                mask[top + k : top + h // 2, left : left + w // 2] = True
+                src = (Source(space.name, cls.name, j, space.name),)
+                segments.append(Segment(f"{space.name}-{j}", mask, cls.name, (space.name,), 0.9 - 0.1 * j,
+                                        cls.isthing, src))
+        return type("Prediction", (), {"segments": segments})()
+
+
+class FakeModel(ModelProvider):
+    def __init__(self, available: bool = True):
+        super().__init__(Path("fake-checkpoint"), "fake", "cpu", Path("."))
+        self._available = available
+        self._encoder = FakeEncoder()
+        self._predictor = FakePredictor()
+        self._info = ModelInfo("fake", Path("fake-checkpoint"), "f" * 64, (STREET, DRIVE), "fake")
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    def info(self) -> ModelInfo:
+        if not self._available:
+            raise UserError(self.missing_message())
+        return super().info()
+
+    def predictor(self) -> Any:
+        self.info()
+        return super().predictor()
+
+
+@pytest.fixture
+def svc(tmp_path: Path) -> Services:
+    services = open_services(AppConfig(data_dir=tmp_path / "data"))
+    return replace(services, model=FakeModel())
+
+
+def image_bytes(width: int = 64, height: int = 48, color: tuple[int, int, int] = (200, 30, 30), fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def write_image(path: Path, **kwargs: Any) -> Path:
+    path.write_bytes(image_bytes(**kwargs))
+    return path
+
+
+@pytest.fixture
+def project(svc: Services, tmp_path: Path) -> UserState:
+    """A project with two uploaded images and a street+drive class set; the first image is open."""
+    from app import handlers as h
+
+    state = h.create_project(svc, "demo")
+    report = h.upload_images(svc, state, [write_image(tmp_path / "a.png"),
+                                          write_image(tmp_path / "b.png", color=(10, 200, 10))])
+    h.save_class_set(svc, state, ["street", "drive"], "", [])
+    return replace(state, image_id=report.first_image_id)

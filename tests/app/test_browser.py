@@ -1,0 +1,165 @@
+"""End to end in headless Chromium: create project → upload two photos → class set → propose → brush a mask
+→ relabel → accept → PIQ on the quality page. Screenshots of each step go to test-output/browser/.
+
+The app runs in this process with the fake model of conftest.py, so the test checks the UI, not the weights.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from app.config import AppConfig
+from app.services import open_services
+from tests.app.conftest import FakeModel
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]
+COCO = Path("/work/shared/data/coco128/images/train2017")
+SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "browser"
+TIMEOUT_MS = 30_000
+
+
+def ensure_chromium() -> str:
+    if not Path(CHROMIUM).exists() and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "install", "-y", "chromium"], capture_output=True, timeout=600, check=False)
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed at /usr/bin/chromium and `apt-get install -y chromium` failed.")
+    return CHROMIUM
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app_url(tmp_path: Path) -> Iterator[str]:
+    from app.ui import build_ui, launch_kwargs
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    config = AppConfig(data_dir=tmp_path / "data", port=free_port())
+    svc = replace(open_services(config), model=FakeModel())
+    demo = build_ui(svc)
+    _, url, _ = demo.launch(**launch_kwargs(config), prevent_thread_lock=True, quiet=True)
+    try:
+        yield url
+    finally:
+        demo.close()
+
+
+@pytest.fixture
+def page(app_url: str) -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    executable = ensure_chromium()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(TIMEOUT_MS)
+        pg.goto(app_url)
+        pg.wait_for_selector("#create-project-btn")
+        try:
+            yield pg
+        finally:
+            browser.close()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def pick(page, elem_id: str, text: str) -> None:
+    """Choose the dropdown option that contains `text`."""
+    page.locator(f"#{elem_id} input").click()
+    page.locator(f"#{elem_id} [role=option]", has_text=text).first.click()
+
+
+def wait_text(page, elem_id: str, text: str) -> None:
+    page.locator(f"#{elem_id}").filter(has_text=text).wait_for()
+
+
+def draw_stroke(page, elem_id: str) -> None:
+    """Drag the brush across the middle of the editor canvas, after the width-race workaround."""
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"] + 1, "height": size["height"]})
+    page.set_viewport_size(size)
+    page.wait_for_timeout(500)
+    page.locator(f"#{elem_id} button[aria-label='Brush']").click()
+    page.wait_for_selector(f"#{elem_id} button[aria-label='Brush'].highlight")
+    canvas = page.locator(f"#{elem_id} .pixi-target canvas").first
+    box = canvas.bounding_box()
+    x0, y = box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5
+    page.mouse.move(x0, y)
+    page.mouse.down()
+    page.mouse.move(x0 + box["width"] * 0.4, y, steps=3)
+    page.mouse.up()
+
+
+def test_label_two_photos_end_to_end(page) -> None:
+    photos = sorted(COCO.glob("*.jpg"))[:2]
+    if len(photos) < 2:
+        pytest.skip(f"coco128 photos are not at {COCO}.")
+
+    page.locator("#project-name textarea, #project-name input").first.fill("browser test")
+    page.click("#create-project-btn")
+    wait_text(page, "project-summary", "browser test")
+    shot(page, "1-project")
+
+    page.locator("#upload input[type=file]").set_input_files([str(p) for p in photos])
+    page.wait_for_timeout(1000)
+    page.click("#upload-btn")
+    wait_text(page, "upload-report", "Added 2 image(s)")
+    wait_text(page, "project-summary", "2 images")
+    shot(page, "2-upload")
+
+    page.get_by_role("tab", name="Class set").click()
+    page.locator("#label-spaces label", has_text="street").click()
+    page.locator("#label-spaces label", has_text="drive").click()
+    page.click("#suggest-btn")
+    page.locator("#synonyms label", has_text="person ≈ pedestrian").click()
+    page.click("#save-class-set-btn")
+    wait_text(page, "class-set-summary", "synonyms: person = pedestrian")
+    shot(page, "3-class-set")
+
+    page.get_by_role("tab", name="Label").click()
+    pick(page, "image-picker", photos[0].name)
+    wait_text(page, "image-title", "new")
+    page.click("#propose-btn")
+    wait_text(page, "image-title", "4 segment(s)")
+    shot(page, "4-proposed")
+
+    pick(page, "segment-picker", "person")
+    page.wait_for_timeout(2500)  # the editor canvas needs a moment after its value changes
+    draw_stroke(page, "editor")
+    page.click("#apply-brush-btn")
+    wait_text(page, "edit-message", "Mask of person updated")
+    shot(page, "5-brush")
+
+    pick(page, "class-picker", "car [street]")
+    page.click("#relabel-btn")
+    wait_text(page, "edit-message", "Relabeled to car [street]")
+    shot(page, "6-relabel")
+
+    page.click("#accept-btn")
+    wait_text(page, "edit-message", "Accepted. PIQ of the proposal")
+    shot(page, "7-accepted")
+
+    page.get_by_role("tab", name="Quality").click()
+    wait_text(page, "quality-summary", "Mean PIQ")
+    page.locator("#piq-plot canvas, #piq-plot svg").first.wait_for()
+    shot(page, "8-quality")

@@ -1,0 +1,216 @@
+"""Each step of the labeling flow through the same handler functions the UI calls."""
+
+from __future__ import annotations
+
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app import handlers as h
+from app.editing import BrushMode
+from app.services import Services, UserError
+from resi_core.labels import LabelError
+from storage.errors import InvalidInput
+from tests.app.conftest import FakeModel, image_bytes, write_image
+
+
+def brush(shape: tuple[int, int], rows: slice, cols: slice) -> dict:
+    layer = np.zeros((*shape, 4), dtype=np.uint8)
+    layer[rows, cols] = (255, 0, 255, 255)
+    return {"background": None, "layers": [layer], "composite": None}
+
+
+def test_projects_create_open_and_list(svc: Services) -> None:
+    state = h.create_project(svc, "birds")
+    assert h.project_names(svc) == ["birds"]
+    assert h.open_project(svc, "birds").project_id == state.project_id
+    with pytest.raises(InvalidInput, match="exists already"):
+        h.create_project(svc, "birds")
+    overview = h.project_overview(svc, state)
+    assert overview.counts["new"] == 0 and "0 images" in overview.summary
+
+
+def test_upload_single_many_zip_duplicates_and_bad_files(svc: Services, tmp_path: Path) -> None:
+    state = h.create_project(svc, "p")
+    a = write_image(tmp_path / "a.png")
+    b = write_image(tmp_path / "b.jpg", color=(1, 2, 3), fmt="JPEG")
+    corrupt = tmp_path / "broken.png"
+    corrupt.write_bytes(image_bytes()[:40])
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    archive = tmp_path / "more.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("c.png", image_bytes(color=(9, 9, 9)))
+        zf.writestr("a-again.png", a.read_bytes())
+        zf.writestr("readme.txt", "hi")
+    report = h.upload_images(svc, state, [a, b, corrupt, text, archive])
+    assert report.added == ["a.png", "b.jpg", "more.zip/c.png"]
+    assert report.duplicates == ["more.zip/a-again.png"]
+    assert {name for name, _ in report.rejected} == {"broken.png", "notes.png", "more.zip/readme.txt"}
+    assert "duplicate" in report.message and "Rejected broken.png" in report.message
+    overview = h.project_overview(svc, state)
+    assert overview.counts["new"] == 3 and [r[2] for r in overview.rows] == ["new"] * 3
+    with pytest.raises(UserError):
+        h.upload_images(svc, state, [])
+
+
+def test_upload_over_pixel_cap_is_rejected(svc: Services, tmp_path: Path) -> None:
+    state = h.create_project(svc, "p")
+    big = write_image(tmp_path / "big.png", width=7000, height=6000)
+    report = h.upload_images(svc, state, [big])
+    assert report.added == [] and "MP" in report.rejected[0][1]
+
+
+def test_class_set_validation(svc: Services) -> None:
+    state = h.create_project(svc, "p")
+    with pytest.raises(UserError, match="empty"):
+        h.save_class_set(svc, state, [], "  , ,", [])
+    with pytest.raises(LabelError, match="twice"):
+        h.save_class_set(svc, state, [], "Cat, cat", [])
+    with pytest.raises(UserError, match="no label space"):
+        h.save_class_set(svc, state, ["nope"], "", [])
+    many = ", ".join(f"class {i}" for i in range(200))
+    assert len(h.save_class_set(svc, state, [], many, []).adhoc) == 200
+    choice = h.save_class_set(svc, state, ["street"], "Straße, قطة, 猫", [])
+    assert choice.adhoc == ("Straße", "قطة", "猫")
+    assert h.current_class_set(svc, state) == choice
+    labels = [o.label for o in h.class_options(svc, state)]
+    assert labels[:3] == ["person [street]", "car [street]", "road [street]"] and "قطة [adhoc]" in labels
+
+
+def test_synonym_suggestions_are_confirmed_by_the_user(svc: Services) -> None:
+    state = h.create_project(svc, "p")
+    suggestions = h.suggest_synonyms(svc, ["street", "drive"], "")
+    labels = [s.label for s in suggestions]
+    assert any(label.startswith("person ≈ pedestrian (") for label in labels)
+    person = next(s for s in suggestions if s.a == "person")
+    choice = h.save_class_set(svc, state, ["street", "drive"], "", [person])
+    assert choice.synonyms == (("person", "pedestrian"),)
+    assert h.suggest_synonyms(svc, ["street"], "") == []
+
+
+def test_propose_without_class_set_or_model(svc: Services, tmp_path: Path) -> None:
+    state = h.create_project(svc, "p")
+    report = h.upload_images(svc, state, [write_image(tmp_path / "a.png")])
+    state = replace(state, image_id=report.first_image_id)
+    with pytest.raises(UserError, match="class set"):
+        h.propose(svc, state, "ann")
+    h.save_class_set(svc, state, [], "cat", [])
+    no_model = replace(svc, model=FakeModel(available=False))
+    with pytest.raises(UserError, match="No model checkpoint"):
+        h.propose(no_model, state, "ann")
+
+
+def test_propose_shows_overlapping_segments_of_each_space(svc: Services, project: h.UserState) -> None:
+    result = h.propose(svc, project, "ann")
+    assert result.ok and result.view is not None
+    view = result.view
+    assert view.status == "proposed" and len(view.segments) == 4
+    assert {s.label_space for s in view.segments} == {"street", "drive"}
+    person = next(s for s in view.segments if s.class_name == "person")
+    pedestrian = next(s for s in view.segments if s.class_name == "pedestrian")
+    assert (person.mask & pedestrian.mask).any()  # overlaps across label spaces are kept
+    assert result.state.version == view.version
+
+
+def test_re_propose_with_other_class_set_is_one_undoable_edit(svc: Services, project: h.UserState) -> None:
+    state = h.propose(svc, project, "ann").state
+    h.save_class_set(svc, state, [], "cat, dog", [])
+    result = h.propose(svc, state, "ann")
+    assert sorted(s.class_name for s in result.view.segments) == ["cat", "dog"]
+    undone = h.undo(svc, result.state, "ann")
+    assert len(undone.view.segments) == 4
+
+
+def test_corrections_relabel_delete_merge_brush_add_undo_redo(svc: Services, project: h.UserState) -> None:
+    result = h.propose(svc, project, "ann")
+    state, view = result.state, result.view
+    shape = view.image.shape[:2]
+    person = next(s for s in view.segments if s.class_name == "person")
+    car = next(s for s in view.segments if s.class_name == "car")
+    options = h.class_options(svc, state)
+
+    result = h.relabel(svc, state, "ann", person.id, h.find_option(options, "pedestrian [drive]"))
+    assert next(s for s in result.view.segments if s.id == person.id).class_name == "pedestrian"
+
+    result = h.edit_mask(svc, result.state, "ann", person.id, brush(shape, slice(40, 48), slice(0, 8)), BrushMode.ADD)
+    grown = next(s for s in result.view.segments if s.id == person.id)
+    assert grown.mask[40:48, 0:8].all() and grown.area == person.area + 64
+
+    result = h.edit_mask(svc, result.state, "ann", person.id, brush(shape, slice(0, 4), slice(0, 64)), "remove from mask")
+    assert not next(s for s in result.view.segments if s.id == person.id).mask[0:4].any()
+
+    with pytest.raises(UserError, match="Paint"):
+        h.edit_mask(svc, result.state, "ann", person.id, {"background": None, "layers": [], "composite": None}, "add to mask")
+
+    result = h.merge_segments(svc, result.state, "ann", person.id, car.id)
+    assert car.id not in {s.id for s in result.view.segments}
+    merged = next(s for s in result.view.segments if s.id == person.id)
+    assert merged.mask[car.mask].all()
+
+    result = h.add_segment(svc, result.state, "ann", brush(shape, slice(10, 20), slice(10, 20)),
+                           h.find_option(options, "road [street]"))
+    road = next(s for s in result.view.segments if s.class_name == "road" and s.id == result.state.selected_id)
+    assert road.area == 100 and not road.isthing
+
+    result = h.delete_segment(svc, result.state, "ann", road.id)
+    assert road.id not in {s.id for s in result.view.segments} and result.view.can_undo
+    result = h.undo(svc, result.state, "ann")
+    assert road.id in {s.id for s in result.view.segments} and result.view.can_redo
+    result = h.redo(svc, result.state, "ann")
+    assert road.id not in {s.id for s in result.view.segments}
+    assert result.view.status == "in_review"
+
+
+def test_two_tabs_editing_the_same_image_conflict_without_losing_work(svc: Services, project: h.UserState) -> None:
+    result = h.propose(svc, project, "ann")
+    tab_a = tab_b = result.state
+    seg = result.view.segments[0]
+    other = result.view.segments[1]
+    options = h.class_options(svc, tab_a)
+    saved = h.relabel(svc, tab_a, "alice", seg.id, h.find_option(options, "car [street]"))
+    assert saved.ok
+    clash = h.delete_segment(svc, tab_b, "bob", other.id)
+    assert not clash.ok and "changed by someone else" in clash.message
+    assert clash.state.pending is not None
+    # Alice's edit is saved; Bob's is kept and can be saved as a new revision.
+    kept = h.save_pending_anyway(svc, clash.state, "bob")
+    ids = {s.id for s in kept.view.segments}
+    assert other.id not in ids and next(s for s in kept.view.segments if s.id == seg.id).class_name == "car"
+    with pytest.raises(UserError):
+        h.save_pending_anyway(svc, kept.state, "bob")
+
+
+def test_accept_records_piq_and_opens_next_then_quality(svc: Services, project: h.UserState) -> None:
+    result = h.propose(svc, project, "ann")
+    state = result.state
+    accepted = h.accept(svc, state, "ann")
+    assert accepted.ok and accepted.piq == pytest.approx(1.0)
+    assert accepted.next_image_id is not None and accepted.next_image_id != project.image_id
+    nxt = h.propose(svc, accepted.state, "ann")
+    victim = nxt.view.segments[0]
+    edited = h.delete_segment(svc, nxt.state, "ann", victim.id)
+    second = h.accept(svc, edited.state, "ann")
+    assert second.piq is not None and second.piq < 1.0 and second.next_image_id is None
+    report = h.quality(svc, state)
+    assert len(report.over_time) == 2 and report.accepted_images == 2
+    assert report.unchanged_share == pytest.approx(7 / 8)
+    assert report.per_model[0]["images"] == 2 and "Mean PIQ" in report.summary
+
+
+def test_propose_all_prelabels_every_new_image(svc: Services, project: h.UserState) -> None:
+    seen: list[tuple[int, int]] = []
+    message = h.propose_all(svc, project, "ann", lambda done, total: seen.append((done, total)))
+    assert message.startswith("Pre-labeled 2 of 2") and seen[-1] == (2, 2)
+    assert h.project_overview(svc, project).counts["proposed"] == 2
+
+
+def test_no_project_or_image_gives_a_clear_message(svc: Services) -> None:
+    with pytest.raises(UserError, match="project"):
+        h.project_overview(svc, h.UserState())
+    state = h.create_project(svc, "p")
+    with pytest.raises(UserError, match="image"):
+        h.propose(svc, state, "ann")

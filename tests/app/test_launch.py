@@ -1,0 +1,41 @@
+"""launch.py's arguments and its refusal to listen on the network without a login."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import launch
+from app.config import ConfigError, is_loopback
+
+
+def config(argv: list[str]):
+    return launch.config_from_args(launch.build_parser().parse_args(argv))
+
+
+def test_defaults_are_local_and_offline() -> None:
+    cfg = config([])
+    assert cfg.host == "127.0.0.1" and cfg.data_dir == Path("resi-data") and cfg.text_encoder == "minilm"
+    assert cfg.checkpoint == Path("checkpoints/demo") and cfg.auth == ()
+
+
+def test_remote_host_needs_auth_or_explicit_opt_in(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="without a login"):
+        config(["--host", "0.0.0.0"])
+    assert config(["--host", "0.0.0.0", "--auth", "ann:s3:cret"]).auth == (("ann", "s3:cret"),)
+    assert config(["--host", "0.0.0.0", "--allow-unauthenticated-remote"]).host == "0.0.0.0"
+    users = tmp_path / "users"
+    users.write_text("# team\nann:a\nbob:b\n")
+    assert len(config(["--host", "10.0.0.5", "--auth-file", str(users)]).auth) == 2
+    assert launch.main(["--host", "0.0.0.0"]) == 2
+
+
+def test_bad_values_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="user:password"):
+        config(["--auth", "nopassword"])
+    with pytest.raises(ConfigError, match="Cannot read"):
+        config(["--auth-file", str(tmp_path / "missing")])
+    with pytest.raises(ConfigError, match="max-upload-mb"):
+        config(["--max-upload-mb", "0"])
+    assert is_loopback("localhost") and is_loopback("::1") and not is_loopback("192.168.1.2")
