@@ -11,6 +11,7 @@ from __future__ import annotations
 import colorsys
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -38,9 +39,48 @@ class Scene:
     objects: tuple[VisibleObject, ...]  # back to front
 
 
-def hsv(h: float, s: float, v: float) -> np.ndarray:
-    """RGB float32 in 0..255 from HSV in 0..1 (hue wraps)."""
-    return np.array(colorsys.hsv_to_rgb(h % 1.0, s, v), np.float32) * 255.0
+Color = tuple[float, float, float]  # RGB 0..255
+
+
+def hsv(h: float, s: float, v: float) -> Color:
+    """RGB in 0..255 from HSV in 0..1 (hue wraps)."""
+    r, g, b = colorsys.hsv_to_rgb(h % 1.0, s, v)
+    return r * 255.0, g * 255.0, b * 255.0
+
+
+class Draws:
+    """A scene's random numbers: scalars from pre-drawn blocks of one numpy Generator.
+
+    Composition needs hundreds of scalar draws per image; one `Generator.uniform` call costs
+    microseconds, a list read a fraction of that. Same generator state -> same draws.
+    """
+
+    __slots__ = ("gen", "_block", "_next")
+
+    def __init__(self, gen: np.random.Generator) -> None:
+        self.gen = gen
+        self._block: list[float] = []
+        self._next = 0
+
+    def random(self) -> float:
+        """Uniform in [0, 1)."""
+        i = self._next
+        if i >= len(self._block):
+            self._block, i = self.gen.random(256).tolist(), 0
+        self._next = i + 1
+        return self._block[i]
+
+    def uniform(self, low: float = 0.0, high: float = 1.0) -> float:
+        return low + (high - low) * self.random()
+
+    def integers(self, low: int, high: int) -> int:
+        """Uniform integer in [low, high)."""
+        return min(low + int(self.random() * (high - low)), high - 1)
+
+    def normal(self, loc: float = 0.0, scale: float = 1.0) -> float:
+        """Gaussian (Box-Muller)."""
+        radius = math.sqrt(-2.0 * math.log(1.0 - self.random()))
+        return loc + scale * radius * math.cos(2.0 * math.pi * self.random())
 
 
 @dataclass(frozen=True)
@@ -51,8 +91,8 @@ class Fill:
     so all shapes of one object share one continuous texture.
     """
 
-    color: np.ndarray  # (3,) float32 RGB 0..255
-    color2: np.ndarray | None = None
+    color: Color
+    color2: Color | None = None
     pattern: str = "flat"  # "flat" | "stripes" | "gradient"
     angle: float = 0.0
     scale: float = 8.0
@@ -67,7 +107,6 @@ _PATTERNS = {"flat": 0, "stripes": 1, "gradient": 2}
 class _Drawn:
     kind: str
     owner: int  # the object a part belongs to; -1 for objects
-    box: list[int]  # union of painted boxes, [y0, y1, x0, x1]
 
 
 class Canvas:
@@ -86,17 +125,17 @@ class Canvas:
         self.xs = np.arange(width, dtype=np.float32)[None, :] + 0.5  # [1, W]
         self._objects: list[_Drawn] = []
         self._parts: list[_Drawn] = []
-        self._fills: list[Fill] = [Fill(np.zeros(3, np.float32))]
+        self._fills: list[Fill] = [Fill((0.0, 0.0, 0.0))]
         self._fill_index: dict[int, int] = {}
         # Stroke 0 is "nothing painted": no object (-1), no part (-1), fill 0 (black).
         self._stroke_obj, self._stroke_part, self._stroke_fill = [-1], [-1], [0]
 
     def add_object(self, kind: str) -> int:
-        self._objects.append(_Drawn(kind, -1, [self.height, 0, self.width, 0]))
+        self._objects.append(_Drawn(kind, -1))
         return len(self._objects) - 1
 
     def add_part(self, obj: int, kind: str) -> int:
-        self._parts.append(_Drawn(kind, obj, [self.height, 0, self.width, 0]))
+        self._parts.append(_Drawn(kind, obj))
         return len(self._parts) - 1
 
     # Shapes -----------------------------------------------------------------------------
@@ -124,9 +163,12 @@ class Canvas:
         b = self.box(cy - ry, cy + ry if y_max is None else min(cy + ry, y_max), cx - rx, cx + rx)
         if b is None:
             return None
-        dy = (self.ys[b[0] : b[1]] - cy) / ry
-        dx = (self.xs[:, b[2] : b[3]] - cx) / rx
-        return b, dy * dy + dx * dx <= 1.0
+        dy = self.ys[b[0] : b[1]] - cy
+        dy *= rx / ry  # scaled to a circle of radius rx
+        dy *= dy
+        dx = self.xs[:, b[2] : b[3]] - cx
+        dx *= dx
+        return b, dy + dx <= rx * rx
 
     def trapezoid(
         self, y0: float, y1: float, top: tuple[float, float], bottom: tuple[float, float]
@@ -160,93 +202,117 @@ class Canvas:
             self.strokes[y0:y1, x0:x1] = stroke
         else:
             self.strokes[y0:y1, x0:x1][mask] = stroke
-        for drawn in (self._objects[obj], self._parts[part]) if part >= 0 else (self._objects[obj],):
-            b = drawn.box
-            b[0], b[1], b[2], b[3] = min(b[0], y0), max(b[1], y1), min(b[2], x0), max(b[3], x1)
 
-    def colors(self, noise: np.ndarray) -> np.ndarray:
-        """[H, W, 3] float32 RGB of the painted fills, textured with `noise` ([H, W], std ~1)."""
+    def colors(self, noise: np.ndarray, gain: np.ndarray, cast: Color) -> np.ndarray:
+        """[3, H, W] float32 planar RGB of the painted fills, textured and lit.
+
+        Each pixel is its fill's color times (1 + fill noise amount * `noise`) ([H, W], std ~1),
+        times the lighting `gain` ([H, W]) and the per-channel color `cast`.
+        """
         rows = []
+        c0, c1, c2 = cast
+        patterned = False
         for f in self._fills:
-            # Pattern coordinate u = y*sy + x*sx - offset; flat fills get u = 0, so t = 0.
-            flat = f.pattern == "flat"
-            sy = 0.0 if flat else math.sin(f.angle) / f.scale
-            sx = 0.0 if flat else math.cos(f.angle) / f.scale
-            offset = f.origin[0] * sy + f.origin[1] * sx - (0.0 if flat or f.pattern == "stripes" else 0.5)
-            color2 = f.color if f.color2 is None else f.color2
-            rows.append((f.pattern == "stripes", sy, sx, offset, f.noise, *f.color, *(color2 - f.color)))
+            c = f.color
+            if f.pattern == "flat":  # pattern coordinate u = 0, so t = 0
+                rows.append((0.0, 0.0, 0.0, 0.0, f.noise, c[0] * c0, c[1] * c1, c[2] * c2, 0.0, 0.0, 0.0))
+                continue
+            # Pattern coordinate u = y*sy + x*sx - offset.
+            patterned, d = True, f.color2 or c
+            sy, sx = math.sin(f.angle) / f.scale, math.cos(f.angle) / f.scale
+            stripes = f.pattern == "stripes"
+            offset = f.origin[0] * sy + f.origin[1] * sx - (0.0 if stripes else 0.5)
+            rows.append((float(stripes), sy, sx, offset, f.noise, c[0] * c0, c[1] * c1, c[2] * c2,
+                         (d[0] - c[0]) * c0, (d[1] - c[1]) * c1, (d[2] - c[2]) * c2))
         # One row per fill parameter: 1-D `take`s are far faster than 2-D fancy indexing.
-        table = np.ascontiguousarray(np.array(rows, np.float32).T)  # [11, F]
+        table = np.array(rows, np.float32).T.copy()  # [11, F]
         fid = np.array(self._stroke_fill, np.intp).take(self.strokes)  # [H, W]
-        is_stripes, sy, sx, offset, amount = (row.take(fid) for row in table[:5])  # each [H, W]
-        u = self.ys * sy + self.xs * sx - offset
-        stripes = (np.floor(u).astype(np.int32) & 1).astype(np.float32)  # integer parity: float % is slow
-        t = np.where(is_stripes > 0, stripes, np.clip(u, 0.0, 1.0))
-        shade = 1.0 + amount * noise
-        rgb = np.empty((self.height, self.width, 3), np.float32)
+        if patterned:
+            is_stripes, sy, sx, offset = (row.take(fid) for row in table[:4])  # each [H, W]
+            t = self.ys * sy
+            t += self.xs * sx
+            t -= offset
+            stripes = (np.floor(t).astype(np.int32) & 1).astype(np.float32)  # integer parity: float % is slow
+            np.clip(t, 0.0, 1.0, out=t)
+            stripes -= t
+            stripes *= is_stripes
+            t += stripes  # stripe parity for stripes, clipped u for gradients
+        shade = table[4].take(fid)
+        shade *= noise
+        shade += 1.0
+        shade *= gain
+        rgb = np.empty((3, self.height, self.width), np.float32)
         for k in range(3):
-            rgb[..., k] = (table[5 + k].take(fid) + table[8 + k].take(fid) * t) * shade
+            channel = table[5 + k].take(fid)
+            if patterned:
+                channel += table[8 + k].take(fid) * t
+            np.multiply(channel, shade, out=rgb[k])
         return rgb
 
     def finish(self, domain: str, image: np.ndarray) -> Scene:
         """Freeze into a Scene: visible masks per object and part instance (empty ones dropped)."""
-        part_map = np.array(self._stroke_part, np.int16).take(self.strokes)  # [H, W]
-        owner_map = np.array(self._stroke_obj, np.int16).take(self.strokes)
+        part_map = np.array(self._stroke_part, np.intp).take(self.strokes)  # [H, W], -1 = no part
+        owner_map = np.array(self._stroke_obj, np.intp).take(self.strokes)
+        part_area = np.bincount(part_map.ravel() + 1, minlength=len(self._parts) + 1)
+        owner_area = np.bincount(owner_map.ravel() + 1, minlength=len(self._objects) + 1)
         parts_of: dict[int, list[VisiblePart]] = {}
         for p, drawn in enumerate(self._parts):
-            mask = self._visible(part_map, p, drawn.box)
-            if mask is not None:
-                parts_of.setdefault(drawn.owner, []).append(VisiblePart(drawn.kind, mask))
+            if part_area[p + 1]:
+                parts_of.setdefault(drawn.owner, []).append(VisiblePart(drawn.kind, _frozen(part_map == p)))
         objects = []
         for k, drawn in enumerate(self._objects):
-            mask = self._visible(owner_map, k, drawn.box)
-            if mask is not None:
-                objects.append(VisibleObject(drawn.kind, mask, tuple(parts_of.get(k, ()))))
+            if owner_area[k + 1]:
+                objects.append(VisibleObject(drawn.kind, _frozen(owner_map == k), tuple(parts_of.get(k, ()))))
         return Scene(image=image, domain=domain, objects=tuple(objects))
 
-    def _visible(self, top: np.ndarray, index: int, box: list[int]) -> np.ndarray | None:
-        y0, y1, x0, x1 = box
-        if y1 <= y0:
-            return None
-        local = top[y0:y1, x0:x1] == index
-        if not local.any():
-            return None
-        mask = np.zeros((self.height, self.width), bool)
-        mask[y0:y1, x0:x1] = local
-        mask.flags.writeable = False  # shared by several label spaces' annotations
-        return mask
+
+def _frozen(mask: np.ndarray) -> np.ndarray:
+    mask.flags.writeable = False  # shared by several label spaces' annotations
+    return mask
 
 
 def _uniform_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """Zero-mean, unit-std float32 noise; uniform because it is ~8x cheaper than a normal draw."""
-    return (rng.random(shape, dtype=np.float32) - 0.5) * math.sqrt(12.0)
+    noise = rng.random(shape, dtype=np.float32)
+    noise -= 0.5
+    noise *= math.sqrt(12.0)
+    return noise
 
 
-def _texture_noise(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """[H, W] float32 zero-mean noise with fine grain plus 4-px blotches, std about 1."""
-    fine = _uniform_noise(rng, (height, width))
-    coarse = _uniform_noise(rng, (height // 4 + 1, width // 4 + 1))
-    coarse = coarse.repeat(4, axis=0).repeat(4, axis=1)[:height, :width]
-    return 0.5 * fine + 0.85 * coarse
-
-
-def develop(cv: Canvas, rng: np.random.Generator, blur: bool = False) -> np.ndarray:
-    """Camera: textured colors, lighting gradient, color cast, optional softness, noise -> HxWx3 uint8."""
-    height, width = cv.height, cv.width
-    rgb = cv.colors(_texture_noise(rng, height, width))
-    brightness = rng.uniform(0.65, 1.25)
-    angle = rng.uniform(0, 2 * math.pi)
+@lru_cache(maxsize=8)
+def _ramps(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lighting-gradient coordinates -0.5..0.5: [H, 1] and [1, W] float32 (read-only, shared)."""
     ys = np.linspace(-0.5, 0.5, height, dtype=np.float32)[:, None]
     xs = np.linspace(-0.5, 0.5, width, dtype=np.float32)[None, :]
-    gain = brightness * (1.0 + rng.uniform(0.0, 0.6) * (ys * math.sin(angle) + xs * math.cos(angle)))  # [H, W]
-    cast = rng.uniform(0.85, 1.15, 3).astype(np.float32)
-    # Sensor noise shared by the channels (luminance grain): half the cost of per-channel noise.
-    grain = _uniform_noise(rng, (height, width, 1)) * rng.uniform(2.0, 10.0)
-    rgb *= gain[..., None] * cast
+    ys.flags.writeable = xs.flags.writeable = False
+    return ys, xs
+
+
+def develop(cv: Canvas, rng: Draws, blur: bool = False) -> np.ndarray:
+    """Camera: textured colors, lighting gradient, color cast, optional softness, noise -> HxWx3 uint8."""
+    height, width = cv.height, cv.width
+    # Texture noise: fine grain plus 4-px blotches, std about 1, one [H, W] field for all fills.
+    noise = _uniform_noise(rng.gen, (height // 4 + 1, width // 4 + 1)) * 0.85
+    noise = noise.repeat(4, axis=0).repeat(4, axis=1)[:height, :width]
+    fine = _uniform_noise(rng.gen, (height, width))
+    fine *= 0.5
+    noise += fine
+    brightness = rng.uniform(0.65, 1.25)
+    angle = rng.uniform(0, 2 * math.pi)
+    ramp_y, ramp_x = _ramps(height, width)
+    slope = rng.uniform(0.0, 0.6)
+    gain = ramp_y * (brightness * slope * math.sin(angle)) + ramp_x * (brightness * slope * math.cos(angle))
+    gain += brightness  # [H, W]
+    cast = (rng.uniform(0.85, 1.15), rng.uniform(0.85, 1.15), rng.uniform(0.85, 1.15))
+    rgb = cv.colors(noise, gain, cast)  # [3, H, W]
+    # Sensor noise shared by the channels (luminance grain): a third of the cost of per-channel noise.
+    grain = _uniform_noise(rng.gen, (height, width))
+    grain *= rng.uniform(2.0, 10.0)
     rgb += grain
     if blur:
         # A 2x2 box filter: a softer lens than the other domains' cameras.
-        rgb[:-1] = 0.5 * (rgb[:-1] + rgb[1:])
         rgb[:, :-1] = 0.5 * (rgb[:, :-1] + rgb[:, 1:])
+        rgb[:, :, :-1] = 0.5 * (rgb[:, :, :-1] + rgb[:, :, 1:])
     np.clip(rgb, 0, 255, out=rgb)
-    return rgb.astype(np.uint8)
+    planes = rgb.astype(np.uint8)  # truncates
+    return np.stack((planes[0], planes[1], planes[2]), axis=-1)  # planar -> HxWx3

@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from resi_core.world.render import Canvas, Fill, Scene, develop, hsv
+from resi_core.world.render import Canvas, Color, Draws, Fill, Scene, develop, hsv
 
-Rng = np.random.Generator
+Rng = Draws
 
 
 def pick(rng: Rng, options: tuple[str, ...], weights: tuple[float, ...] | None = None) -> str:
@@ -36,22 +36,22 @@ def pick(rng: Rng, options: tuple[str, ...], weights: tuple[float, ...] | None =
 
 
 # Palettes ---------------------------------------------------------------------------------
-def any_color(rng: Rng) -> np.ndarray:
+def any_color(rng: Rng) -> Color:
     """Clothes, car paint, hats, walls: any hue, any saturation, mid brightness."""
     return hsv(rng.random(), rng.uniform(0.05, 0.85), rng.uniform(0.15, 0.95))
 
 
-def skin_color(rng: Rng) -> np.ndarray:
+def skin_color(rng: Rng) -> Color:
     return hsv(rng.uniform(0.0, 0.11), rng.uniform(0.2, 0.65), rng.uniform(0.3, 0.95))
 
 
-def hair_color(rng: Rng) -> np.ndarray:
+def hair_color(rng: Rng) -> Color:
     if rng.random() < 0.15:  # dyed
         return any_color(rng)
     return hsv(rng.uniform(0.0, 0.13), rng.uniform(0.1, 0.8), rng.uniform(0.05, 0.75))
 
 
-def sky_color(rng: Rng) -> np.ndarray:
+def sky_color(rng: Rng) -> Color:
     style = rng.random()
     if style < 0.55:
         return hsv(rng.uniform(0.52, 0.66), rng.uniform(0.2, 0.7), rng.uniform(0.55, 1.0))
@@ -60,33 +60,36 @@ def sky_color(rng: Rng) -> np.ndarray:
     return hsv(rng.uniform(-0.05, 0.12), rng.uniform(0.3, 0.8), rng.uniform(0.5, 1.0))  # dusk
 
 
-def road_color(rng: Rng) -> np.ndarray:
+def road_color(rng: Rng) -> Color:
     return hsv(rng.uniform(0.0, 0.7), rng.uniform(0.0, 0.25), rng.uniform(0.15, 0.65))
 
 
-def green_color(rng: Rng) -> np.ndarray:
+def green_color(rng: Rng) -> Color:
     """Grass and foliage: greens, olives and dry or autumn browns."""
     if rng.random() < 0.2:
         return hsv(rng.uniform(0.03, 0.13), rng.uniform(0.3, 0.8), rng.uniform(0.25, 0.8))
     return hsv(rng.uniform(0.13, 0.42), rng.uniform(0.25, 0.85), rng.uniform(0.2, 0.75))
 
 
-def dark_color(rng: Rng) -> np.ndarray:
+def dark_color(rng: Rng) -> Color:
     return hsv(rng.random(), rng.uniform(0.0, 0.3), rng.uniform(0.03, 0.3))
 
 
-def glass_color(rng: Rng) -> np.ndarray:
+def glass_color(rng: Rng) -> Color:
     return hsv(rng.uniform(0.45, 0.7), rng.uniform(0.0, 0.5), rng.uniform(0.1, 0.85))
 
 
-def textured(rng: Rng, color: np.ndarray, origin: tuple[float, float], size: float, rich: float = 0.5) -> Fill:
+def textured(rng: Rng, color: Color, origin: tuple[float, float], size: float, rich: float = 0.5) -> Fill:
     """A Fill around `color`: flat, stripes or gradient (probability `rich`), always with some noise."""
     noise = float(rng.uniform(0.02, 0.18))
     if rng.random() >= rich:
         return Fill(color, noise=noise)
     pattern = "stripes" if rng.random() < 0.5 else "gradient"
-    shift = rng.uniform(0.4, 1.4, 3).astype(np.float32) if rng.random() < 0.5 else rng.uniform(0.5, 1.3)
-    color2 = np.clip(color * shift + rng.normal(0, 20, 3).astype(np.float32), 0, 255)
+    if rng.random() < 0.5:  # a shifted hue, or the same hue lighter or darker
+        shift = (rng.uniform(0.4, 1.4), rng.uniform(0.4, 1.4), rng.uniform(0.4, 1.4))
+    else:
+        shift = (rng.uniform(0.5, 1.3),) * 3
+    color2 = tuple(min(max(c * k + rng.normal(0, 20), 0.0), 255.0) for c, k in zip(color, shift, strict=True))
     scale = size * (rng.uniform(0.05, 0.25) if pattern == "stripes" else rng.uniform(0.5, 1.2))
     return Fill(color, color2, pattern, rng.uniform(0, math.pi), max(scale, 1.5), origin, noise)
 
@@ -263,7 +266,9 @@ def draw_thing(cv: Canvas, rng: Rng, kind: str, cx: float, foot: float, size: fl
 def draw_sky(cv: Canvas, rng: Rng, bottom: float) -> None:
     obj = cv.add_object("sky")
     top, low = sky_color(rng), sky_color(rng) if rng.random() < 0.3 else None
-    low = np.clip(top * rng.uniform(1.0, 1.4), 0, 255) if low is None else low
+    if low is None:
+        lighter = rng.uniform(1.0, 1.4)
+        low = (min(top[0] * lighter, 255.0), min(top[1] * lighter, 255.0), min(top[2] * lighter, 255.0))
     fill = Fill(top, low, "gradient", math.pi / 2, max(bottom, 1.0), (bottom / 2, 0.0), rng.uniform(0.0, 0.05))
     cv.paint(obj, cv.rect(0, bottom, 0, cv.width), fill)
     cloud = Fill(hsv(0, 0, rng.uniform(0.7, 1.0)), noise=0.05)
@@ -412,9 +417,9 @@ DOMAINS: dict[str, Callable[[Canvas, Rng], bool]] = {
 }
 
 
-def compose(domain: str, rng: Rng, height: int, width: int) -> Scene:
+def compose(domain: str, gen: np.random.Generator, height: int, width: int) -> Scene:
     """Draw one scene of `domain` at height x width px; the image is HxWx3 uint8 RGB."""
-    cv = Canvas(height, width)
+    cv, rng = Canvas(height, width), Draws(gen)
     soft = DOMAINS[domain](cv, rng)  # returns whether the domain's camera is soft
     image = develop(cv, rng, blur=soft)
     return cv.finish(domain, image)
