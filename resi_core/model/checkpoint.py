@@ -1,0 +1,149 @@
+"""RESI checkpoints: a folder with `model.safetensors` (weights, incl. class embeddings and LSQEs)
+and `meta.json` (format version, label spaces, text encoder, config, code version, training info).
+
+Nothing is unpickled: weights load through safetensors, metadata through json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from resi_core.labels import LabelSpace
+from resi_core.model.build import build_mask2former, quiet_transformers
+from resi_core.model.config import RESIConfig
+from resi_core.model.resi import RESIModel
+
+FORMAT = "resi-checkpoint"
+VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "meta.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, corrupt, other version or other text encoder."""
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(path_dir: str | Path, model: RESIModel, meta: dict[str, Any] | None = None) -> Path:
+    """Write `model.safetensors` and then `meta.json` into `path_dir` (each atomically)."""
+    from safetensors.torch import save_file
+
+    path_dir = Path(path_dir)
+    path_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _atomic_write(path_dir / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
+    record = {
+        "format": FORMAT,
+        "version": VERSION,
+        "text_encoder": model.config.text_encoder,
+        "label_spaces": [space.to_json() for space in model.label_spaces.values()],
+        "config": model.config.to_json(),
+        "mask2former_config": model.mask2former.config.to_dict(),
+        "git_commit": git_commit(),
+        "training": meta or {},
+    }
+    text = json.dumps(record, indent=2)
+    _atomic_write(path_dir / META_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return path_dir
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """The checked metadata of a checkpoint folder (or of the folder holding `model.safetensors`)."""
+    folder = Path(path)
+    if folder.is_file():
+        folder = folder.parent
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(f"{folder} is not a RESI checkpoint: {META_FILE} is missing.")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{meta_path} is unreadable or corrupt: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{meta_path} is not RESI checkpoint metadata.")
+    if meta.get("version") != VERSION:
+        raise CheckpointError(
+            f"{meta_path} has checkpoint format version {meta.get('version')!r}; this code reads version {VERSION}."
+        )
+    return meta
+
+
+def load_checkpoint(
+    path: str | Path, text_encoder_id: str | None = None, map_location: str | torch.device = "cpu"
+) -> RESIModel:
+    """Rebuild a RESIModel from a checkpoint folder; raise CheckpointError with a clear reason.
+
+    With `text_encoder_id`, the checkpoint must have been trained with that text encoder.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    from transformers import Mask2FormerConfig
+
+    folder = Path(path).parent if Path(path).is_file() else Path(path)
+    meta = read_meta(folder)
+    if text_encoder_id is not None and meta["text_encoder"] != text_encoder_id:
+        raise CheckpointError(
+            f"Checkpoint {folder} was trained with text encoder {meta['text_encoder']!r}, not {text_encoder_id!r}; "
+            "class embeddings of different encoders are not comparable."
+        )
+    weights_path = folder / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise CheckpointError(f"Checkpoint {folder} has no {WEIGHTS_FILE}.")
+    try:
+        state = load_file(str(weights_path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{weights_path} is corrupt or truncated: {err}") from err
+    quiet_transformers()
+    try:
+        config = RESIConfig.from_json(meta["config"])
+        spaces = [LabelSpace.from_json(s) for s in meta["label_spaces"]]
+        m2f_config = Mask2FormerConfig.from_dict(meta["mask2former_config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{folder / META_FILE} has invalid contents: {err}") from err
+
+    class_embeddings = None
+    if config.classifier == "text":
+        class_embeddings = {s.name: torch.zeros(len(s.classes), config.text_dim) for s in spaces}
+    model = RESIModel(
+        config=config,
+        mask2former=build_mask2former(config, m2f_config=m2f_config),
+        label_spaces=spaces,
+        class_embeddings=class_embeddings,
+    )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{weights_path} does not match its metadata: {err}") from err
+    return model.to(map_location)

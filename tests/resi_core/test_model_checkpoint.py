@@ -1,0 +1,136 @@
+"""Checkpoints: round trip, each error, and building from a pretrained Mask2Former folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from resi_core.labels import ClassDef, LabelSpace
+from resi_core.model import CheckpointError, build_model, load_checkpoint, read_meta, save_checkpoint
+from resi_core.model.build import mask2former_config
+from resi_core.model.config import merged_m2f
+from tests.resi_core.test_model import PORTRAIT, STREET, TINY, TableEncoder, tiny_model
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    model = tiny_model().eval()
+    folder = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "run", model, {"step": 7})
+    return model, folder
+
+
+@torch.no_grad()
+def test_round_trip_restores_weights_spaces_and_embeddings(saved):
+    model, folder = saved
+    loaded = load_checkpoint(folder, text_encoder_id="table").eval()
+    assert list(loaded.label_spaces.values()) == [STREET, PORTRAIT]
+    assert loaded.config == model.config
+    assert torch.equal(loaded.class_embeddings("portrait"), model.class_embeddings("portrait"))
+    pixels = torch.randn(1, 3, 64, 64)
+    expected = model.decode(model.encode(pixels), ["portrait"])
+    actual = loaded.decode(loaded.encode(pixels), ["portrait"])
+    assert torch.allclose(actual.masks_queries_logits, expected.masks_queries_logits, atol=1e-5)
+    meta = read_meta(folder)
+    assert meta["version"] == 1 and meta["text_encoder"] == "table" and meta["training"] == {"step": 7}
+    assert "git_commit" in meta and [s["name"] for s in meta["label_spaces"]] == ["street", "portrait"]
+
+
+def test_added_label_space_and_linear_head_survive_round_trip(tmp_path):
+    model = tiny_model()
+    model.add_label_space(LabelSpace("drive", (ClassDef("pedestrian"), ClassDef("vehicle"))), TableEncoder())
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "a", model))
+    assert list(loaded.label_spaces) == ["street", "portrait", "drive"]
+    assert torch.equal(loaded.query_set("drive"), model.query_set("drive"))
+
+    merged = tiny_model(merged_m2f(TINY))
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "b", merged))
+    assert loaded.union_names == merged.union_names
+    assert torch.equal(loaded.linear_head.weight, merged.linear_head.weight)
+
+
+def test_other_text_encoder_is_refused(saved):
+    with pytest.raises(CheckpointError, match="text encoder 'table', not 'minilm'"):
+        load_checkpoint(saved[1], text_encoder_id="minilm")
+
+
+def _copy(folder, tmp_path):
+    import shutil
+
+    return shutil.copytree(folder, tmp_path / "copy")
+
+
+def test_truncated_weights_are_refused(saved, tmp_path):
+    folder = _copy(saved[1], tmp_path)
+    data = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(folder)
+
+
+def test_garbage_weights_are_refused(saved, tmp_path):
+    folder = _copy(saved[1], tmp_path)
+    (folder / "model.safetensors").write_bytes(b"\x80\x04pickle? no thanks" * 10)
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(folder)
+
+
+def test_missing_or_corrupt_meta_is_refused(saved, tmp_path):
+    folder = _copy(saved[1], tmp_path)
+    (folder / "meta.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(folder)
+    (folder / "meta.json").unlink()
+    with pytest.raises(CheckpointError, match="meta.json is missing"):
+        load_checkpoint(folder)
+
+
+def test_wrong_version_is_refused(saved, tmp_path):
+    folder = _copy(saved[1], tmp_path)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["version"] = 99
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="version 99"):
+        load_checkpoint(folder)
+
+
+def test_weights_not_matching_meta_are_refused(saved, tmp_path):
+    folder = _copy(saved[1], tmp_path)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["label_spaces"] = meta["label_spaces"][:1]
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="does not match its metadata"):
+        load_checkpoint(folder)
+
+
+def test_pretrained_folder_route_loads_its_weights(tmp_path):
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    torch.manual_seed(1)
+    source = Mask2FormerForUniversalSegmentation(mask2former_config(TINY))
+    source.save_pretrained(tmp_path / "m2f")
+    reference = source.state_dict()
+
+    config = dataclasses.replace(TINY, pretrained=str(tmp_path / "m2f"), backbone_norm="frozen_batch")
+    model = build_model(config, [STREET, PORTRAIT], TableEncoder())
+    mine = model.mask2former.state_dict()
+    for key in (
+        "transformer_module.decoder.layers.0.cross_attn.in_proj_weight",
+        "transformer_module.queries_embedder.weight",
+        "pixel_level_module.decoder.encoder.layers.0.self_attn.value_proj.weight",
+        "pixel_level_module.encoder.embedder.embedder.convolution.weight",
+        "pixel_level_module.encoder.embedder.embedder.normalization.running_var",
+    ):
+        assert torch.equal(mine[key], reference[f"model.{key}"]), key
+    queries = reference["model.transformer_module.queries_features.weight"]
+    assert all(torch.equal(q, queries) for q in model.query_sets)  # LSQEs start from the pretrained set
+    scratch = build_model(TINY, [STREET], TableEncoder())
+    assert not torch.equal(scratch.query_sets[0], queries)
+
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "ckpt", model))  # no second from_pretrained needed
+    assert torch.equal(loaded.query_set("street"), model.query_set("street"))
+
+    with pytest.raises(ValueError, match="num_queries"):
+        build_model(dataclasses.replace(config, num_queries=7), [STREET], TableEncoder())

@@ -1,0 +1,89 @@
+"""`python -m train pretrain`: a few steps on hand-made COCO data, resume, errors, 2-process DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resi_core.model import load_checkpoint, read_meta
+from tests.resi_core.test_model_data import write_tiny_coco
+from train.pretrain import main
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_CONFIG = ROOT / "configs" / "world_tiny.json"
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    for name in ("street", "portrait"):
+        write_tiny_coco(root / name, name, n_images=4)
+    return root
+
+
+def _args(data_root: Path, out: Path, *extra: str) -> list[str]:
+    return ["--config", str(TINY_CONFIG), "--data-root", str(data_root), "--out", str(out), "--no-progress", *extra]
+
+
+def test_pretrain_writes_checkpoints_and_resumes(data_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "run"
+    assert main(_args(data_root, out, "--iterations", "2", "--threads", "1")) == 0
+    assert (out / "latest").read_text() == "step_0000002"
+    meta = read_meta(out / "step_0000002")
+    assert meta["training"]["step"] == 2 and meta["text_encoder"] == "minilm"
+    first = load_checkpoint(out / "step_0000002", text_encoder_id="minilm")
+    assert list(first.label_spaces) == ["street", "portrait"]
+
+    assert main(_args(data_root, out, "--iterations", "3", "--threads", "1", "--resume")) == 0
+    assert (out / "latest").read_text() == "step_0000003"
+    assert read_meta(out / "step_0000003")["training"]["step"] == 3
+    printed = capsys.readouterr().out
+    assert "step 3/3" in printed and "step 2/3" not in printed  # resumed at step 2, not from scratch
+    resumed = load_checkpoint(out / "step_0000003")
+    assert any((a != b).any() for a, b in zip(first.parameters(), resumed.parameters(), strict=True))
+
+    # The same data with another method must not resume from this run.
+    assert main(_args(data_root, out, "--iterations", "4", "--method", "merged_m2f", "--resume")) == 2
+    assert "different model config" in capsys.readouterr().err
+
+
+def test_missing_dataset_is_one_clear_error(tmp_path, capsys):
+    assert main(_args(tmp_path / "nothing", tmp_path / "run", "--iterations", "1")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: dataset:") and "no instances file" in err
+
+
+def test_unknown_config_key_is_an_error(tmp_path, capsys):
+    config = json.loads(TINY_CONFIG.read_text())
+    config["iterationz"] = 3
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(config))
+    assert main(["--config", str(path)]) == 2
+    assert "iterationz" in capsys.readouterr().err
+
+
+def test_demo_config_parses():
+    from train.pretrain import TrainConfig
+
+    config = TrainConfig.from_json(json.loads((ROOT / "configs" / "world_demo.json").read_text()))
+    assert [d.name for d in config.datasets] == ["street", "portrait", "drive", "parts"]
+    assert config.model.feature_size % 32 == 0 and config.model.max_size == 128
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(data_root, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command += ["-m", "train", "pretrain", *_args(data_root, out, "--iterations", "2", "--method", "merged_m2f")]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / "latest").read_text() == "step_0000002"
+    model = load_checkpoint(out / "step_0000002")
+    assert model.config.classifier == "linear" and model.config.query_mode == "shared"

@@ -1,0 +1,289 @@
+"""`python -m train pretrain --config CONFIG`: train a RESI model (or a baseline) on COCO datasets.
+
+Config JSON (see configs/world_demo.json):
+  datasets: [{"name": label space, "images": folder, "instances": COCO json}], paths under data_root
+  data_root, out, model (RESIConfig fields), method (resi | text_m2f | merged_m2f | resi_linear),
+  iterations, batch_size, lr, weight_decay, warmup, grad_clip, seed, device (auto|cpu|cuda),
+  amp (bf16 autocast on CUDA), checkpoint_every, text_cache, threads.
+Checkpoints go to OUT/step_NNNNNNN (model.safetensors, meta.json, trainer.pt); OUT/latest names the
+newest. Distributed: `torchrun --nproc_per_node N -m train pretrain ...` (gloo on CPU, nccl on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from resi_core.data import Batch, CocoDataset, DatasetError, MixedSampler, class_names_match
+from resi_core.model import (
+    METHODS,
+    CheckpointError,
+    LossOutput,
+    RESIConfig,
+    RESICriterion,
+    RESIModel,
+    Target,
+    build_model,
+    load_checkpoint,
+    save_checkpoint,
+)
+from resi_core.text import encoder_id, get_text_encoder
+
+TRAINER_FILE = "trainer.pt"
+LATEST_FILE = "latest"
+KEEP_CHECKPOINTS = 2
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    images: str
+    instances: str
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    datasets: tuple[DatasetSpec, ...]
+    model: RESIConfig
+    out: str
+    data_root: str = "."
+    method: str = "resi"
+    iterations: int = 1000
+    batch_size: int = 8
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup: int = 100
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    checkpoint_every: int = 500
+    text_cache: str | None = None
+    # CPU threads per process; None keeps torch's default. On a busy machine, 1 is often much faster:
+    # small ops then never wait for a descheduled OpenMP thread.
+    threads: int | None = None
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = set(data) - names - {"comment"}
+        if unknown:
+            raise ValueError(f"Unknown config keys {sorted(unknown)}; known: {sorted(names)}.")
+        values = {k: v for k, v in data.items() if k in names}
+        values["datasets"] = tuple(DatasetSpec(**d) for d in data.get("datasets", []))
+        if not values["datasets"]:
+            raise ValueError("The config lists no datasets.")
+        values["model"] = RESIConfig.from_json(data.get("model", {}))
+        return TrainConfig(**values)
+
+
+class TrainStep(nn.Module):
+    """Model + criterion in one forward, so DDP sees every parameter the loss uses."""
+
+    def __init__(self, model: RESIModel, criterion: RESICriterion):
+        super().__init__()
+        self.model = model
+        self.criterion = criterion
+
+    def forward(self, pixel_values: torch.Tensor, targets: list[Target]) -> LossOutput:
+        output = self.model(pixel_values, [t.space for t in targets])
+        return self.criterion(self.model, output, targets)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m train pretrain",
+        description="Train RESI (or a baseline, --method) on several COCO-format datasets, one label "
+        "space each. Batches mix datasets; each image is supervised in its own label space only.",
+    )
+    parser.add_argument("--config", required=True, help="training config JSON (see configs/)")
+    parser.add_argument("--out", help="output folder (overrides the config)")
+    parser.add_argument("--data-root", help="folder the dataset paths are relative to (overrides the config)")
+    parser.add_argument("--method", choices=sorted(METHODS), help="resi or a baseline (overrides the config)")
+    parser.add_argument("--iterations", type=int, help="total optimizer steps (overrides the config)")
+    parser.add_argument("--batch-size", type=int, help="images per step and process (overrides the config)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], help="overrides the config")
+    parser.add_argument("--seed", type=int, help="overrides the config")
+    parser.add_argument("--threads", type=int, help="CPU threads per process (overrides the config)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/latest (weights, optimizer, step)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs a line per checkpoint)")
+    return parser.parse_args(argv)
+
+
+def load_config(args: argparse.Namespace) -> TrainConfig:
+    config = TrainConfig.from_json(json.loads(Path(args.config).read_text(encoding="utf-8")))
+    overrides = {
+        "out": args.out,
+        "data_root": args.data_root,
+        "method": args.method,
+        "iterations": args.iterations,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "seed": args.seed,
+        "threads": args.threads,
+    }
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if config.method not in METHODS:
+        raise ValueError(f"Unknown method {config.method!r}; choose from {sorted(METHODS)}.")
+    return dataclasses.replace(config, model=METHODS[config.method](config.model))
+
+
+def setup_distributed(device_kind: str) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def pick_device(kind: str) -> torch.device:
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was asked for but CUDA is not available.")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def learning_rate_factor(step: int, config: TrainConfig) -> float:
+    """Linear warm-up, then poly(0.9) decay to zero at `iterations`."""
+    if step < config.warmup:
+        return (step + 1) / config.warmup
+    return max(0.0, 1.0 - step / max(config.iterations, 1)) ** 0.9
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    pointer = out / LATEST_FILE
+    if not pointer.is_file():
+        return None
+    folder = out / pointer.read_text(encoding="utf-8").strip()
+    return folder if folder.is_dir() else None
+
+
+def write_checkpoint(out: Path, model: RESIModel, optimizer, step: int, config: TrainConfig, it_s: float) -> Path:
+    folder = out / f"step_{step:07d}"
+    info = {
+        "step": step,
+        "iterations": config.iterations,
+        "method": config.method,
+        "batch_size": config.batch_size,
+        "datasets": [dataclasses.asdict(d) for d in config.datasets],
+        "iterations_per_second": round(it_s, 3),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    save_checkpoint(folder, model, info)
+    torch.save({"step": step, "optimizer": optimizer.state_dict()}, folder / TRAINER_FILE)
+    tmp = out / f".{LATEST_FILE}.tmp"
+    tmp.write_text(folder.name, encoding="utf-8")
+    os.replace(tmp, out / LATEST_FILE)
+    for old in sorted(out.glob("step_*"))[:-KEEP_CHECKPOINTS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def build_or_resume(config: TrainConfig, spaces, resume_from: Path | None) -> tuple[RESIModel, int, dict | None]:
+    if resume_from is not None:
+        model = load_checkpoint(resume_from, text_encoder_id=encoder_id(config.model.text_encoder))
+        trained = list(model.label_spaces.values())
+        if [s.name for s in trained] != [s.name for s in spaces] or not all(
+            class_names_match(a, b) for a, b in zip(trained, spaces, strict=True)
+        ):
+            raise CheckpointError(f"{resume_from} was trained on other label spaces than this config's datasets.")
+        if model.config != config.model:
+            raise CheckpointError(f"{resume_from} has a different model config than this run.")
+        trainer = torch.load(resume_from / TRAINER_FILE, map_location="cpu", weights_only=True)
+        return model, int(trainer["step"]), trainer["optimizer"]
+    encoder = None
+    if config.model.classifier == "text":
+        cache = Path(config.text_cache) if config.text_cache else None
+        encoder = get_text_encoder(config.model.text_encoder, cache_dir=cache)
+    return build_model(config.model, spaces, encoder), 0, None
+
+
+def train(config: TrainConfig, resume: bool, progress: bool) -> int:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = pick_device(config.device)
+    rank, world = setup_distributed(device.type)
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    root = Path(config.data_root)
+    datasets = [CocoDataset(d.name, root / d.images, root / d.instances) for d in config.datasets]
+    sampler = MixedSampler(datasets, size=config.model.max_size, seed=config.seed + 1000 * rank)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    resume_from = latest_checkpoint(out) if resume else None
+    if resume and resume_from is None and rank == 0:
+        print(f"No checkpoint in {out}; starting from scratch.", file=sys.stderr)
+    model, start, optimizer_state = build_or_resume(config, sampler.label_spaces, resume_from)
+    model.to(device).train()
+    step_module: nn.Module = TrainStep(model, RESICriterion(model)).to(device)
+    if world > 1:
+        step_module = nn.parallel.DistributedDataParallel(step_module, find_unused_parameters=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    use_amp = config.amp and device.type == "cuda"
+
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.iterations, initial=start, desc="pretrain", unit="it", dynamic_ncols=True)
+    window_start, window_steps, it_s = time.perf_counter(), 0, 0.0
+    for step in range(start, config.iterations):
+        batch: Batch = sampler.batch(config.batch_size)
+        targets = [Target(t.space, t.masks.to(device), t.labels.to(device)) for t in batch.targets]
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * learning_rate_factor(step, config)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            loss = step_module(batch.pixel_values.to(device), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.total.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        optimizer.step()
+        window_steps += 1
+        it_s = window_steps / max(time.perf_counter() - window_start, 1e-9)
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss.total.item():.2f}", ce=f"{loss.parts['ce'].item():.2f}", refresh=False)
+            bar.update(1)
+        done = step + 1
+        if rank == 0 and (done % config.checkpoint_every == 0 or done == config.iterations):
+            folder = write_checkpoint(out, model, optimizer, done, config, it_s)
+            if bar is None:
+                print(f"step {done}/{config.iterations} loss {loss.total.item():.3f} {it_s:.2f} it/s -> {folder}")
+    if bar is not None:
+        bar.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args)
+        return train(config, resume=args.resume, progress=not args.no_progress)
+    except (ValueError, OSError) as err:  # DatasetError, CheckpointError, config errors, missing files
+        kind = "dataset" if isinstance(err, DatasetError) else "checkpoint" if isinstance(err, CheckpointError) else ""
+        print(f"error: {kind + ': ' if kind else ''}{err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
