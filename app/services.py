@@ -77,14 +77,24 @@ class ModelProvider:
         """The text encoder for synonym suggestions (the model's own one once it is loaded)."""
         with self._lock:
             if self._encoder is None:
-                from resi_core.text import get_text_encoder
+                from resi_core.text import TextEncoderError, get_text_encoder
 
-                self._encoder = get_text_encoder(self.text_encoder_spec, cache_dir=self.cache_dir)
+                try:
+                    self._encoder = get_text_encoder(self.text_encoder_spec, cache_dir=self.cache_dir)
+                except TextEncoderError as exc:
+                    raise UserError(f"{exc} (set it with --text-encoder).") from exc
             return self._encoder
 
     def predictor(self) -> Any:
         info = self.info()
         encoder = self.text_encoder()
+        if info.text_encoder != encoder.id:
+            # Checked before any weights load: class embeddings of different encoders are not comparable.
+            raise UserError(
+                f"The checkpoint {info.path} was trained with text encoder {info.text_encoder!r}, but the app "
+                f"uses {encoder.id!r}. Restart the app with --text-encoder {info.text_encoder} (or pick a "
+                "checkpoint trained with this encoder)."
+            )
         with self._lock:
             if self._predictor is None:
                 from resi_core.model import CheckpointError, load_checkpoint
@@ -93,7 +103,8 @@ class ModelProvider:
                 try:
                     model = load_checkpoint(info.path, text_encoder_id=encoder.id)
                 except CheckpointError as exc:
-                    raise UserError(str(exc)) from exc
+                    raise UserError(f"Cannot load the model: {str(exc).rstrip('.')}. Proposals need a working checkpoint; "
+                                    "everything else still works.") from exc
                 self._predictor = Predictor(model, encoder, device=_torch_device(self.device))
             return self._predictor
 
@@ -107,14 +118,18 @@ class ModelProvider:
 
                 try:
                     meta = read_meta(self.checkpoint)
+                    spaces = tuple(LabelSpace.from_json(s) for s in meta["label_spaces"])
+                    text_encoder = str(meta["text_encoder"])
                 except CheckpointError as exc:
                     raise UserError(str(exc)) from exc
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise UserError(f"The checkpoint {self.checkpoint} has invalid metadata: {exc!r}.") from exc
                 self._info = ModelInfo(
                     name=self.checkpoint.name,
                     path=self.checkpoint,
                     sha256=file_sha256(self.checkpoint),
-                    label_spaces=tuple(LabelSpace.from_json(s) for s in meta["label_spaces"]),
-                    text_encoder=str(meta["text_encoder"]),
+                    label_spaces=spaces,
+                    text_encoder=text_encoder,
                 )
             return self._info
 

@@ -82,6 +82,10 @@ def build_ui(svc: Services) -> gr.Blocks:
                                 file_types=["image", ".zip"], elem_id="upload")
                 upload_btn = gr.Button("Upload", elem_id="upload-btn", variant="primary")
                 upload_md = gr.Markdown(elem_id="upload-report")
+                with gr.Row():
+                    export_btn = gr.Button("Export COCO (instances + panoptic, zip)", elem_id="export-btn", scale=1)
+                    export_file = gr.File(label="COCO export", interactive=False, elem_id="export-file", scale=2)
+                export_md = gr.Markdown(elem_id="export-report")
             with gr.Tab("Class set", id="classes"):
                 spaces_cb = gr.CheckboxGroup(label="Label spaces the model was trained on", choices=[],
                                              elem_id="label-spaces")
@@ -202,6 +206,15 @@ def build_ui(svc: Services) -> gr.Blocks:
 
         upload_btn.click(on_upload, [state, files], [upload_md, summary, images_df, image_dd, files],
                          api_name="upload")
+
+        @guarded
+        def on_export(st: h.UserState) -> tuple[Any, ...]:
+            result = h.export_coco(svc, st)
+            if result.skipped:
+                gr.Warning("Some images are left out of a panoptic set (overlapping segments); see the export report.")
+            return str(result.path), result.message
+
+        export_btn.click(on_export, [state], [export_file, export_md], api_name="export_coco")
 
         @guarded
         def on_suggest(spaces: list[str], adhoc: str) -> Any:

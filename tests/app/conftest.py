@@ -118,3 +118,34 @@ def project(svc: Services, tmp_path: Path) -> UserState:
                                           write_image(tmp_path / "b.png", color=(10, 200, 10))])
     h.save_class_set(svc, state, ["street", "drive"], "", [])
     return replace(state, image_id=report.first_image_id)
+
+
+# --- a real (tiny, untrained) RESI checkpoint -----------------------------------------------------
+
+TINY_MODEL = {  # the model section of configs/world_tiny.json
+    "backbone_stem": 16, "backbone_channels": (16, 16, 32, 32), "backbone_depths": (1, 1, 1, 1),
+    "hidden_size": 32, "feature_size": 32, "mask_feature_size": 32, "encoder_layers": 1, "decoder_layers": 2,
+    "num_heads": 2, "dim_feedforward": 64, "encoder_feedforward_dim": 64, "num_queries": 8,
+    "text_encoder": "minilm", "text_dim": 384, "train_num_points": 256, "max_size": 64,
+}
+COCO_IMAGES = Path("/work/shared/data/coco128/images/train2017")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised tiny RESI model for the world's source label spaces, with MiniLM class
+    embeddings, saved as a real checkpoint folder."""
+    from resi_core.model import RESIConfig, build_model, save_checkpoint
+    from resi_core.text import get_text_encoder
+    from resi_core.world import source_spaces
+
+    torch.manual_seed(0)
+    model = build_model(RESIConfig(**TINY_MODEL), list(source_spaces().values()), get_text_encoder("minilm"))
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", model, {"note": "untrained, for tests"})
+
+
+def coco_photo() -> Path:
+    photos = sorted(COCO_IMAGES.glob("*.jpg"))
+    if not photos:
+        pytest.skip(f"no coco128 photos under {COCO_IMAGES}")
+    return photos[0]

@@ -1,0 +1,109 @@
+"""The handlers with a REAL (tiny, untrained) RESI checkpoint instead of the fake model: the checkpoint loads,
+a coco128 photo is proposed and the proposal is saved. An untrained model may find nothing, so these tests
+check that the proposal is stored and well formed, not its quality. Broken checkpoints give one message."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app import handlers as h
+from app.config import AppConfig
+from app.events import guarded
+from app.services import Services, UserError, open_services
+from storage import repo
+from tests.app.conftest import coco_photo
+
+
+def real_services(data_dir: Path, checkpoint: Path) -> Services:
+    return open_services(AppConfig(data_dir=data_dir, checkpoint=checkpoint, device="cpu"))
+
+
+def project_with_photo(svc: Services, spaces: list[str], adhoc: str) -> tuple[h.UserState, Path]:
+    photo = coco_photo()
+    state = h.create_project(svc, "coco")
+    report = h.upload_images(svc, state, [photo])  # read in place
+    assert report.added == [photo.name]
+    h.save_class_set(svc, state, spaces, adhoc, [])
+    return replace(state, image_id=report.first_image_id), photo
+
+
+def test_propose_with_a_real_tiny_checkpoint_saves_the_proposal(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    svc = real_services(tmp_path / "data", tiny_checkpoint)
+    assert [s.name for s in h.trained_spaces(svc)] == ["street", "portrait", "drive", "parts"]
+    state, photo = project_with_photo(svc, ["street", "portrait"], "cat")
+    result = h.propose(svc, state, "ann")
+    assert result.ok and result.message.startswith("Proposed ")
+    view = result.view
+    width, height = Image.open(photo).size
+    assert view.status == "proposed" and view.image.shape == (height, width, 3)
+    check_segments(view.segments, (height, width))
+    with svc.sessions() as session:
+        proposal = repo.latest_proposal(session, state.image_id)
+        assert proposal is not None and proposal.inference_ms > 0
+        assert len(repo.proposal_segments(proposal)) == len(view.segments)
+        (version,) = repo.list_model_versions(session, state.project_id)
+        assert version.name.startswith("tiny-") and proposal.model_version_id == version.id
+    # An untrained model finds nothing; with "no object" switched off and no thresholds it finds segments,
+    # so real masks go through the same conversion and storage. Re-proposing is one undoable edit.
+    predictor = svc.model.predictor()
+    predictor.score_threshold = predictor.overlap_threshold = 0.0
+    with torch.no_grad():
+        predictor.model.no_object_embedding.zero_()
+    predictor.clear_cache()
+    again = h.propose(svc, result.state, "ann")
+    assert again.ok and again.view.segments and again.view.status == "in_review"
+    check_segments(again.view.segments, (height, width))
+    undone = h.undo(svc, again.state, "ann")
+    assert len(undone.view.segments) == len(view.segments)
+    assert h.accept(svc, h.redo(svc, undone.state, "ann").state, "ann").ok
+
+
+def check_segments(segments: list, shape: tuple[int, int]) -> None:
+    for seg in segments:
+        assert seg.mask.shape == shape and seg.mask.dtype == bool and seg.mask.any()
+        assert set(seg.label_space.split("+")) <= {"street", "portrait", "adhoc"}
+        assert seg.score is not None and 0.0 <= seg.score <= 1.0
+
+
+def test_checkpoint_of_another_text_encoder_gives_one_clear_message(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    other = shutil.copytree(tiny_checkpoint, tmp_path / "clip-ckpt")
+    meta = json.loads((other / "meta.json").read_text())
+    meta["text_encoder"] = meta["config"]["text_encoder"] = "open_clip:ViT-B-32:openai"
+    (other / "meta.json").write_text(json.dumps(meta))
+    svc = real_services(tmp_path / "data", other)
+    state, _ = project_with_photo(svc, ["street"], "")
+    for _ in range(2):  # the same message every time; nothing is left half loaded
+        with pytest.raises(UserError, match=r"trained with text encoder 'open_clip:ViT-B-32:openai'.*"
+                                            r"--text-encoder open_clip:ViT-B-32:openai"):
+            h.propose(svc, state, "ann")
+    assert h.project_overview(svc, state).counts["new"] == 1  # the app is still usable
+
+
+def test_corrupt_checkpoint_gives_one_clear_message_and_the_app_stays_up(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    broken = shutil.copytree(tiny_checkpoint, tmp_path / "broken")
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    svc = real_services(tmp_path / "data", broken)
+    state, _ = project_with_photo(svc, ["street"], "")
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        h.propose(svc, state, "ann")
+    with pytest.raises(gr.Error) as caught:  # what the UI shows: one message, no traceback
+        guarded(h.propose)(svc, state, "ann")
+    assert "corrupt or truncated" in caught.value.message and "Traceback" not in caught.value.message
+    # Everything that does not need the model still works.
+    state, view = h.load_image(svc, state)
+    options = h.class_options(svc, state)
+    layer = np.zeros((*view.image.shape[:2], 4), dtype=np.uint8)
+    layer[10:50, 10:50] = 255
+    added = h.add_segment(svc, state, "ann", {"background": None, "layers": [layer], "composite": None},
+                          h.find_option(options, "person [street]"))
+    assert added.ok and h.accept(svc, added.state, "ann").ok
