@@ -4,6 +4,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 export GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONHASHSEED=0
+# The browser test drives Debian's Chromium; install it when it is missing (needs root and apt).
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "== installing chromium (apt-get)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "chromium could not be installed; the browser test will skip"
+fi
 echo "== ruff"; $BIN/ruff check .
 echo "== import contract"; $BIN/lint-imports
 echo "== pytest"; $BIN/python -m pytest -q --timeout=900 "$@"

@@ -134,7 +134,11 @@ def load_config(args: argparse.Namespace) -> TrainConfig:
         "seed": args.seed,
         "threads": args.threads,
     }
-    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    return with_method(dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None}))
+
+
+def with_method(config: TrainConfig) -> TrainConfig:
+    """The config with its model's classifier, query mode and negatives set by `config.method`."""
     if config.method not in METHODS:
         raise ValueError(f"Unknown method {config.method!r}; choose from {sorted(METHODS)}.")
     return dataclasses.replace(config, model=METHODS[config.method](config.model))
@@ -212,7 +216,7 @@ def build_or_resume(config: TrainConfig, spaces, resume_from: Path | None) -> tu
     return build_model(config.model, spaces, encoder), 0, None
 
 
-def train(config: TrainConfig, resume: bool, progress: bool) -> int:
+def train(config: TrainConfig, resume: bool, progress: bool, bar_position: int = 0) -> int:
     if config.threads:
         torch.set_num_threads(config.threads)
     device = pick_device(config.device)
@@ -242,7 +246,8 @@ def train(config: TrainConfig, resume: bool, progress: bool) -> int:
     if progress and rank == 0:
         from tqdm import tqdm
 
-        bar = tqdm(total=config.iterations, initial=start, desc="pretrain", unit="it", dynamic_ncols=True)
+        bar = tqdm(total=config.iterations, initial=start, desc=f"pretrain {config.method}", unit="it",
+                   dynamic_ncols=True, position=bar_position)
     window_start, window_steps, it_s = time.perf_counter(), 0, 0.0
     for step in range(start, config.iterations):
         batch: Batch = sampler.batch(config.batch_size)

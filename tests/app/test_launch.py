@@ -39,3 +39,51 @@ def test_bad_values_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="max-upload-mb"):
         config(["--max-upload-mb", "0"])
     assert is_loopback("localhost") and is_loopback("::1") and not is_loopback("192.168.1.2")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_launch_serves_the_app_and_its_api(tmp_path: Path) -> None:
+    """`python launch.py` as a user runs it: it prints its URL, and a client can create a project."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from gradio_client import Client
+
+    root = Path(launch.__file__).resolve().parent
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, str(root / "launch.py"), "--port", str(port), "--data-dir", str(tmp_path / "data"),
+               "--checkpoint", str(tmp_path / "no-checkpoint")]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line and process.poll() is not None:
+                break
+            lines.append(line)
+            if "RESI is running at" in line:
+                break
+        output = "".join(lines)
+        assert f"http://127.0.0.1:{port}" in output, output
+        assert "missing: Propose will say how to get one" in output
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        client.predict("launched", api_name="/create_project")
+        import sqlite3
+
+        with sqlite3.connect(tmp_path / "data" / "resi.db") as db:
+            assert db.execute("SELECT name FROM projects").fetchall() == [("launched",)]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -1,0 +1,396 @@
+"""`python -m train bench --config CONFIG`: RESI against the baselines on the mixed benchmarks M1-M4.
+
+Every method is trained on the same generated source datasets with the same budget and seed
+(SPEC §6), then evaluated on each mixed benchmark with mIoU, PQ, AP and PIQ:
+- Merged-M2F and Text-M2F (one shared query set): evaluated with both fair inference rules,
+  (a) non-overlapping panoptic inference over the union and (b) overlapping instance-style
+  inference; each metric reports the better rule;
+- RESI with ESF-OMI;
+- RESI without ESF-OMI: the same RESI weights under rules (a) and (b), best of the two;
+- the ablation: RESI with a linear class head instead of text embeddings, with ESF-OMI.
+The table is written as Markdown and JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from resi_core.coco import GroundTruth, Prediction, encode_mask, load_ground_truth
+from resi_core.labels import MixedLabelSpace, normalize_name
+from resi_core.metrics import evaluate, mask_ap
+from resi_core.model import RESIModel, load_checkpoint
+from resi_core.postprocess import RawSegment, overlapping_instances, standard_panoptic_union
+from resi_core.predictor import Predictor, SpacesRequest
+from resi_core.world import BENCHMARK_SYNONYMS, BENCHMARKS, DATASETS, benchmark_mix, generate
+from resi_core.world.export import prepare_out_dir, write_world
+from train.pretrain import TrainConfig, latest_checkpoint, train, with_method
+
+METRICS = ("miou", "pq", "ap", "piq")
+# Rows of the table: (row name, trained method, inference).
+ROWS: tuple[tuple[str, str, str], ...] = (
+    ("Merged-M2F", "merged_m2f", "best_rule"),
+    ("Text-M2F", "text_m2f", "best_rule"),
+    ("RESI w/o ESF-OMI", "resi", "best_rule"),
+    ("RESI (linear head)", "resi_linear", "esf_omi"),
+    ("RESI", "resi", "esf_omi"),
+)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    train: dict[str, Any]  # a pretrain config (configs/world_demo.json's shape) without datasets
+    iterations: int = 3000
+    train_images: int = 2000  # per source dataset
+    val_images: int = 100  # per benchmark
+    seed: int = 0
+    benchmarks: tuple[str, ...] = tuple(BENCHMARKS)
+    score_threshold: float = 0.5
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> BenchConfig:
+        names = {f.name for f in dataclasses.fields(BenchConfig)}
+        unknown = set(data) - names - {"comment"}
+        if unknown:
+            raise ValueError(f"Unknown bench config keys {sorted(unknown)}; known: {sorted(names)}.")
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
+        bad = [b for b in values.get("benchmarks", ()) if b not in BENCHMARKS]
+        if bad:
+            raise ValueError(f"Unknown benchmarks {bad}; known: {list(BENCHMARKS)}.")
+        return BenchConfig(**values)
+
+
+# ----- data ------------------------------------------------------------------------------------------
+
+
+def ensure_world(name: str, split: str, n: int, seed: int, out: Path) -> Path:
+    """Write dataset or benchmark `name` to `out` unless an identical copy is already there."""
+    instances = out / "instances.json"
+    if instances.exists():
+        info = json.loads(instances.read_text(encoding="utf-8")).get("info", {})
+        if info.get("world", {}).get("n", info.get("n")) == n and _info_seed(info) == seed:
+            return out
+    out.mkdir(parents=True, exist_ok=True)
+    prepare_out_dir(out, overwrite=True)
+    write_world(generate(name, split, n, seed), name, out, split=split, seed=seed)
+    return out
+
+
+def _info_seed(info: dict) -> int | None:
+    world = info.get("world", {})
+    return world.get("seed", info.get("seed"))
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+# ----- inference rules -----------------------------------------------------------------------------
+
+
+def _mixed_columns(model: RESIModel, space: str, mixed: MixedLabelSpace) -> list[int]:
+    """For each class of a trained space, its column in the mixed label space."""
+    return [mixed.class_of(space, c.name) for c in model.label_spaces[space].classes]
+
+
+def _union_columns(model: RESIModel, mixed: MixedLabelSpace) -> list[int]:
+    """For each mixed class, the model's union column of its name (shared-query baselines)."""
+    index = {normalize_name(n): i for i, n in enumerate(model.union_names)}
+    return [index[normalize_name(c.name)] for c in mixed.classes]
+
+
+@torch.inference_mode()
+def rule_inputs(
+    model: RESIModel, image: np.ndarray, spaces: Sequence[str], mixed: MixedLabelSpace
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int], tuple[float, float]]:
+    """Mask logits and class probabilities over the mixed classes of every query that runs.
+
+    Shared-query models run one pass classified over all mixed classes. Per-space models
+    run one pass per space, each classified over its own classes, scattered into the mixed
+    columns. Returns mask_logits [N, h, w], class_probs [N, M + 1], the image size and the
+    valid extent of the padded logit grid.
+    """
+    from resi_core.image_io import resize_for_model, to_pixel_values
+
+    resized, info = resize_for_model(image, model.config.max_size, 32)
+    features = model.encode(to_pixel_values(resized, info.padded_hw))
+    m = len(mixed.classes)
+    if model.config.query_mode == "shared":
+        out = model.decode(features, [spaces[0]])
+        logits = model.union_logits(out.hidden_states[-1][0])  # [Q, U + 1]
+        cols = _union_columns(model, mixed) + [logits.shape[-1] - 1]
+        probs = logits[:, cols].float().softmax(-1)  # [Q, M + 1]
+        masks = out.masks_queries_logits[-1][0]  # [Q, h, w]
+    else:
+        out = model.decode(features, list(spaces))
+        all_probs = []
+        for i, space in enumerate(spaces):
+            own = model.space_logits(out.hidden_states[-1][i], space).float().softmax(-1)  # [Q, K + 1]
+            scattered = torch.zeros(own.shape[0], m + 1)  # [Q, M + 1]
+            scattered[:, _mixed_columns(model, space, mixed) + [m]] = own
+            all_probs.append(scattered)
+        probs = torch.cat(all_probs)  # [k*Q, M + 1]
+        masks = out.masks_queries_logits[-1].flatten(0, 1)  # [k*Q, h, w]
+    extent = info.valid_extent(tuple(masks.shape[-2:]))
+    return masks, probs, info.original_hw, extent
+
+
+def _raw_to_predictions(
+    raw: Sequence[RawSegment], image_id: int, mixed: MixedLabelSpace, category_ids: dict[str, int]
+) -> list[Prediction]:
+    return [
+        Prediction(image_id, category_ids[mixed.classes[r.label].name], encode_mask(r.mask), r.score)
+        for r in raw
+        if r.mask.any()
+    ]
+
+
+# ----- evaluation ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scores:
+    miou: float
+    pq: float
+    ap: float
+    piq: float
+    rule: dict[str, str]  # metric -> inference rule that gave it
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _scores(gt: GroundTruth, segments: list[Prediction], instances: list[Prediction] | None, rule: str) -> Scores:
+    result = evaluate(gt, segments)
+    ap = mask_ap(gt, instances) if instances is not None else result.ap
+    return Scores(
+        miou=result.miou.miou,
+        pq=result.pq.pq_mean,
+        ap=ap.ap if ap is not None else float("nan"),
+        piq=result.piq.piq,
+        rule=dict.fromkeys(METRICS, rule),
+    )
+
+
+def _best(a: Scores, b: Scores) -> Scores:
+    values, rules = {}, {}
+    for metric in METRICS:
+        x, y = getattr(a, metric), getattr(b, metric)
+        pick = a if (np.isnan(y) or x >= y) else b
+        values[metric], rules[metric] = getattr(pick, metric), pick.rule[metric]
+    return Scores(**values, rule=rules)
+
+
+def evaluate_benchmark(
+    model: RESIModel, inference: str, benchmark: str, data_dir: Path, score_threshold: float,
+    progress: Callable[[], None] | None = None,
+) -> Scores:
+    gt = load_ground_truth(data_dir / "instances.json")
+    mixed = benchmark_mix(benchmark)
+    spaces = BENCHMARKS[benchmark]
+    category_ids = {c.name: c.id for c in gt.categories.values()}
+    missing = [c.name for c in mixed.classes if c.name not in category_ids]
+    if missing:
+        raise ValueError(f"{data_dir} lacks categories {missing} of {benchmark}; regenerate it.")
+    if inference == "esf_omi":
+        predictor = Predictor(model, None, score_threshold=score_threshold, cache_size=1)
+        request = SpacesRequest(tuple(spaces), BENCHMARK_SYNONYMS.get(benchmark, ()))
+        segments, instances = [], []
+        for image in gt.images.values():
+            pred = predictor.predict(load_rgb(data_dir / "images" / image.file_name), request)
+            segments += [Prediction(image.id, category_ids[s.class_name], s.to_rle(), s.score) for s in pred.segments]
+            instances += [Prediction(image.id, category_ids[s.class_name], s.to_rle(), s.score) for s in pred.instances]
+            if progress:
+                progress()
+        return _scores(gt, segments, instances, "esf_omi")
+    union, overlap = [], []
+    isthing = [c.isthing for c in mixed.classes]
+    for image in gt.images.values():
+        masks, probs, hw, extent = rule_inputs(model, load_rgb(data_dir / "images" / image.file_name), spaces, mixed)
+        union += _raw_to_predictions(
+            standard_panoptic_union(masks, probs, isthing, hw, extent, score_threshold), image.id, mixed, category_ids
+        )
+        overlap += _raw_to_predictions(
+            overlapping_instances(masks, probs, hw, extent, score_threshold), image.id, mixed, category_ids
+        )
+        if progress:
+            progress()
+    return _best(_scores(gt, union, None, "panoptic_union"), _scores(gt, overlap, None, "overlapping"))
+
+
+# ----- the table -------------------------------------------------------------------------------------------
+
+
+def markdown_table(results: dict[str, dict[str, Scores]], benchmarks: Sequence[str]) -> str:
+    """results[row][benchmark] -> one row per method, columns benchmark × metric, then the mean."""
+    head = ["method"] + [f"{b} {m}" for b in (*benchmarks, "mean") for m in ("mIoU", "PQ", "AP", "PIQ")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, per_bench in results.items():
+        cells = [row]
+        for b in benchmarks:
+            cells += [f"{100 * getattr(per_bench[b], m):.1f}" for m in METRICS]
+        cells += [f"{100 * mean_metric(per_bench, benchmarks, m):.1f}" for m in METRICS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def mean_metric(per_bench: dict[str, Scores], benchmarks: Sequence[str], metric: str) -> float:
+    return float(np.nanmean([getattr(per_bench[b], metric) for b in benchmarks]))
+
+
+def margins(results: dict[str, dict[str, Scores]], benchmarks: Sequence[str]) -> dict[str, float]:
+    """RESI minus the best baseline (Merged-M2F, Text-M2F), averaged over benchmarks, in points."""
+    out = {}
+    for m in METRICS:
+        resi = mean_metric(results["RESI"], benchmarks, m)
+        best = max(mean_metric(results[r], benchmarks, m) for r in ("Merged-M2F", "Text-M2F") if r in results)
+        out[m] = 100 * (resi - best)
+    return out
+
+
+# ----- command line ------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m train bench",
+        description="Train Merged-M2F, Text-M2F, RESI and RESI with a linear head on the four generated "
+        "source datasets with one budget and seed, evaluate them (and RESI without ESF-OMI) on the mixed "
+        "benchmarks M1-M4, and write the table as Markdown and JSON.",
+    )
+    parser.add_argument("--config", default="configs/bench.json", help="bench config JSON (default: %(default)s)")
+    parser.add_argument("--smoke", action="store_true", help="use configs/bench_smoke.json: a minutes-long run")
+    parser.add_argument("--out", default="resi-data/bench", help="work folder: data, runs, results (default: %(default)s)")
+    parser.add_argument("--iterations", type=int, help="override the training budget per method")
+    parser.add_argument("--methods", nargs="+", help="only these table rows' methods (e.g. resi text_m2f)")
+    parser.add_argument("--retrain", action="store_true", help="train again even if a finished run exists")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="methods trained at once, each in its own process with a share of the CPU threads; "
+                        "on a 2-core CPU two 1-thread runs get ~1.5x the throughput of one 2-thread run "
+                        "(default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def run(
+    config: BenchConfig, out: Path, methods: Sequence[str] | None, retrain: bool, progress: bool, jobs: int = 1
+) -> dict:
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    data_root = out / "data"
+    for name in DATASETS:
+        ensure_world(name, "train", config.train_images, config.seed, data_root / name / "train")
+    for bench in config.benchmarks:
+        ensure_world(bench, "val", config.val_images, config.seed, data_root / bench / "val")
+    data_seconds = time.perf_counter() - start
+
+    rows = [r for r in ROWS if methods is None or r[1] in methods]
+    todo: list[tuple[str, TrainConfig]] = []
+    for method in dict.fromkeys(r[1] for r in rows):
+        run_dir = out / "runs" / method
+        base = dict(config.train)
+        base.update(
+            datasets=[
+                {"name": d, "images": f"{d}/train/images", "instances": f"{d}/train/instances.json"} for d in DATASETS
+            ],
+            data_root=str(data_root),
+            out=str(run_dir),
+            method=method,
+            iterations=config.iterations,
+            seed=config.seed,
+        )
+        if jobs > 1:
+            base["threads"] = max(1, torch.get_num_threads() // jobs)
+        finished = latest_checkpoint(run_dir)
+        if retrain or finished is None or _step_of(finished) < config.iterations:
+            todo.append((method, with_method(TrainConfig.from_json(base))))
+    tick = time.perf_counter()
+    if todo:
+        print(f"== training {', '.join(m for m, _ in todo)} for {config.iterations} iterations each "
+              f"({min(jobs, len(todo))} at a time)", flush=True)
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(train, c, not retrain, progress, i % jobs) for i, (_, c) in enumerate(todo)]
+            for future in futures:
+                future.result()
+    else:
+        for _, train_config in todo:
+            train(train_config, resume=not retrain, progress=progress)
+    train_seconds = time.perf_counter() - tick
+    trained = {m: load_checkpoint(latest_checkpoint(out / "runs" / m)).eval() for m in dict.fromkeys(r[1] for r in rows)}
+
+    results: dict[str, dict[str, Scores]] = {}
+    total = len(rows) * config.val_images * len(config.benchmarks)
+    bar = tqdm(total=total, desc="evaluate", unit="img", disable=not progress)
+    tick = time.perf_counter()
+    for row, method, inference in rows:
+        results[row] = {}
+        for bench in config.benchmarks:
+            bar.set_postfix_str(f"{row} {bench}")
+            results[row][bench] = evaluate_benchmark(
+                trained[method], inference, bench, data_root / bench / "val", config.score_threshold,
+                progress=lambda: bar.update(1),
+            )
+    bar.close()
+    eval_seconds = time.perf_counter() - tick
+    report = {
+        "config": dataclasses.asdict(config),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or ''}".strip(),
+        "device": "cpu",
+        "seconds": {"data": data_seconds, "train": train_seconds, "evaluate": eval_seconds,
+                    "total": time.perf_counter() - start},
+        "results": {row: {b: s.to_json() for b, s in per.items()} for row, per in results.items()},
+    }
+    if "RESI" in results and any(r in results for r in ("Merged-M2F", "Text-M2F")):
+        report["resi_margin_points"] = margins(results, config.benchmarks)
+    report["markdown"] = markdown_table(results, config.benchmarks)
+    return report
+
+
+def _step_of(checkpoint: Path) -> int:
+    meta = json.loads((checkpoint / "meta.json").read_text(encoding="utf-8"))
+    return int(meta.get("training", {}).get("step", 0))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config_path = Path("configs/bench_smoke.json" if args.smoke else args.config)
+    try:
+        config = BenchConfig.from_json(json.loads(config_path.read_text(encoding="utf-8")))
+        if args.iterations:
+            config = dataclasses.replace(config, iterations=args.iterations)
+        out = Path(args.out)
+        report = run(config, out, args.methods, args.retrain, progress=not args.no_progress, jobs=max(1, args.jobs))
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    (out / "results.md").write_text(report["markdown"] + "\n", encoding="utf-8")
+    print(report["markdown"])
+    if "resi_margin_points" in report:
+        print("RESI minus best baseline, mean over benchmarks (points):",
+              ", ".join(f"{k} {v:+.1f}" for k, v in report["resi_margin_points"].items()))
+    print(f"total {report['seconds']['total']:.0f} s; results in {out}/results.md and results.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
