@@ -7,7 +7,6 @@ and still starts when the checkpoint is missing.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import AppConfig
 from resi_core.labels import LabelSpace
 from storage import db
-from storage.files import FileStore, load_rgb
+from storage.files import FileStore, load_rgb, path_sha256
 
 
 class UserError(Exception):
@@ -36,17 +35,6 @@ class ModelInfo:
     sha256: str
     label_spaces: tuple[LabelSpace, ...]
     text_encoder: str
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for file in files:
-        digest.update(file.name.encode())
-        with file.open("rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ModelProvider:
@@ -127,7 +115,7 @@ class ModelProvider:
                 self._info = ModelInfo(
                     name=self.checkpoint.name,
                     path=self.checkpoint,
-                    sha256=file_sha256(self.checkpoint),
+                    sha256=path_sha256(self.checkpoint),
                     label_spaces=spaces,
                     text_encoder=text_encoder,
                 )

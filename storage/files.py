@@ -133,3 +133,15 @@ class FileStore:
             return self.path(sha256).read_bytes()
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"Image {sha256} is missing from the file store {self.root}.") from exc
+
+
+def path_sha256(path: Path) -> str:
+    """SHA-256 of a file, or of a folder's files (names and bytes, in sorted order): names model versions."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(file.name.encode())
+        with file.open("rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

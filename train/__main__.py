@@ -11,7 +11,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("train.evaluate", "score COCO-format predictions: PIQ, mIoU, PQ per label space, AP"),
     "pretrain": ("train.pretrain", "train a RESI model on several COCO-format datasets"),
     "bench": ("train.bench", "train and compare RESI against the baselines on M1-M4"),
-    "finetune": ("train.finetune", "fit LSQEs for a new label space from accepted annotations"),
+    "finetune": ("train.finetune", "fit the LSQE of a new label space (COCO file or accepted annotations)"),
     "db": ("storage.cli", "database: upgrade, backup, restore, check"),
 }
 

@@ -1,0 +1,267 @@
+"""`python -m train finetune`: only the new LSQE trains (from COCO files or accepted annotations),
+the result loads back and registers under its base, and every user error is one line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from resi_core.data import CocoDataset, augment, collate
+from resi_core.labels import ClassDef, LabelSpace
+from resi_core.model import (
+    RESIConfig,
+    RESICriterion,
+    build_model,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+)
+from resi_core.text import get_text_encoder
+from storage import repo
+from storage.db import default_sqlite_url, make_engine, make_session_factory, upgrade
+from storage.errors import Correction
+from storage.files import FileStore, path_sha256
+from storage.models import EventType
+from tests.resi_core.test_model_data import TINY_SPACES, write_tiny_coco
+from tests.storage.helpers import png_bytes, segment
+from train.finetune import AcceptedDataset, main
+
+ROOT = Path(__file__).resolve().parents[2]
+NEW = "closeup"
+H, W = 48, 64
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.delenv("RESI_DATABASE_URL", raising=False)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return get_text_encoder("minilm")
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, encoder) -> Path:
+    """An untrained tiny RESI checkpoint with the label spaces street and portrait."""
+    config = RESIConfig.from_json(json.loads((ROOT / "configs" / "world_tiny.json").read_text())["model"])
+    spaces = [LabelSpace(name, tuple(ClassDef(c, t) for c, t in classes)) for name, classes in TINY_SPACES.items()]
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("base") / "base", build_model(config, spaces, encoder), {"tiny": 1})
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory) -> Path:
+    """Close-ups with the classes face and hair (two annotated images, one empty one)."""
+    return write_tiny_coco(tmp_path_factory.mktemp("coco") / NEW, "portrait", n_images=3)
+
+
+def coco_args(base: Path, coco: Path, out: Path, *extra: str) -> list[str]:
+    return ["--checkpoint", str(base), "--space", NEW, "--instances", str(coco / "instances.json"),
+            "--images", str(coco / "images"), "--out", str(out), "--batch-size", "2", "--threads", "1",
+            "--device", "cpu", "--no-progress", *extra]
+
+
+def fixed_batch_loss(model, coco: Path) -> float:
+    """The set loss of the two annotated images, with the same sampled points every call."""
+    dataset = CocoDataset(NEW, coco / "images", coco / "instances.json")
+    rng = np.random.default_rng(0)
+    batch = collate([augment(dataset[i], 64, rng, scale_range=(1.0, 1.0), flip=False) for i in (0, 1)], 64)
+    model.eval()
+    torch.manual_seed(123)
+    with torch.no_grad():
+        output = model(batch.pixel_values, batch.spaces)
+        return RESICriterion(model)(model, output, batch.targets).total.item()
+
+
+def test_coco_finetune_trains_only_the_new_lsqe(base, coco, encoder, tmp_path, capsys):
+    out = tmp_path / "tuned"
+    assert main(coco_args(base, coco, out, "--iterations", "60", "--no-augment")) == 0
+    printed = capsys.readouterr().out
+    assert f"LSQE of {NEW!r} initialized as a mix of: portrait" in printed  # the most similar space first
+    assert "final" in printed
+
+    meta = read_meta(out)
+    info = meta["training"]["finetune"]
+    assert [s["name"] for s in meta["label_spaces"]] == ["street", "portrait", NEW]
+    assert info["space"] == NEW and info["classes"] == ["face", "hair"] and info["n_images"] == 3
+    assert info["source"]["kind"] == "coco" and info["iterations"] == 60
+    assert info["base_checkpoint"] == str(base.resolve())
+    assert info["init_weights"]["portrait"] > 0.9 > info["init_weights"]["street"]  # same class names win
+
+    tuned = load_checkpoint(out, text_encoder_id="minilm")
+    assert tuned.label_spaces[NEW].class_names == ["face", "hair"]
+    assert torch.allclose(tuned.class_embeddings(NEW), encoder.encode(["face", "hair"]), atol=1e-6)
+
+    before, after = load_file(base / "model.safetensors"), load_file(out / "model.safetensors")
+    assert set(after) - set(before) == {"query_sets.2", "class_embeddings_2"}
+    assert [key for key in before if not torch.equal(before[key], after[key])] == []  # all else bit-identical
+
+    initial = load_checkpoint(base)
+    initial.add_label_space(tuned.label_spaces[NEW], encoder)
+    assert not torch.equal(initial.query_set(NEW).detach(), tuned.query_set(NEW).detach())
+    assert fixed_batch_loss(tuned, coco) < 0.98 * fixed_batch_loss(initial, coco)
+
+
+def test_continue_refits_an_existing_space_only(base, coco, tmp_path):
+    out = tmp_path / "refit"
+    assert main(coco_args(base, coco, out, "--iterations", "2", "--continue", "--space", "portrait")) == 0
+    before, after = load_file(base / "model.safetensors"), load_file(out / "model.safetensors")
+    assert set(after) == set(before)
+    assert [key for key in before if not torch.equal(before[key], after[key])] == ["query_sets.1"]
+    assert read_meta(out)["training"]["finetune"]["continued"] is True
+
+
+# ----- from a project's accepted annotations ------------------------------------------------------
+
+
+def _label(session, store, project_id: int, seed: int, segments: list[dict], accept: bool = True) -> int:
+    image, _ = repo.add_image(session, store, project_id, png_bytes(W, H, seed), f"{seed}.png")
+    version = repo.apply_correction(session, image.id, image.version, "ann", Correction(EventType.ADD, after=segments))
+    if accept:
+        repo.accept(session, image.id, version, "ann")
+    return image.id
+
+
+@pytest.fixture
+def project_db(tmp_path):
+    """A data dir whose project Streets has accepted ad-hoc hydrants and signs (two overlapping)."""
+    data_dir = tmp_path / "data"
+    engine = make_engine(default_sqlite_url(data_dir))
+    upgrade(engine)
+    sessions = make_session_factory(engine)
+    store = FileStore(data_dir / "images")
+    with sessions.begin() as s:
+        project_id = repo.create_project(s, "Streets").id
+        ids = [
+            _label(s, store, project_id, 0, [
+                segment("a", H, W, (0, 0, 20, 20), "hydrant", "adhoc"),
+                segment("b", H, W, (10, 10, 30, 30), "sign", "adhoc"),  # overlaps a: loses 10 x 10 pixels
+                segment("c", H, W, (30, 30, 48, 64), "person", "street"),
+            ]),
+            _label(s, store, project_id, 1, [segment("d", H, W, (5, 30, 25, 60), "sign", "adhoc")]),
+            _label(s, store, project_id, 2, [segment("e", H, W, (0, 0, 9, 9), "car", "street")]),  # no ad-hoc
+            _label(s, store, project_id, 3, [segment("f", H, W, (0, 0, 9, 9), "hydrant", "adhoc")], accept=False),
+        ]
+        empty = repo.create_project(s, "Empty").id
+        _label(s, store, empty, 4, [segment("g", H, W, (0, 0, 9, 9), "hydrant", "adhoc")], accept=False)
+    yield data_dir, sessions, project_id, ids
+    engine.dispose()
+
+
+def project_args(base: Path, data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return ["--checkpoint", str(base), "--space", "hydrants", "--project", "Streets", "--data-dir", str(data_dir),
+            "--out", str(out), "--iterations", "2", "--batch-size", "2", "--threads", "1", "--device", "cpu",
+            "--no-progress", *extra]
+
+
+def test_accepted_dataset_keeps_one_space_without_overlaps(project_db):
+    data_dir, sessions, project_id, ids = project_db
+    with sessions() as s:
+        accepted = repo.accepted_annotations(s, project_id)
+    dataset = AcceptedDataset("hydrants", accepted, "adhoc", FileStore(data_dir / "images"))
+    assert dataset.label_space.class_names == ["hydrant", "sign"]
+    assert [im.image_id for im in dataset.images] == ids[:2] and dataset.overlapping_images == 1
+    sample = dataset[0]
+    assert sample.image.shape == (H, W, 3) and sample.masks.shape == (2, H, W) and sample.space == "hydrants"
+    assert sample.labels.tolist() == [0, 1]
+    assert (sample.masks.sum(0) <= 1).all()
+    assert sample.masks.sum(axis=(1, 2)).tolist() == [400, 400 - 100]  # the later sign lost the overlap
+
+
+def test_project_finetune_registers_under_its_base(base, project_db, tmp_path, capsys):
+    data_dir, sessions, project_id, ids = project_db
+    out = tmp_path / "hydrants"
+    assert main(project_args(base, data_dir, out, "--register", "--activate")) == 0
+    captured = capsys.readouterr()
+    assert "warning: in 1 of 2 images" in captured.err and "registered model version" in captured.out
+    info = read_meta(out)["training"]["finetune"]
+    assert info["classes"] == ["hydrant", "sign"] and info["n_images"] == 2
+    assert info["source"] == {"kind": "project", "project": "Streets", "project_id": project_id,
+                              "from_space": "adhoc", "image_ids": ids[:2]}
+    with sessions() as s:
+        base_version, tuned = repo.list_model_versions(s, project_id)
+    assert base_version.checkpoint_sha256 == path_sha256(base) and base_version.parent_id is None
+    assert tuned.parent_id == base_version.id and tuned.is_active and not base_version.is_active
+    assert tuned.checkpoint_sha256 == path_sha256(out) and tuned.checkpoint_path == str(out.resolve())
+    assert [s["name"] for s in tuned.label_spaces] == ["street", "portrait", "hydrants"]
+
+    # A second run finds the registered base by its hash and leaves the active model alone.
+    assert main(project_args(base, data_dir, tmp_path / "again", "--register")) == 0
+    with sessions() as s:
+        versions = repo.list_model_versions(s, project_id)
+    assert len(versions) == 3 and versions[2].parent_id == base_version.id
+    assert [v.is_active for v in versions] == [False, True, False]
+
+
+def test_project_errors_are_one_line(base, project_db, tmp_path, capsys):
+    data_dir, *_ = project_db
+    cases = [
+        (["--project", "Nope"], "There is no project named 'Nope'"),
+        (["--project", "Empty"], "has no accepted images"),
+        (["--from-space", "drive"], "none of the 3 accepted images has segments of label space 'drive'"),
+        (["--data-dir", str(tmp_path / "elsewhere")], "There is no database at"),
+    ]
+    for extra, message in cases:
+        assert main(project_args(base, data_dir, tmp_path / "out", *extra)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message.lower() in err.lower(), err
+    assert not (tmp_path / "out").exists()
+
+
+# ----- user errors with the COCO source -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("missing_checkpoint", "meta.json is missing"),
+        ("existing_space", "already has a label space 'portrait'"),
+        ("continue_unknown", "has no label space 'nope' to refit"),
+        ("continue_other_classes", "differ from those of label space 'street'"),
+        ("shared_queries", "needs the text classifier and per-space queries"),
+        ("out_is_a_checkpoint", "holds a checkpoint already"),
+        ("no_categories", "its categories make no valid label space"),
+        ("cuda", "CUDA is not available"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(base, coco, tmp_path, capsys, change, message):
+    if change == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    out = tmp_path / "out"
+    extra = {
+        "missing_checkpoint": ["--checkpoint", str(tmp_path / "nothing")],
+        "existing_space": ["--space", "portrait"],
+        "continue_unknown": ["--space", "nope", "--continue"],
+        "continue_other_classes": ["--space", "street", "--continue"],
+        "out_is_a_checkpoint": ["--out", str(base)],
+        "cuda": ["--device", "cuda"],
+    }.get(change, [])
+    if change == "shared_queries":
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        meta = json.loads((base / "meta.json").read_text())
+        meta["config"]["query_mode"] = "shared"
+        (shared / "meta.json").write_text(json.dumps(meta))
+        extra = ["--checkpoint", str(shared)]
+    if change == "no_categories":
+        data = json.loads((coco / "instances.json").read_text())
+        (tmp_path / "empty.json").write_text(json.dumps({**data, "info": {}, "categories": [], "annotations": []}))
+        extra = ["--instances", str(tmp_path / "empty.json")]
+    assert main(coco_args(base, coco, out, "--iterations", "1", *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+    assert not (out / "meta.json").exists()
+
+
+def test_bad_flag_combinations_are_usage_errors(base, coco, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(coco_args(base, coco, tmp_path / "out", "--register"))
+    assert exit_info.value.code == 2 and "--register needs --project" in capsys.readouterr().err
