@@ -7,6 +7,7 @@ so a user sees one short message (gr.Error) and never a traceback, and no state 
 from __future__ import annotations
 
 import functools
+import html
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -118,3 +119,19 @@ def quality_frames(report: h.QualityReport) -> tuple[pd.DataFrame, pd.DataFrame]
         over_time["time"] = pd.to_datetime(over_time["time"], utc=True)
     per_model = pd.DataFrame(report.per_model, columns=["model", "mean_piq", "images"])
     return over_time, per_model
+
+
+def jobs_frame(jobs: Sequence[h.JobView]) -> pd.DataFrame:
+    return pd.DataFrame([j.row for j in jobs], columns=h.JOB_COLUMNS)
+
+
+def job_progress_html(job: h.JobView | None) -> str:
+    """One job's status, a progress bar and its latest message."""
+    if job is None:
+        return "<p>No fine-tuning job yet.</p>"
+    return (
+        f"<div><b>Job {job.id}</b>: label space <b>{html.escape(job.space)}</b>, "
+        f"<span class='job-status'>{job.status}</span>"
+        f"<br><progress value='{job.progress:.3f}' max='1' style='width:100%'></progress> {job.progress:.0%}"
+        f"<br>{html.escape(job.message)}</div>"
+    )

@@ -9,14 +9,18 @@ including a save conflict, so that the user's state is never lost with an except
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
+import socket
+import sys
 import tempfile
 import time
 import unicodedata
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +29,22 @@ import numpy as np
 from app.config import MAX_CLASSES
 from app.editing import BrushMode, apply_strokes, merge_masks, stroke_mask
 from app.segments import SegmentView, find_segment
-from app.services import ModelInfo, Services, UserError
+from app.services import ModelInfo, Services, UserError, database_url
 from resi_core.coco import decode_rle, encode_mask
-from resi_core.labels import ADHOC_SPACE, LabelError, LabelSpace, adhoc_space, check_class_names, mix
+from resi_core.labels import (
+    ADHOC_SPACE,
+    MAX_CLASS_NAME_LEN,
+    LabelError,
+    LabelSpace,
+    adhoc_space,
+    check_class_names,
+    mix,
+    normalize_name,
+)
 from storage import repo
+from storage.db import DATABASE_URL_ENV
 from storage.errors import Conflict, Correction, InvalidInput
-from storage.models import EventType, ImageStatus
+from storage.models import EventType, ImageStatus, Job, JobStatus
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 MAX_ZIP_MEMBERS = 5000
@@ -338,13 +352,31 @@ def parse_class_names(text: str | None) -> list[str]:
     return check_class_names(names)
 
 
-def trained_spaces(svc: Services) -> list[LabelSpace]:
-    """The checkpoint's label spaces; [] when there is no checkpoint."""
-    return list(svc.model.info().label_spaces) if svc.model.available else []
+def model_checkpoint(svc: Services, project_id: int | None) -> Path:
+    """The checkpoint a project's proposals use: its active model version when that is a fine-tuned one
+    (Fine-tune tab, or `train finetune --activate`), else the app's --checkpoint."""
+    if project_id is not None:
+        with svc.sessions() as session:
+            active = repo.active_model_version(session, project_id)
+        if active is not None and _is_finetuned(active.training):
+            return Path(active.checkpoint_path)
+    return svc.model.checkpoint
 
 
-def _chosen_spaces(svc: Services, names: Sequence[str], adhoc: Sequence[str]) -> list[LabelSpace]:
-    known = {s.name: s for s in trained_spaces(svc)}
+def _is_finetuned(training: dict[str, Any] | None) -> bool:
+    return "finetune" in (training or {})
+
+
+def trained_spaces(svc: Services, state: UserState | None = None) -> list[LabelSpace]:
+    """The label spaces of the model the project uses (without a project: the app's checkpoint);
+    [] when that checkpoint is missing."""
+    checkpoint = model_checkpoint(svc, state.project_id if state is not None else None)
+    return list(svc.model.info(checkpoint).label_spaces) if svc.model.exists(checkpoint) else []
+
+
+def _chosen_spaces(svc: Services, names: Sequence[str], adhoc: Sequence[str],
+                   state: UserState | None = None) -> list[LabelSpace]:
+    known = {s.name: s for s in trained_spaces(svc, state)}
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UserError(f"The model has no label space {', '.join(unknown)}; it has {', '.join(known) or 'none'}.")
@@ -366,12 +398,14 @@ class SynonymSuggestion:
 
 
 def suggest_synonyms(
-    svc: Services, label_spaces: Sequence[str], adhoc_text: str | None, threshold: float = SYNONYM_THRESHOLD
+    svc: Services, label_spaces: Sequence[str], adhoc_text: str | None, threshold: float = SYNONYM_THRESHOLD,
+    state: UserState | None = None,
 ) -> list[SynonymSuggestion]:
-    """Classes of different chosen spaces that the text encoder finds alike; the user decides."""
+    """Classes of different chosen spaces that the text encoder finds alike; the user decides.
+    `state` names the project, whose model's label spaces can be chosen."""
     from resi_core.text import suggest_synonyms as text_suggestions
 
-    spaces = _chosen_spaces(svc, label_spaces, parse_class_names(adhoc_text))
+    spaces = _chosen_spaces(svc, label_spaces, parse_class_names(adhoc_text), state)
     if len(spaces) < 2:
         return []
     pairs = text_suggestions(svc.model.text_encoder(), spaces, threshold=threshold)
@@ -388,7 +422,7 @@ def save_class_set(
     """Check the choice (empty set, duplicates, unknown synonyms) and store it as the project's class set."""
     project_id = _require_project(state)
     adhoc = parse_class_names(adhoc_text)
-    spaces = _chosen_spaces(svc, label_spaces or [], adhoc)
+    spaces = _chosen_spaces(svc, label_spaces or [], adhoc, state)
     if not spaces:
         raise UserError("The class set is empty: tick a label space or type class names, comma-separated.")
     pairs = tuple((s.a, s.b) for s in confirmed)
@@ -415,7 +449,7 @@ def class_options(svc: Services, state: UserState) -> list[ClassOption]:
     choice = current_class_set(svc, state)
     if choice is None:
         return []
-    known = {s.name: s for s in trained_spaces(svc)}
+    known = {s.name: s for s in trained_spaces(svc, state)}
     options = [ClassOption(c.name, s, c.isthing) for s in choice.label_spaces if s in known for c in known[s].classes]
     options += [ClassOption(name, ADHOC_SPACE) for name in choice.adhoc]
     return options
@@ -529,8 +563,9 @@ def propose(svc: Services, state: UserState, user: str) -> EditResult:
     choice = current_class_set(svc, state)
     if choice is None:
         raise UserError("Choose a class set first (Class set tab): the model needs to know what to look for.")
-    info = svc.model.info()
-    predictor = svc.model.predictor()
+    checkpoint = model_checkpoint(svc, project_id)
+    info = svc.model.info(checkpoint)
+    predictor = svc.model.predictor(checkpoint)
     version_id = _model_version_id(svc, project_id, info)
     with svc.sessions() as session:
         image = repo.get_image(session, image_id)
@@ -709,8 +744,6 @@ def _undo_redo(svc: Services, state: UserState, user: str, step: Callable[..., i
 
 
 def _piq_parts(segments: Iterable[repo.Segment]) -> list[tuple[np.ndarray, str, bool, float]]:
-    from resi_core.labels import normalize_name
-
     return [(decode_rle(s.rle), normalize_name(s.class_name), s.isthing, s.score or 1.0) for s in segments]
 
 
@@ -796,3 +829,287 @@ def quality(svc: Services, state: UserState) -> QualityReport:
         accepted_images=len(accepted),
     )
 
+
+# --- 8. fine-tuning a new label space -----------------------------------------------------------
+
+FINETUNE_KIND = "finetune"
+DEFAULT_FINETUNE_ITERATIONS = 300
+MAX_FINETUNE_ITERATIONS = 100_000
+# A queued job that no process has claimed after this long never started (the app stopped in between).
+JOB_START_TIMEOUT_S = 120
+# `python -m train ...` runs from here: the app starts jobs as commands and never imports train/.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+JOB_COLUMNS = ["job", "label space", "status", "progress", "message", "started (UTC)", "finished (UTC)"]
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: int
+    kind: str
+    status: str  # queued, running, done, failed
+    progress: float  # 0..1
+    message: str
+    args: dict[str, Any]
+    result: dict[str, Any]
+    pid: int | None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (JobStatus.DONE, JobStatus.FAILED)
+
+    @property
+    def space(self) -> str:
+        return str(self.args.get("space", ""))
+
+    @property
+    def row(self) -> list[Any]:
+        return [self.id, self.space, self.status, f"{self.progress:.0%}", self.message, _when(self.created_at),
+                _when(self.finished_at)]
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite gives naive UTC times
+
+
+def _when(moment: datetime | None) -> str:
+    return "" if moment is None else _utc(moment).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _job_view(job: Job) -> JobView:
+    return JobView(job.id, job.kind, JobStatus(job.status).value, job.progress, job.message, dict(job.args),
+                   dict(job.result), job.pid, job.created_at, job.finished_at)
+
+
+def finetune_sources(svc: Services, state: UserState) -> list[tuple[str, str]]:
+    """(label, label space) of the segments a new space can learn from: the spaces of accepted
+    segments with their image counts, the ad-hoc classes first (always listed: the default)."""
+    project_id = _require_project(state)
+    with svc.sessions() as session:
+        counts = repo.accepted_label_spaces(session, project_id)
+    counts.setdefault(ADHOC_SPACE, 0)
+    order = sorted(counts, key=lambda space: (space != ADHOC_SPACE, space))
+    return [(f"{space} ({counts[space]} accepted image(s))", space) for space in order]
+
+
+def _iterations(value: float | int | str | None) -> int:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not (number.is_integer() and 1 <= number <= MAX_FINETUNE_ITERATIONS):
+        raise UserError(f"Iterations must be a whole number from 1 to {MAX_FINETUNE_ITERATIONS}.")
+    return int(number)
+
+
+def _new_space_name(raw: str | None, trained: Sequence[str]) -> str:
+    name = " ".join((raw or "").split())
+    if not name:
+        raise UserError("Name the new label space first (e.g. 'hydrants').")
+    if len(name) > MAX_CLASS_NAME_LEN:
+        raise UserError(f"A label space name has at most {MAX_CLASS_NAME_LEN} characters.")
+    if "+" in name:
+        raise UserError("A label space name cannot contain '+': it joins the spaces of a fused segment.")
+    if normalize_name(name) == ADHOC_SPACE:
+        raise UserError(f"{ADHOC_SPACE!r} names the typed ad-hoc classes; pick another name for the new space.")
+    taken = next((t for t in trained if normalize_name(t) == normalize_name(name)), None)
+    if taken is not None:
+        raise UserError(f"The model in use has a label space {taken!r} already; pick a new name.")
+    return name
+
+
+def _job_folder(svc: Services, space: str) -> Path:
+    """A new DATA_DIR/models/<space>-<timestamp> path (nothing is created)."""
+    models = svc.config.data_dir.resolve() / "models"
+    stem = f"{_file_slug(space, 'space')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out, n = models / stem, 2
+    while out.exists() or _job_log(out).exists():
+        out, n = models / f"{stem}-{n}", n + 1
+    return out
+
+
+def _job_log(out: Path) -> Path:
+    # Beside the checkpoint folder, not in it: a model version is named by the hash of its folder's files.
+    return out.parent / f"{out.name}.log"
+
+
+def _job_device(device: str) -> str:
+    return device if device in ("auto", "cpu", "cuda") else "cuda" if device.startswith("cuda") else "auto"
+
+
+def start_finetune(svc: Services, state: UserState, space: str | None, from_space: str | None,
+                   iterations: float | int | str | None = DEFAULT_FINETUNE_ITERATIONS) -> JobView:
+    """Learn a new label space from the project's accepted segments of `from_space`, in the background.
+
+    Records a queued job, then starts `python -m train finetune ... --job-id N --register --activate`
+    detached; the job writes its progress to its row, and when done its model is the project's active
+    one (`list_jobs` shows it; proposals switch to it on their own).
+    """
+    project_id = _require_project(state)
+    n_iterations = _iterations(iterations)
+    source = " ".join((from_space or "").split()) or ADHOC_SPACE
+    with svc.sessions() as session:
+        project_name = repo.get_project(session, project_id).name
+        n_images = repo.accepted_label_spaces(session, project_id).get(source, 0)
+    if not n_images:
+        raise UserError(f"No accepted image has segments of label space {source!r} yet: label and accept some "
+                        "images first (Label tab), or pick other segments to learn from.")
+    checkpoint = model_checkpoint(svc, project_id)
+    info = svc.model.info(checkpoint)  # a missing or unreadable checkpoint is one message
+    name = _new_space_name(space, [s.name for s in info.label_spaces])
+    out = _job_folder(svc, name)
+    with svc.register_lock, svc.sessions.begin() as session:  # two clicks never start the same space twice
+        busy = next((j for j in repo.list_jobs(session, project_id) if j.kind == FINETUNE_KIND
+                     and j.status not in repo.FINISHED_JOB_STATUSES
+                     and normalize_name(str(j.args.get("space", ""))) == normalize_name(name)), None)
+        if busy is not None:
+            raise UserError(f"Job {busy.id} is learning label space {busy.args['space']!r} already; wait for it, "
+                            "or pick another name.")
+        job = repo.create_job(session, project_id, FINETUNE_KIND, {})
+        # --flag=value: a name that starts with '-' stays a value.
+        command = [
+            sys.executable, "-m", "train", "finetune", f"--checkpoint={Path(info.path).resolve()}",
+            f"--space={name}", f"--project={project_name}", f"--from-space={source}",
+            f"--data-dir={svc.config.data_dir.resolve()}", f"--iterations={n_iterations}", f"--out={out}",
+            "--register", "--activate", f"--job-id={job.id}", "--no-progress",
+            f"--device={_job_device(svc.config.device)}",
+        ]
+        job.args = {"space": name, "from_space": source, "iterations": n_iterations, "images": n_images,
+                    "checkpoint": str(Path(info.path).resolve()), "out": str(out), "log": str(_job_log(out)),
+                    "host": socket.gethostname(), "command": command}
+        job_id = job.id
+    # The database URL goes by environment, so a password never shows in the process list.
+    env = {**os.environ, DATABASE_URL_ENV: database_url(svc.config)}
+    try:
+        svc.jobs.start(job_id, command, PROJECT_ROOT, env, _job_log(out))
+    except OSError as exc:
+        with svc.sessions.begin() as session:
+            repo.update_job(session, job_id, status=JobStatus.FAILED, message=f"The job could not start: {exc}")
+        raise UserError(f"The fine-tuning job could not start: {exc}.") from exc
+    with svc.sessions() as session:
+        return _job_view(repo.get_job(session, job_id))
+
+
+def _log_tail(log: str | None) -> str:
+    """The last line a job's process wrote (its error, usually)."""
+    if not log:
+        return ""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(fh.seek(0, os.SEEK_END) - 4096, 0))
+            lines = [line.strip() for line in fh.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    last = lines[-1] if lines else ""
+    return (last.removeprefix("error: ")[:300]).strip()
+
+
+def _check_process(svc: Services, job: JobView) -> None:
+    """Mark an unfinished job failed when its process is gone (killed, out of memory, or it died before
+    it could report); a job that could report has done so before it exited."""
+    # A pid means something only on the machine that started the job (apps may share a PostgreSQL database).
+    pid = job.pid if job.args.get("host") == socket.gethostname() else None
+    process = svc.jobs.state(job.id, pid)
+    if process is None:
+        age = (datetime.now(UTC) - _utc(job.created_at)).total_seconds()
+        if job.status != JobStatus.QUEUED or age < JOB_START_TIMEOUT_S:
+            return
+        reason = "never started"
+    elif process.alive:
+        return
+    elif process.returncode is not None and process.returncode < 0:
+        reason = f"was stopped by signal {-process.returncode}"
+    elif process.returncode is not None:
+        reason = f"ended with exit code {process.returncode}"
+    else:
+        reason = "ended"
+    tail = _log_tail(job.args.get("log"))
+    message = f"The job's process {reason} without finishing" + (f": {tail}" if tail else ".")
+    try:
+        with svc.sessions.begin() as session:
+            if repo.get_job(session, job.id).status not in repo.FINISHED_JOB_STATUSES:
+                repo.update_job(session, job.id, status=JobStatus.FAILED, message=message)
+    except InvalidInput:  # it finished in between
+        pass
+
+
+def list_jobs(svc: Services, state: UserState) -> list[JobView]:
+    """The project's jobs, newest first; an unfinished one whose process is gone is marked failed first."""
+    project_id = _require_project(state)
+    svc.jobs.reap()
+    with svc.sessions() as session:
+        jobs = [_job_view(j) for j in repo.list_jobs(session, project_id)]
+    unfinished = [j for j in jobs if not j.finished]
+    for job in unfinished:
+        _check_process(svc, job)
+    if unfinished:
+        with svc.sessions() as session:
+            jobs = [_job_view(j) for j in repo.list_jobs(session, project_id)]
+    return jobs
+
+
+@dataclass(frozen=True)
+class JobsReport:
+    jobs: list[JobView]  # newest first
+    finished_now: list[JobView]  # jobs that were watched (unfinished before) and are done or failed now
+
+    @property
+    def unfinished(self) -> tuple[int, ...]:
+        return tuple(j.id for j in self.jobs if not j.finished)
+
+    @property
+    def current(self) -> JobView | None:
+        """The job to show: the newest unfinished one, else the newest."""
+        return next((j for j in self.jobs if not j.finished), self.jobs[0] if self.jobs else None)
+
+
+def jobs_report(svc: Services, state: UserState, watched: Sequence[int] = ()) -> JobsReport:
+    jobs = list_jobs(svc, state)
+    ids = set(watched)
+    return JobsReport(jobs, [j for j in jobs if j.id in ids and j.finished])
+
+
+def model_choices(svc: Services, state: UserState) -> tuple[list[tuple[str, int]], int]:
+    """The models a project can use, as (label, model version id; 0 is the app's --checkpoint), and the
+    one it uses: the app's checkpoint and every fine-tuned version of the project, newest first."""
+    project_id = _require_project(state)
+    with svc.sessions() as session:
+        tuned = [v for v in repo.list_model_versions(session, project_id) if _is_finetuned(v.training)]
+        active = repo.active_model_version(session, project_id)
+    choices = [(f"{svc.model.checkpoint.name} (the app's checkpoint)", 0)]
+    choices += [(f"version {v.id}: {v.name} (+ {v.training['finetune'].get('space', '?')})", v.id)
+                for v in reversed(tuned)]
+    in_use = active.id if active is not None and _is_finetuned(active.training) else 0
+    return choices, in_use
+
+
+def use_model(svc: Services, state: UserState, version_id: int | None) -> str:
+    """Make a fine-tuned version (or, with 0, the app's checkpoint) the project's active model."""
+    project_id = _require_project(state)
+    if version_id is None:
+        raise UserError("Pick a model first.")
+    if int(version_id) == 0:
+        version_id = _model_version_id(svc, project_id, svc.model.info())
+    else:
+        with svc.sessions() as session:
+            version = repo.get_model_version(session, int(version_id))
+            if version.project_id != project_id or not _is_finetuned(version.training):
+                raise UserError(f"Model version {version_id} is not a fine-tuned model of this project.")
+            checkpoint = Path(version.checkpoint_path)
+        svc.model.info(checkpoint)  # a missing or unreadable checkpoint is one message, and nothing changes
+    with svc.sessions.begin() as session:
+        repo.set_active_model(session, int(version_id))
+    return model_summary(svc, state)
+
+
+def model_summary(svc: Services, state: UserState) -> str:
+    """Which model the project's proposals use, and its label spaces (a problem with it, as text)."""
+    checkpoint = model_checkpoint(svc, state.project_id)
+    try:
+        info = svc.model.info(checkpoint)
+    except UserError as exc:
+        return str(exc)
+    kind = "a fine-tuned model" if checkpoint != svc.model.checkpoint else "the app's checkpoint"
+    return (f"Proposals use **{info.name}** ({kind}); label spaces: "
+            + ", ".join(s.name for s in info.label_spaces) + ".")

@@ -1,4 +1,5 @@
-"""What the handlers work with: config, database sessions, the image store and the lazily loaded model.
+"""What the handlers work with: config, database sessions, the image store, the lazily loaded models
+and the job subprocesses this app started.
 
 `open_services` is called once by launch.py (and by tests with a tmp data dir). Nothing here runs at
 import time; the model and the text encoder load on first use, so the app starts in about a second
@@ -7,13 +8,17 @@ and still starts when the checkpoint is missing.
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import AppConfig
@@ -38,16 +43,24 @@ class ModelInfo:
 
 
 class ModelProvider:
-    """Loads the checkpoint and builds the predictor once, on first use, thread-safely."""
+    """Loads checkpoints and builds their predictors on first use, thread-safely.
 
-    def __init__(self, checkpoint: Path, text_encoder: str, device: str, cache_dir: Path):
+    `checkpoint` is the app's model (--checkpoint). A project whose active model version is a fine-tuned
+    one uses that version's checkpoint instead: the handlers pass it as `checkpoint`, and the provider
+    loads it when it differs from those loaded. Metadata stays cached per checkpoint; the predictors of
+    the `capacity` most recently used checkpoints stay loaded, so projects on different models do not
+    reload on every proposal.
+    """
+
+    def __init__(self, checkpoint: Path, text_encoder: str, device: str, cache_dir: Path, capacity: int = 2):
         self.checkpoint = checkpoint
         self.text_encoder_spec = text_encoder
         self.device = device
         self.cache_dir = cache_dir
+        self.capacity = capacity
         self._lock = threading.Lock()
-        self._predictor: Any = None
-        self._info: ModelInfo | None = None
+        self._predictors: OrderedDict[Path, Any] = OrderedDict()
+        self._infos: dict[Path, ModelInfo] = {}
         self._encoder: Any = None
 
     def missing_message(self) -> str:
@@ -59,7 +72,11 @@ class ModelProvider:
 
     @property
     def available(self) -> bool:
-        return self.checkpoint.exists()
+        """Whether the app's own checkpoint is there."""
+        return self.exists()
+
+    def exists(self, checkpoint: Path | None = None) -> bool:
+        return (checkpoint or self.checkpoint).exists()
 
     def text_encoder(self) -> Any:
         """The text encoder for synonym suggestions (the model's own one once it is loaded)."""
@@ -73,8 +90,9 @@ class ModelProvider:
                     raise UserError(f"{exc} (set it with --text-encoder).") from exc
             return self._encoder
 
-    def predictor(self) -> Any:
-        info = self.info()
+    def predictor(self, checkpoint: Path | None = None) -> Any:
+        """The predictor of `checkpoint` (default: the app's), loaded on first use."""
+        info = self.info(checkpoint)
         encoder = self.text_encoder()
         if info.text_encoder != encoder.id:
             # Checked before any weights load: class embeddings of different encoders are not comparable.
@@ -83,8 +101,9 @@ class ModelProvider:
                 f"uses {encoder.id!r}. Restart the app with --text-encoder {info.text_encoder} (or pick a "
                 "checkpoint trained with this encoder)."
             )
+        key = _key(info.path)
         with self._lock:
-            if self._predictor is None:
+            if key not in self._predictors:
                 from resi_core.model import CheckpointError, load_checkpoint
                 from resi_core.predictor import Predictor
 
@@ -93,33 +112,45 @@ class ModelProvider:
                 except CheckpointError as exc:
                     raise UserError(f"Cannot load the model: {str(exc).rstrip('.')}. Proposals need a working checkpoint; "
                                     "everything else still works.") from exc
-                self._predictor = Predictor(model, encoder, device=_torch_device(self.device))
-            return self._predictor
+                self._predictors[key] = Predictor(model, encoder, device=_torch_device(self.device))
+                while len(self._predictors) > self.capacity:  # a thread still using an evicted one keeps it
+                    self._predictors.popitem(last=False)
+            self._predictors.move_to_end(key)
+            return self._predictors[key]
 
-    def info(self) -> ModelInfo:
-        """The checkpoint's name, hash and label spaces, read from its metadata (the weights stay on disk)."""
-        if not self.available:
-            raise UserError(self.missing_message())
+    def info(self, checkpoint: Path | None = None) -> ModelInfo:
+        """A checkpoint's name, hash and label spaces (default: the app's), read from its metadata; the
+        weights stay on disk."""
+        path = checkpoint or self.checkpoint
+        if not self.exists(path):
+            raise UserError(self.missing_message() if path == self.checkpoint else (
+                f"The project's active model checkpoint {path} is missing. Pick another model on the Fine-tune "
+                "tab; everything but proposals works without one."))
+        key = _key(path)
         with self._lock:
-            if self._info is None:
+            if key not in self._infos:
                 from resi_core.model import CheckpointError, read_meta
 
                 try:
-                    meta = read_meta(self.checkpoint)
+                    meta = read_meta(path)
                     spaces = tuple(LabelSpace.from_json(s) for s in meta["label_spaces"])
                     text_encoder = str(meta["text_encoder"])
                 except CheckpointError as exc:
                     raise UserError(str(exc)) from exc
                 except (KeyError, TypeError, ValueError) as exc:
-                    raise UserError(f"The checkpoint {self.checkpoint} has invalid metadata: {exc!r}.") from exc
-                self._info = ModelInfo(
-                    name=self.checkpoint.name,
-                    path=self.checkpoint,
-                    sha256=path_sha256(self.checkpoint),
+                    raise UserError(f"The checkpoint {path} has invalid metadata: {exc!r}.") from exc
+                self._infos[key] = ModelInfo(
+                    name=path.name,
+                    path=path,
+                    sha256=path_sha256(path),
                     label_spaces=spaces,
                     text_encoder=text_encoder,
                 )
-            return self._info
+            return self._infos[key]
+
+
+def _key(checkpoint: Path) -> Path:
+    return checkpoint.resolve()
 
 
 def _torch_device(device: str) -> str:
@@ -153,6 +184,61 @@ class ImageCache:
         return array
 
 
+@dataclass(frozen=True)
+class ProcessState:
+    """What is known about a job's process: alive, or gone with its exit code (None: not our child)."""
+
+    alive: bool
+    returncode: int | None = None
+
+
+class JobProcesses:
+    """The `python -m train ...` subprocesses this app started. Polling them notices (and reaps) the ones
+    that ended; a job started by an earlier run of the app is checked through its recorded pid."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._started: dict[int, subprocess.Popen[bytes]] = {}
+        self._exit_codes: dict[int, int] = {}  # of started ones that ended (and were reaped)
+
+    def start(self, job_id: int, command: Sequence[str], cwd: Path, env: dict[str, str], log: Path) -> int:
+        """Start `command` detached (own session: stopping the app does not stop it), output to `log`."""
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("ab") as out:
+            process = subprocess.Popen(list(command), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        with self._lock:
+            self._started[job_id] = process
+        return process.pid
+
+    def reap(self) -> None:
+        """Collect the exit codes of the started processes that ended (no zombies are left behind)."""
+        with self._lock:
+            for job_id, process in list(self._started.items()):
+                code = process.poll()
+                if code is not None:
+                    self._exit_codes[job_id] = code
+                    del self._started[job_id]
+
+    def state(self, job_id: int, pid: int | None) -> ProcessState | None:
+        """None when nothing is known: not started here and no pid recorded yet."""
+        self.reap()
+        with self._lock:
+            if job_id in self._started:
+                return ProcessState(alive=True)
+            if job_id in self._exit_codes:
+                return ProcessState(alive=False, returncode=self._exit_codes[job_id])
+        if pid is None:
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return ProcessState(alive=False)
+        except PermissionError:  # someone else's process by that id: alive
+            pass
+        return ProcessState(alive=True)
+
+
 @dataclass
 class Services:
     config: AppConfig
@@ -162,12 +248,22 @@ class Services:
     model: ModelProvider
     # Serializes model registration so two users' first proposals don't both register it.
     register_lock: threading.Lock = field(default_factory=threading.Lock)
+    jobs: JobProcesses = field(default_factory=JobProcesses)
+
+
+def database_url(config: AppConfig) -> str:
+    """The app's database URL; a SQLite path is made absolute, as job subprocesses run in another folder."""
+    url = config.database_url or db.database_url(config.data_dir)
+    path = db.sqlite_path(url)
+    if path is not None and not path.is_absolute():
+        url = make_url(url).set(database=str(path.resolve())).render_as_string(hide_password=False)
+    return url
 
 
 def open_services(config: AppConfig) -> Services:
     """Create the data dir, open (and migrate) the database, and set up the lazy model."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    url = config.database_url or db.database_url(config.data_dir)
+    url = database_url(config)
     engine = db.make_engine(url)
     db.upgrade(engine)
     files = FileStore(config.image_dir)

@@ -14,13 +14,15 @@ from app.events import (
     guarded,
     image_choices,
     images_frame,
+    job_progress_html,
+    jobs_frame,
     label_tab,
     quality_frames,
     shown,
     user_name,
 )
 from app.render import SEGMENT_COLUMNS
-from app.services import Services
+from app.services import Services, UserError
 
 # Keyboard shortcuts click the buttons by elem_id; keys typed into a text field are left alone.
 SHORTCUTS_JS = """
@@ -43,7 +45,7 @@ document.addEventListener('keydown', (event) => {
 
 HELP = (
     "Steps: **Projects** (create/open, upload) → **Class set** → **Label** (propose, correct, accept) → "
-    "**Quality**. Shortcuts on the Label tab: Shift+Enter accept & next, Ctrl+Z undo, Ctrl+Y redo, "
+    "**Quality**; **Fine-tune** learns a new label space from accepted segments. Shortcuts on the Label tab: Shift+Enter accept & next, Ctrl+Z undo, Ctrl+Y redo, "
     "Delete removes the selected segment."
 )
 
@@ -141,6 +143,30 @@ def build_ui(svc: Services) -> gr.Blocks:
                                        elem_id="piq-plot", y_lim=[0, 1])
                 model_plot = gr.BarPlot(x="model", y="mean_piq", label="Mean PIQ per model version",
                                         elem_id="model-plot", y_lim=[0, 1])
+            with gr.Tab("Fine-tune", id="finetune") as finetune_tab:
+                model_md = gr.Markdown(elem_id="model-summary")
+                with gr.Row():
+                    model_dd = gr.Dropdown(label="Model for proposals", choices=[], elem_id="model-picker", scale=3)
+                    use_model_btn = gr.Button("Use this model", elem_id="use-model-btn", scale=1)
+                gr.Markdown("Learn a **new label space** from the project's accepted segments: only its query "
+                            "embeddings train, everything else stays as it is. The job runs in the background; "
+                            "when it is done its model is the project's model for proposals.")
+                with gr.Row():
+                    ft_space = gr.Textbox(label="New label space name", placeholder="e.g. hydrants",
+                                          elem_id="finetune-space", scale=2)
+                    ft_source = gr.Dropdown(label="Learn from the accepted segments of",
+                                            choices=[("adhoc", "adhoc")], value="adhoc",
+                                            elem_id="finetune-source", scale=2)
+                    ft_iterations = gr.Number(label="Iterations", value=h.DEFAULT_FINETUNE_ITERATIONS, precision=0,
+                                              minimum=1, maximum=h.MAX_FINETUNE_ITERATIONS,
+                                              elem_id="finetune-iterations", scale=1)
+                finetune_btn = gr.Button("Fine-tune new label space", elem_id="finetune-btn", variant="primary")
+                job_html = gr.HTML(job_progress_html(None), elem_id="job-progress")
+                jobs_df = gr.Dataframe(headers=h.JOB_COLUMNS, interactive=False, elem_id="jobs-table", label="Jobs")
+                jobs_refresh_btn = gr.Button("Refresh", elem_id="jobs-refresh-btn")
+                # Ticks only while a job of the project is unfinished.
+                job_timer = gr.Timer(2.0, active=False)
+                watched = gr.State(())  # ids of the unfinished jobs at the last look
 
         label_outputs = [state, annotated, segments_df, segment_dd, merge_dd, editor, toggles, class_dd,
                          undo_btn, redo_btn, title_md]
@@ -174,11 +200,22 @@ def build_ui(svc: Services) -> gr.Blocks:
 
         demo.load(on_load, outputs=[project_dd, spaces_cb])
 
+        def spaces_update(st: h.UserState, ticked: list[str] | None) -> Any:
+            """The label spaces of the project's model as choices; ticks of other spaces are dropped."""
+            try:
+                names = [s.name for s in h.trained_spaces(svc, st)]
+            except UserError as exc:
+                gr.Warning(str(exc))
+                return gr.skip()
+            return gr.CheckboxGroup(choices=names, value=[n for n in ticked or [] if n in names])
+
         def class_set_values(st: h.UserState) -> tuple[Any, ...]:
             choice = h.current_class_set(svc, st)
             if choice is None:
-                return [], "", "No class set yet: tick label spaces and/or type class names, then save."
-            return list(choice.label_spaces), ", ".join(choice.adhoc), f"Class set: {choice.summary}."
+                return (spaces_update(st, []), "",
+                        "No class set yet: tick label spaces and/or type class names, then save.")
+            return (spaces_update(st, list(choice.label_spaces)), ", ".join(choice.adhoc),
+                    f"Class set: {choice.summary}.")
 
         def opened(st: h.UserState) -> tuple[Any, ...]:
             return (st, *project_values(st), gr.Dropdown(choices=h.project_names(svc), value=None),
@@ -217,18 +254,18 @@ def build_ui(svc: Services) -> gr.Blocks:
         export_btn.click(on_export, [state], [export_file, export_md], api_name="export_coco")
 
         @guarded
-        def on_suggest(spaces: list[str], adhoc: str) -> Any:
-            suggestions = h.suggest_synonyms(svc, spaces or [], adhoc)
+        def on_suggest(st: h.UserState, spaces: list[str], adhoc: str) -> Any:
+            suggestions = h.suggest_synonyms(svc, spaces or [], adhoc, state=st)
             if not suggestions:
                 gr.Info("No synonyms suggested: no two classes of different spaces are alike enough.")
             return gr.CheckboxGroup(choices=[s.label for s in suggestions], value=[])
 
-        suggest_btn.click(on_suggest, [spaces_cb, adhoc_tb], [synonyms_cb], api_name="suggest_synonyms")
+        suggest_btn.click(on_suggest, [state, spaces_cb, adhoc_tb], [synonyms_cb], api_name="suggest_synonyms")
 
         @guarded
         def on_save_class_set(st: h.UserState, spaces: list[str], adhoc: str, ticked: list[str]) -> str:
-            confirmed = [s for s in h.suggest_synonyms(svc, spaces or [], adhoc) if s.label in (ticked or [])] \
-                if ticked else []
+            confirmed = [s for s in h.suggest_synonyms(svc, spaces or [], adhoc, state=st)
+                         if s.label in (ticked or [])] if ticked else []
             choice = h.save_class_set(svc, st, spaces, adhoc, confirmed)
             gr.Info("Class set saved.")
             return f"Class set: {choice.summary}."
@@ -364,4 +401,56 @@ def build_ui(svc: Services) -> gr.Blocks:
         quality_outputs = [quality_md, piq_plot, model_plot]
         refresh_btn.click(on_quality, [state], quality_outputs, api_name="quality")
         quality_tab.select(on_quality, [state], quality_outputs)
+
+        def finetune_values(st: h.UserState, seen: tuple[int, ...], ticked: list[str] | None, source: str | None,
+                            full: bool) -> tuple[Any, ...]:
+            """Jobs and progress; with `full`, or when a watched job is done, the model choice too."""
+            if st.project_id is None:
+                return ("Open a project first (Projects tab).", gr.Dropdown(choices=[], value=None), gr.skip(),
+                        job_progress_html(None), jobs_frame([]), gr.Timer(active=False), (), gr.skip())
+            report = h.jobs_report(svc, st, seen)
+            for job in report.finished_now:
+                notify = gr.Info if job.status == "done" else gr.Warning
+                notify(f"Job {job.id} ({job.space}) {job.status}: {job.message}")
+            model_values: tuple[Any, ...] = (gr.skip(), gr.skip(), gr.skip())
+            if full or any(job.status == "done" for job in report.finished_now):
+                choices, in_use = h.model_choices(svc, st)
+                model_values = (h.model_summary(svc, st), gr.Dropdown(choices=choices, value=in_use),
+                                spaces_update(st, ticked))
+            sources = h.finetune_sources(svc, st) if full else None
+            source_value = gr.skip() if sources is None else gr.Dropdown(
+                choices=sources, value=source if source in {v for _, v in sources} else sources[0][1])
+            return (*model_values[:2], source_value, job_progress_html(report.current), jobs_frame(report.jobs),
+                    gr.Timer(active=bool(report.unfinished)), report.unfinished, model_values[2])
+
+        finetune_inputs = [state, watched, spaces_cb, ft_source]
+        finetune_outputs = [model_md, model_dd, ft_source, job_html, jobs_df, job_timer, watched, spaces_cb]
+
+        @guarded
+        def on_finetune_tab(st: h.UserState, seen: tuple[int, ...], ticked: list[str], source: str) -> tuple[Any, ...]:
+            return finetune_values(st, seen, ticked, source, full=True)
+
+        @guarded
+        def on_job_tick(st: h.UserState, seen: tuple[int, ...], ticked: list[str], source: str) -> tuple[Any, ...]:
+            return finetune_values(st, seen, ticked, source, full=False)
+
+        @guarded
+        def on_finetune(st: h.UserState, seen: tuple[int, ...], ticked: list[str], source: str, space: str,
+                        iterations: float | None) -> tuple[Any, ...]:
+            job = h.start_finetune(svc, st, space, source, iterations)
+            gr.Info(f"Started job {job.id}: learning label space {job.space!r} from the {source} segments.")
+            return finetune_values(st, (*seen, job.id), ticked, source, full=False)
+
+        @guarded
+        def on_use_model(st: h.UserState, seen: tuple[int, ...], ticked: list[str], source: str,
+                         version_id: int | None) -> tuple[Any, ...]:
+            gr.Info(h.use_model(svc, st, version_id).replace("**", ""))
+            return finetune_values(st, seen, ticked, source, full=True)
+
+        finetune_tab.select(on_finetune_tab, finetune_inputs, finetune_outputs)
+        jobs_refresh_btn.click(on_finetune_tab, finetune_inputs, finetune_outputs, api_name="jobs")
+        job_timer.tick(on_job_tick, finetune_inputs, finetune_outputs, show_progress="hidden")
+        finetune_btn.click(on_finetune, [*finetune_inputs, ft_space, ft_iterations], finetune_outputs,
+                           api_name="finetune")
+        use_model_btn.click(on_use_model, [*finetune_inputs, model_dd], finetune_outputs, api_name="use_model")
     return demo

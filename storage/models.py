@@ -53,6 +53,13 @@ class ImageStatus(enum.StrEnum):
     ACCEPTED = "accepted"
 
 
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"  # written, its process not started yet
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
 class EventType(enum.StrEnum):
     PROPOSE = "propose"  # the annotation was seeded from a model proposal
     ADD = "add"
@@ -212,3 +219,28 @@ class PiqRecord(Base):
     rq: Mapped[float | None] = mapped_column(Float)
     n_images: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    """A long job (fine-tuning, bulk pre-labeling) run as a `python -m train ...` subprocess.
+
+    The process writes its own progress here, so the UI shows it by reading this row and a crash
+    of the job never touches the app. `args` is what it was started with; `result` what it made
+    (e.g. {"checkpoint": path, "model_version_id": id}).
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_project_id_id", "project_id", "id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"), default=JobStatus.QUEUED)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)  # 0..1
+    message: Mapped[str] = mapped_column(Text, default="")
+    args: Mapped[dict[str, Any]] = mapped_column(JSON)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

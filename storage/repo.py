@@ -27,6 +27,8 @@ from storage.models import (
     EventType,
     Image,
     ImageStatus,
+    Job,
+    JobStatus,
     ModelVersion,
     PiqRecord,
     Project,
@@ -36,6 +38,8 @@ from storage.models import (
 from storage.names import check_class_names, check_name, normalize_name
 
 MAX_PAGE_SIZE = 500
+MAX_JOB_KIND_LEN = 32
+FINISHED_JOB_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED})
 # Event types an annotator's correction may carry; the others have their own functions.
 CORRECTION_TYPES = frozenset(
     {EventType.ADD, EventType.ERASE, EventType.RELABEL, EventType.DELETE, EventType.MERGE, EventType.EDIT}
@@ -678,6 +682,85 @@ def piq_history(session: Session, project_id: int, model_version_id: int | None 
     return list(session.scalars(query.order_by(PiqRecord.created_at, PiqRecord.id)))
 
 
+# --- jobs ------------------------------------------------------------------------------------
+
+
+def create_job(session: Session, project_id: int, kind: str, args: dict[str, Any] | None = None) -> Job:
+    """Record a queued job of a project; its process then reports through `update_job`."""
+    get_project(session, project_id)
+    kind = check_name(kind, "job kind")
+    if len(kind) > MAX_JOB_KIND_LEN:
+        raise InvalidInput(f"The job kind {kind[:20]!r}... is longer than {MAX_JOB_KIND_LEN} characters.")
+    job = Job(project_id=project_id, kind=kind, status=JobStatus.QUEUED, progress=0.0, message="",
+              args=dict(args or {}), result={}, pid=None)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"There is no job with id {job_id}.")
+    return job
+
+
+def list_jobs(session: Session, project_id: int) -> list[Job]:
+    """A project's jobs, newest first."""
+    get_project(session, project_id)
+    return list(session.scalars(select(Job).where(Job.project_id == project_id).order_by(Job.id.desc())))
+
+
+def update_job(
+    session: Session,
+    job_id: int,
+    *,
+    status: JobStatus | str | None = None,
+    progress: float | None = None,
+    message: str | None = None,
+    result: dict[str, Any] | None = None,
+    pid: int | None = None,
+) -> Job:
+    """Change what is given. A done or failed job is final: changing it raises InvalidInput.
+
+    Finishing sets `finished_at`; finishing as done without a progress sets it to 1.
+    """
+    job = get_job(session, job_id)
+    if job.status in FINISHED_JOB_STATUSES:
+        raise InvalidInput(f"Job {job_id} is {job.status.value} already; a finished job does not change.")
+    if status is not None:
+        try:
+            status = JobStatus(status)
+        except ValueError:
+            raise InvalidInput(f"Unknown job status {status!r}; use one of {[s.value for s in JobStatus]}.") from None
+        if status is JobStatus.QUEUED and job.status is not JobStatus.QUEUED:
+            raise InvalidInput(f"Job {job_id} has started already; it cannot be queued again.")
+    if progress is not None:
+        progress = float(progress)
+        if not 0.0 <= progress <= 1.0:  # also refuses NaN
+            raise InvalidInput(f"Job progress {progress} is not in [0, 1].")
+    if pid is not None and (not isinstance(pid, int) or pid <= 0):
+        raise InvalidInput(f"A process id is a positive integer, not {pid!r}.")
+    now = utcnow()
+    if status is not None:
+        job.status = status
+        if status in FINISHED_JOB_STATUSES:
+            job.finished_at = now
+            if status is JobStatus.DONE and progress is None:
+                progress = 1.0
+    if progress is not None:
+        job.progress = progress
+    if message is not None:
+        job.message = str(message)
+    if result is not None:
+        job.result = dict(result)
+    if pid is not None:
+        job.pid = pid
+    job.updated_at = now
+    session.flush()
+    return job
+
+
 # --- bulk reads for training and export ------------------------------------------------------
 
 
@@ -711,3 +794,16 @@ def accepted_annotations(session: Session, project_id: int) -> list[AcceptedImag
     for r in rows:
         segments[r.image_id].append(Segment(r.uid, r.class_name, r.label_space, r.isthing, json.loads(r.rle), r.score))
     return [AcceptedImage(r.id, r.sha256, r.original_name, r.width, r.height, segments[r.id]) for r in images]
+
+
+def accepted_label_spaces(session: Session, project_id: int) -> dict[str, int]:
+    """{label space: number of accepted images with segments of it}, for choosing training data."""
+    get_project(session, project_id)
+    rows = session.execute(
+        select(AnnotationSegment.label_space, func.count(func.distinct(AnnotationSegment.image_id)))
+        .join(Image, Image.id == AnnotationSegment.image_id)
+        .where(Image.project_id == project_id, Image.status == ImageStatus.ACCEPTED)
+        .group_by(AnnotationSegment.label_space)
+        .order_by(AnnotationSegment.label_space)
+    )
+    return {space: n for space, n in rows}

@@ -4,6 +4,8 @@ SPEC §3: a new space's LSQE starts as a similarity-weighted mix of the trained 
 (`RESIModel.add_label_space`) and is then fitted alone. Only Q x D numbers train, so the default
 learning rate is far higher than in pretraining, and a frozen backbone and pixel decoder run without
 a graph. The data come from a COCO instances file or from a project's accepted annotations.
+With `--job-id` (the app's Fine-tune tab starts it so) the run reports its status and progress to that
+row of the `jobs` table (train/jobs.py).
 
 Shape legend: B images, Q queries, N masks, H x W image, L decoder layers, C mask-feature channels,
 h x w = H/4 x W/4.
@@ -15,6 +17,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,7 @@ from storage import db, repo
 from storage.cli import DATA_DIR_ENV, DEFAULT_DATA_DIR
 from storage.errors import InvalidInput, StorageError
 from storage.files import FileStore, path_sha256
+from train.jobs import JobReporter
 from train.pretrain import latest_checkpoint, pick_device
 
 
@@ -58,7 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "  python -m train finetune --checkpoint runs/demo --space signs --instances signs.json "
         "--images signs/ --out runs/signs\n"
         "  python -m train finetune --checkpoint runs/demo --space hydrants --project Streets "
-        "--out runs/hydrants --register --activate",
+        "--out runs/hydrants --register --activate\n"
+        "  (the app's Fine-tune tab runs this form with --job-id N and shows the job's progress)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--checkpoint", required=True, type=Path,
@@ -87,6 +92,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          help="record the result as a model version of the project, child of the base "
                          "checkpoint's version (the base is registered too if it is not yet)")
     project.add_argument("--activate", action="store_true", help="with --register: make it the active model")
+    project.add_argument("--job-id", type=int,
+                         help="report to this row of the jobs table (the app passes it): the job is marked "
+                         "running with this process id, gets its progress (share of the iterations, loss) "
+                         "about once a second, and ends done with its result (checkpoint folder, model "
+                         "version id) or failed with the one-line error")
     train = parser.add_argument_group("training")
     train.add_argument("--iterations", type=int, default=300, help="optimizer steps (default %(default)s)")
     train.add_argument("--batch-size", type=int, default=4, help="images per step (default %(default)s)")
@@ -106,6 +116,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--register needs --project")
     if args.activate and not args.register:
         parser.error("--activate needs --register")
+    if args.job_id is not None and (args.project is None or args.job_id < 1):
+        parser.error("--job-id needs --project and a positive job id")
     if args.iterations < 1 or args.batch_size < 1 or args.lr <= 0:
         parser.error("--iterations and --batch-size must be at least 1 and --lr positive")
     return args
@@ -253,8 +265,11 @@ def prepare_model(base: Path, space: LabelSpace, refit: bool) -> tuple[RESIModel
 # ----- training and registration ---------------------------------------------------------------
 
 
-def fit(model: RESIModel, sampler: MixedSampler, args: argparse.Namespace, device: torch.device) -> list[float]:
-    """Optimize only the LSQE of `args.space`; returns the loss of every iteration."""
+def fit(model: RESIModel, sampler: MixedSampler, args: argparse.Namespace, device: torch.device,
+        on_step: Callable[[int, float], None] | None = None) -> list[float]:
+    """Optimize only the LSQE of `args.space`; returns the loss of every iteration.
+
+    `on_step(iterations done, loss)` runs after each step (the job's progress)."""
     model.to(device).eval()  # eval: frozen includes normalization statistics
     params = model.freeze_all_but(args.space)
     criterion = RESICriterion(model).to(device)
@@ -279,6 +294,8 @@ def fit(model: RESIModel, sampler: MixedSampler, args: argparse.Namespace, devic
         optimizer.step()
         schedule.step()
         losses.append(loss.total.item())
+        if on_step is not None:
+            on_step(len(losses), losses[-1])
         if bar is not None:
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
             bar.update(1)
@@ -307,7 +324,20 @@ def register(sessions: sessionmaker[Session], project_id: int, base: Path, base_
         return parent.id, version.id
 
 
-def run(args: argparse.Namespace) -> int:
+def open_job(args: argparse.Namespace) -> tuple[JobReporter, Engine]:
+    """The reporter of `--job-id`, on its own engine; the job must belong to `--project`."""
+    engine = open_database(args)
+    try:
+        sessions = db.make_session_factory(engine)
+        with sessions() as session:
+            project_id = repo.get_project_by_name(session, args.project).id
+        return JobReporter(sessions, args.job_id, project_id), engine
+    except BaseException:
+        engine.dispose()
+        raise
+
+
+def run(args: argparse.Namespace, job: JobReporter | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -334,7 +364,7 @@ def run(args: argparse.Namespace) -> int:
         sampler = MixedSampler([source.dataset], size=model.config.max_size, seed=args.seed,
                                augment_data=not args.no_augment)
         start = time.perf_counter()
-        losses = fit(model, sampler, args, device)
+        losses = fit(model, sampler, args, device, None if job is None else job.iteration_callback(args.iterations))
         window = max(1, len(losses) // 10)
         first, final = float(np.mean(losses[:window])), float(np.mean(losses[-window:]))
         info = {
@@ -359,6 +389,7 @@ def run(args: argparse.Namespace) -> int:
         save_checkpoint(args.out, model, {"finetune": info})
         print(f"loss {first:.4f} -> final {final:.4f} (mean of the first / last {window} iterations); "
               f"checkpoint saved to {args.out}")
+        parent_id = version_id = None
         if args.register:
             training = {"text_encoder": model.config.text_encoder, "finetune": info}
             try:
@@ -367,6 +398,15 @@ def run(args: argparse.Namespace) -> int:
             except StorageError as err:
                 raise InvalidInput(f"{err} (the checkpoint is saved in {args.out}; it was not registered)") from None
             print(f"registered model version {version_id} (parent {parent_id}){', now active' if args.activate else ''}")
+        if job is not None:
+            made = f"model version {version_id}" if version_id is not None else f"checkpoint {args.out.resolve()}"
+            job.done(
+                f"Label space {space.name!r} ({len(space.classes)} classes) learned: {made}"
+                f"{', now active' if args.activate else ''}. Loss {first:.3f} -> {final:.3f}.",
+                {"checkpoint": str(args.out.resolve()), "model_version_id": version_id,
+                 "parent_model_version_id": parent_id, "active": bool(args.activate), "space": space.name,
+                 "classes": space.class_names, "loss_first": info["loss_first"], "loss_final": info["loss_final"]},
+            )
         return 0
     finally:
         if engine is not None:
@@ -375,11 +415,25 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    job = job_engine = None
     try:
-        return run(args)
+        if args.job_id is not None:
+            job, job_engine = open_job(args)
+            job.start("loading the data and the model")
+        return run(args, job)
     except (ValueError, OSError, StorageError) as err:  # checkpoint, dataset, storage, device, image errors
-        print("error: " + str(err).replace("\n", " "), file=sys.stderr)
+        message = str(err).replace("\n", " ")
+        print("error: " + message, file=sys.stderr)
+        if job is not None:
+            job.failed(message)
         return 2
+    except BaseException as err:  # a crash: the job must not stay "running"
+        if job is not None:
+            job.failed(f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
+        raise
+    finally:
+        if job_engine is not None:
+            job_engine.dispose()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from PIL import Image
 
 from app.config import AppConfig
 from app.handlers import UserState
-from app.services import ModelInfo, ModelProvider, Services, UserError, open_services
+from app.services import ModelInfo, ModelProvider, Services, open_services
 from resi_core.labels import ClassDef, LabelSpace
 from resi_core.segment import Segment, Source
 
@@ -70,25 +70,18 @@ class FakePredictor:
 
 
 class FakeModel(ModelProvider):
+    """The app's checkpoint is the fake one, already "loaded"; other checkpoints load for real."""
+
     def __init__(self, available: bool = True):
         super().__init__(Path("fake-checkpoint"), "fake", "cpu", Path("."))
         self._available = available
         self._encoder = FakeEncoder()
-        self._predictor = FakePredictor()
-        self._info = ModelInfo("fake", Path("fake-checkpoint"), "f" * 64, (STREET, DRIVE), "fake")
+        key = self.checkpoint.resolve()
+        self._predictors[key] = FakePredictor()
+        self._infos[key] = ModelInfo("fake", self.checkpoint, "f" * 64, (STREET, DRIVE), "fake")
 
-    @property
-    def available(self) -> bool:
-        return self._available
-
-    def info(self) -> ModelInfo:
-        if not self._available:
-            raise UserError(self.missing_message())
-        return super().info()
-
-    def predictor(self) -> Any:
-        self.info()
-        return super().predictor()
+    def exists(self, checkpoint: Path | None = None) -> bool:
+        return self._available if checkpoint in (None, self.checkpoint) else super().exists(checkpoint)
 
 
 @pytest.fixture

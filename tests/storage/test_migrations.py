@@ -21,7 +21,7 @@ def test_upgrade_empty_database_to_head_matches_models(empty_db_url: str) -> Non
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
         assert diff == []
-        assert {"projects", "images", "annotation_events"} <= set(inspect(engine).get_table_names())
+        assert {"projects", "images", "annotation_events", "jobs"} <= set(inspect(engine).get_table_names())
         upgrade(engine)  # idempotent at head
         assert current_revision(engine) == head_revision()
     finally:
@@ -41,5 +41,28 @@ def test_downgrade_to_base_and_back(empty_db_url: str) -> None:
         assert "images" not in inspect(engine).get_table_names()
         upgrade(engine)
         assert "images" in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("empty_db_url", ["sqlite"], indirect=True)
+def test_jobs_migration_keeps_data_and_downgrades(empty_db_url: str) -> None:
+    from alembic import command
+    from sqlalchemy import text
+
+    from storage.db import alembic_config
+
+    engine = make_engine(empty_db_url)
+    try:
+        upgrade(engine, "0001")
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO projects (name, created_at) VALUES ('kept', '2026-01-01 00:00:00')"))
+        assert "jobs" not in inspect(engine).get_table_names()
+        upgrade(engine)
+        assert "jobs" in inspect(engine).get_table_names()
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT name FROM projects")).scalars().all() == ["kept"]
+        command.downgrade(alembic_config(engine), "0001")
+        assert "jobs" not in inspect(engine).get_table_names() and current_revision(engine) == "0001"
     finally:
         engine.dispose()

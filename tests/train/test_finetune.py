@@ -1,9 +1,11 @@
 """`python -m train finetune`: only the new LSQE trains (from COCO files or accepted annotations),
-the result loads back and registers under its base, and every user error is one line with exit code 2."""
+the result loads back and registers under its base, and every user error is one line with exit code 2.
+With --job-id the run reports to its jobs row: running with its pid, progress, then done or failed."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +26,13 @@ from resi_core.model import (
 from resi_core.text import get_text_encoder
 from storage import repo
 from storage.db import default_sqlite_url, make_engine, make_session_factory, upgrade
-from storage.errors import Correction
+from storage.errors import Correction, InvalidInput
 from storage.files import FileStore, path_sha256
-from storage.models import EventType
+from storage.models import EventType, JobStatus
 from tests.resi_core.test_model_data import TINY_SPACES, write_tiny_coco
 from tests.storage.helpers import png_bytes, segment
 from train.finetune import AcceptedDataset, main
+from train.jobs import JobReporter
 
 ROOT = Path(__file__).resolve().parents[2]
 NEW = "closeup"
@@ -265,3 +268,103 @@ def test_bad_flag_combinations_are_usage_errors(base, coco, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(coco_args(base, coco, tmp_path / "out", "--register"))
     assert exit_info.value.code == 2 and "--register needs --project" in capsys.readouterr().err
+
+
+# ----- --job-id: status and progress in the jobs table -------------------------------------------
+
+
+def _new_job(sessions, project_id: int) -> int:
+    with sessions.begin() as s:
+        return repo.create_job(s, project_id, "finetune", {"space": "hydrants"}).id
+
+
+def _job(sessions, job_id: int):
+    with sessions() as s:
+        return repo.get_job(s, job_id)
+
+
+def test_job_id_marks_running_reports_progress_and_ends_done(base, project_db, tmp_path, monkeypatch):
+    data_dir, sessions, project_id, _ = project_db
+    job_id = _new_job(sessions, project_id)
+    seen = []
+    report = JobReporter.progress
+
+    def spy(self, fraction, message):  # what the app would read while the job trains
+        job = _job(sessions, job_id)
+        seen.append((round(fraction, 3), message.split(",")[0], job.status, job.pid))
+        report(self, fraction, message)
+
+    monkeypatch.setattr(JobReporter, "progress", spy)
+    out = tmp_path / "hydrants"
+    args = project_args(base, data_dir, out, "--register", "--activate", "--job-id", str(job_id), "--iterations", "3")
+    assert main(args) == 0
+    assert seen == [(0.333, "iteration 1/3", JobStatus.RUNNING, os.getpid()),
+                    (0.667, "iteration 2/3", JobStatus.RUNNING, os.getpid()),
+                    (1.0, "iteration 3/3", JobStatus.RUNNING, os.getpid())]
+    job = _job(sessions, job_id)
+    with sessions() as s:
+        active = repo.active_model_version(s, project_id)
+    assert job.status is JobStatus.DONE and job.progress == 1.0 and job.finished_at is not None
+    assert job.result["checkpoint"] == str(out.resolve()) and job.result["model_version_id"] == active.id
+    assert job.result["space"] == "hydrants" and job.result["classes"] == ["hydrant", "sign"]
+    assert job.message.startswith(f"Label space 'hydrants' (2 classes) learned: model version {active.id}, now active")
+
+
+def test_progress_is_written_at_most_about_once_a_second(project_db):
+    _, sessions, project_id, _ = project_db
+    job_id = _new_job(sessions, project_id)
+    now = [100.0]
+    reporter = JobReporter(sessions, job_id, project_id, clock=lambda: now[0])
+    reporter.start("loading")
+    reporter.progress(0.1, "too soon")
+    assert (_job(sessions, job_id).progress, _job(sessions, job_id).message) == (0.0, "loading")
+    now[0] += 1.0
+    reporter.progress(0.2, "a second later")
+    now[0] += 0.5
+    reporter.progress(0.3, "half a second later")
+    assert (_job(sessions, job_id).progress, _job(sessions, job_id).message) == (0.2, "a second later")
+    reporter.done("finished", {"checkpoint": "x"})  # status changes are never held back
+    assert _job(sessions, job_id).status is JobStatus.DONE
+    with pytest.raises(InvalidInput, match="done already"):
+        JobReporter(sessions, job_id, project_id)
+
+
+def test_job_id_user_error_marks_the_job_failed_with_the_message(base, project_db, tmp_path, capsys):
+    data_dir, sessions, project_id, _ = project_db
+    job_id = _new_job(sessions, project_id)
+    args = project_args(base, data_dir, tmp_path / "out", "--job-id", str(job_id), "--checkpoint", str(tmp_path / "no"))
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    job = _job(sessions, job_id)
+    assert job.status is JobStatus.FAILED and job.pid == os.getpid() and job.finished_at is not None
+    assert "meta.json is missing" in job.message and err == f"error: {job.message}\n"
+
+
+def test_job_id_crash_marks_the_job_failed_before_exiting(base, project_db, tmp_path, monkeypatch):
+    data_dir, sessions, project_id, _ = project_db
+    job_id = _new_job(sessions, project_id)
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access\nwas encountered")
+
+    monkeypatch.setattr("train.finetune.fit", crash)
+    with pytest.raises(RuntimeError):
+        main(project_args(base, data_dir, tmp_path / "out", "--job-id", str(job_id)))
+    job = _job(sessions, job_id)
+    assert job.status is JobStatus.FAILED
+    assert job.message == "RuntimeError: CUDA error: an illegal memory access was encountered"
+
+
+def test_job_id_of_another_project_or_finished_is_refused_untouched(base, project_db, tmp_path, capsys):
+    data_dir, sessions, project_id, _ = project_db
+    with sessions() as s:
+        other = repo.get_project_by_name(s, "Empty").id
+    foreign = _new_job(sessions, other)
+    assert main(project_args(base, data_dir, tmp_path / "out", "--job-id", str(foreign))) == 2
+    assert "belongs to another project" in capsys.readouterr().err
+    assert _job(sessions, foreign).status is JobStatus.QUEUED and _job(sessions, foreign).pid is None
+    assert main(project_args(base, data_dir, tmp_path / "out", "--job-id", "999")) == 2
+    assert "There is no job with id 999" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(coco_args(base, tmp_path, tmp_path / "out", "--job-id", "1"))
+    assert exit_info.value.code == 2 and "--job-id needs --project" in capsys.readouterr().err

@@ -1,0 +1,239 @@
+"""The Fine-tune tab's handlers with a REAL tiny checkpoint: validation, a background job that runs
+`python -m train finetune` to done and makes its model the project's model, a job that fails, and a
+job whose process vanished. The jobs really run as subprocesses (a few iterations each)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+
+from app import handlers as h
+from app.config import AppConfig
+from app.events import guarded, job_progress_html, jobs_frame
+from app.services import ProcessState, Services, UserError, open_services
+from storage import repo
+from storage.models import JobStatus
+from tests.app.conftest import write_image
+
+JOB_TIMEOUT_S = 150
+TINY_SPACES = ["street", "portrait", "drive", "parts"]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the job subprocess inherits it
+    monkeypatch.delenv("RESI_DATABASE_URL", raising=False)
+
+
+def real_services(data_dir: Path, checkpoint: Path) -> Services:
+    return open_services(AppConfig(data_dir=data_dir, checkpoint=checkpoint, device="cpu"))
+
+
+def brush(shape: tuple[int, int], rows: slice, cols: slice) -> dict:
+    layer = np.zeros((*shape, 4), dtype=np.uint8)
+    layer[rows, cols] = 255
+    return {"background": None, "layers": [layer], "composite": None}
+
+
+def labeled_project(svc: Services, tmp_path: Path, accept: bool = True) -> h.UserState:
+    """Three images with hand-drawn ad-hoc hydrant and sign segments (accepted), and one new image."""
+    state = h.create_project(svc, "streets")
+    paths = [write_image(tmp_path / f"{i}.png", color=(40 * i, 90, 200 - 40 * i)) for i in range(4)]
+    report = h.upload_images(svc, state, paths)
+    assert len(report.added) == 4
+    h.save_class_set(svc, state, [], "hydrant, sign", [])
+    options = h.class_options(svc, state)
+    image_ids = [int(row[0]) for row in h.project_overview(svc, state).rows]
+    for image_id in image_ids[:3]:
+        current, view = h.open_image(svc, state, image_id)
+        shape = view.image.shape[:2]
+        current = h.add_segment(svc, current, "ann", brush(shape, slice(4, 24), slice(4, 28)),
+                                h.find_option(options, "hydrant [adhoc]")).state
+        current = h.add_segment(svc, current, "ann", brush(shape, slice(26, 44), slice(30, 60)),
+                                h.find_option(options, "sign [adhoc]")).state
+        if accept:
+            assert h.accept(svc, current, "ann").ok
+    return replace(state, image_id=image_ids[3])
+
+
+def wait_until_finished(svc: Services, state: h.UserState, job_id: int,
+                        seen: list[tuple[str, float]] | None = None) -> h.JobsReport:
+    """Poll as the UI's timer does; `seen` collects (status, progress) of each look."""
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        report = h.jobs_report(svc, state, [job_id])
+        if seen is not None:
+            seen.append((report.current.status, report.current.progress))
+        if report.finished_now:
+            return report
+        time.sleep(0.3)
+    job = next(j for j in h.list_jobs(svc, state) if j.id == job_id)
+    log = Path(job.args["log"])
+    pytest.fail(f"job {job_id} did not finish in {JOB_TIMEOUT_S} s: {job}\n"
+                f"{log.read_text() if log.exists() else 'no log'}")
+
+
+def process_exit(svc: Services, job_id: int) -> ProcessState | None:
+    """The job's process state once it has exited (it reports before the interpreter shuts down)."""
+    deadline = time.monotonic() + 30
+    while (state := svc.jobs.state(job_id, None)) is not None and state.alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return state
+
+
+def test_validation_errors_are_one_clear_message_each(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    svc = real_services(tmp_path / "data", tiny_checkpoint)
+    with pytest.raises(UserError, match="Open or create a project"):
+        h.start_finetune(svc, h.UserState(), "hydrants", "adhoc", 3)
+    state = labeled_project(svc, tmp_path, accept=False)
+    with pytest.raises(UserError, match="No accepted image has segments of label space 'adhoc' yet"):
+        h.start_finetune(svc, state, "hydrants", "adhoc", 3)
+    for image_id in [int(r[0]) for r in h.project_overview(svc, state).rows][:3]:
+        opened, _ = h.open_image(svc, state, image_id)
+        assert h.accept(svc, opened, "ann").ok
+    assert h.finetune_sources(svc, state) == [("adhoc (3 accepted image(s))", "adhoc")]
+
+    cases = [
+        (("hydrants", "street", 3), "No accepted image has segments of label space 'street'"),
+        (("", "adhoc", 3), "Name the new label space first"),
+        (("  ", "adhoc", 3), "Name the new label space first"),
+        (("Street", "adhoc", 3), "has a label space 'street' already"),
+        (("a+b", "adhoc", 3), "cannot contain '\\+'"),
+        (("AdHoc", "adhoc", 3), "names the typed ad-hoc classes"),
+        (("x" * 101, "adhoc", 3), "at most 100 characters"),
+        (("hydrants", "adhoc", 0), "Iterations must be a whole number from 1 to 100000"),
+        (("hydrants", "adhoc", 2.5), "Iterations must be a whole number"),
+        (("hydrants", "adhoc", None), "Iterations must be a whole number"),
+    ]
+    for args, message in cases:
+        with pytest.raises(UserError, match=message):
+            h.start_finetune(svc, state, *args)
+    with pytest.raises(gr.Error) as caught:  # what the UI shows: one message, no traceback
+        guarded(h.start_finetune)(svc, state, "street", "adhoc", 3)
+    assert "has a label space 'street' already" in caught.value.message
+
+    no_model = real_services(tmp_path / "data", tmp_path / "no-checkpoint")
+    with pytest.raises(UserError, match="No model checkpoint at"):
+        h.start_finetune(no_model, state, "hydrants", "adhoc", 3)
+    assert h.list_jobs(svc, state) == []  # nothing was started
+    assert h.jobs_report(svc, state).current is None and "No fine-tuning job" in job_progress_html(None)
+
+
+def test_a_job_runs_to_done_and_its_model_becomes_the_projects_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    svc = real_services(tmp_path / "data", tiny_checkpoint)
+    state = labeled_project(svc, tmp_path)
+    assert [s.name for s in h.trained_spaces(svc, state)] == TINY_SPACES
+
+    job = h.start_finetune(svc, state, "hydrants", "adhoc", 30)
+    assert job.status in ("queued", "running") and job.space == "hydrants" and job.args["iterations"] == 30
+    assert f"--job-id={job.id}" in job.args["command"] and not any("sqlite" in part for part in job.args["command"])
+    with pytest.raises(UserError, match=f"Job {job.id} is learning label space 'hydrants' already"):
+        h.start_finetune(svc, state, "Hydrants", "adhoc", 3)
+
+    seen: list[tuple[str, float]] = []
+    report = wait_until_finished(svc, state, job.id, seen)
+    assert any(status == "running" and 0.0 <= progress < 1.0 for status, progress in seen), seen
+    (finished,) = report.finished_now
+    assert finished.status == "done", finished.message
+    assert finished.progress == 1.0 and finished.pid is not None and finished.finished_at is not None
+    assert finished.message.startswith("Label space 'hydrants' (2 classes) learned: model version")
+    out = Path(finished.result["checkpoint"])
+    assert out.parent == (tmp_path / "data" / "models").resolve() and out.name.startswith("hydrants-")
+    assert (out / "meta.json").is_file() and Path(finished.args["log"]).is_file()
+    assert report.unfinished == () and report.current == finished
+    assert process_exit(svc, job.id) == ProcessState(alive=False, returncode=0)  # reaped: no zombie left
+    assert jobs_frame(report.jobs).iloc[0].tolist()[:4] == [job.id, "hydrants", "done", "100%"]
+    assert "<progress value='1.000'" in job_progress_html(finished)
+
+    # The new version is active, and the app now uses its checkpoint: the space is listed and proposed.
+    version_id = finished.result["model_version_id"]
+    with svc.sessions() as session:
+        active = repo.active_model_version(session, state.project_id)
+        assert active.id == version_id and active.checkpoint_path == str(out)
+    assert h.model_checkpoint(svc, state.project_id) == out
+    assert [s.name for s in h.trained_spaces(svc, state)] == [*TINY_SPACES, "hydrants"]
+    assert [s.name for s in h.trained_spaces(svc)] == TINY_SPACES  # the app's checkpoint is unchanged
+    assert "hydrants" in h.model_summary(svc, state) and "fine-tuned" in h.model_summary(svc, state)
+    choices, in_use = h.model_choices(svc, state)
+    assert in_use == version_id and [v for _, v in choices] == [0, version_id]
+
+    h.save_class_set(svc, state, ["hydrants"], "", [])
+    proposed = h.propose(svc, state, "ann")
+    assert proposed.ok
+    with svc.sessions() as session:
+        assert repo.latest_proposal(session, state.image_id).model_version_id == version_id
+    assert "hydrants" in svc.model.predictor(out).label_spaces
+    with pytest.raises(UserError, match="has a label space 'hydrants' already"):
+        h.start_finetune(svc, state, "hydrants", "adhoc", 3)
+
+    # Back to the app's checkpoint, and forth again.
+    assert "the app's checkpoint" in h.use_model(svc, state, 0)
+    assert [s.name for s in h.trained_spaces(svc, state)] == TINY_SPACES
+    assert h.model_choices(svc, state)[1] == 0
+    h.use_model(svc, state, version_id)
+    assert h.model_checkpoint(svc, state.project_id) == out
+
+
+def test_a_failing_job_ends_failed_with_its_message_and_the_app_keeps_working(tiny_checkpoint: Path,
+                                                                               tmp_path: Path) -> None:
+    broken = shutil.copytree(tiny_checkpoint, tmp_path / "broken")
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    svc = real_services(tmp_path / "data", broken)
+    state = labeled_project(svc, tmp_path)  # the metadata is fine: the job starts, then fails to load
+    job = h.start_finetune(svc, state, "hydrants", "adhoc", 3)
+    (failed,) = wait_until_finished(svc, state, job.id).finished_now
+    assert failed.status == "failed" and "is corrupt or truncated" in failed.message
+    assert failed.finished_at is not None and "\n" not in failed.message
+    assert "corrupt or truncated" in job_progress_html(failed)
+    assert process_exit(svc, job.id) == ProcessState(alive=False, returncode=2)
+
+    # Nothing changed for the project, and everything that needs no model works.
+    assert h.model_checkpoint(svc, state.project_id) == broken
+    assert h.model_choices(svc, state) == ([("broken (the app's checkpoint)", 0)], 0)
+    assert h.project_overview(svc, state).counts["accepted"] == 3
+    state, view = h.load_image(svc, state)
+    added = h.add_segment(svc, state, "ann", brush(view.image.shape[:2], slice(0, 10), slice(0, 10)),
+                          h.find_option(h.class_options(svc, state), "sign [adhoc]"))
+    assert added.ok and h.accept(svc, added.state, "ann").ok
+    assert [j.status for j in h.list_jobs(svc, state)] == ["failed"]
+
+
+def test_a_job_whose_process_vanished_is_marked_failed(tmp_path: Path) -> None:
+    from tests.app.conftest import FakeModel
+
+    svc = replace(open_services(AppConfig(data_dir=tmp_path / "data")), model=FakeModel())
+    state = h.create_project(svc, "p")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    log = tmp_path / "job.log"
+    log.write_text("loading\nKilled\n")
+    here = socket.gethostname()
+    with svc.sessions.begin() as session:
+        killed = repo.create_job(session, state.project_id, "finetune", {"space": "a", "log": str(log), "host": here})
+        repo.update_job(session, killed.id, status=JobStatus.RUNNING, pid=gone.pid)
+        elsewhere = repo.create_job(session, state.project_id, "finetune", {"space": "b", "host": "other-machine"})
+        repo.update_job(session, elsewhere.id, status=JobStatus.RUNNING, pid=gone.pid)
+        stale = repo.create_job(session, state.project_id, "finetune", {"space": "c", "host": here})
+        stale.created_at -= timedelta(seconds=h.JOB_START_TIMEOUT_S + 1)
+        fresh = repo.create_job(session, state.project_id, "finetune", {"space": "d", "host": here})
+        ids = killed.id, elsewhere.id, stale.id, fresh.id
+    jobs = {j.id: j for j in h.list_jobs(svc, state)}
+    assert jobs[ids[0]].status == "failed" and jobs[ids[0]].message == \
+        "The job's process ended without finishing: Killed"
+    assert jobs[ids[1]].status == "running"  # its pid is another machine's: nothing is known here
+    assert jobs[ids[2]].status == "failed" and "never started" in jobs[ids[2]].message
+    assert jobs[ids[3]].status == "queued"  # just created: its process may still be starting
+    assert h.jobs_report(svc, state, ids).unfinished == (ids[3], ids[1])
