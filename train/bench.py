@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import platform
 import sys
 import time
@@ -370,8 +371,8 @@ def run(
     eval_seconds = time.perf_counter() - tick
     report = {
         "config": dataclasses.asdict(config),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.processor() or ''}".strip(),
-        "device": "cpu",
+        "machine": machine_description(),
+        "device": "cuda" if torch.cuda.is_available() and config.train.get("device", "auto") != "cpu" else "cpu",
         "seconds": {"data": data_seconds, "train": train_seconds, "evaluate": eval_seconds,
                     "total": time.perf_counter() - start},
         "results": {row: {b: s.to_json() for b, s in per.items()} for row, per in results.items()},
@@ -380,6 +381,20 @@ def run(
         report["resi_margin_points"] = margins(results, config.benchmarks)
     report["markdown"] = markdown_table(results, config.benchmarks)
     return report
+
+
+def machine_description() -> str:
+    """CPU model, core count and GPU (if any), for the report."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}"
 
 
 def _step_of(checkpoint: Path) -> int:

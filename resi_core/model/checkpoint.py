@@ -48,6 +48,7 @@ def git_commit() -> str | None:
 def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a checkpoint is shared with the team
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -1,0 +1,97 @@
+"""`python -m train bench --smoke`: the whole comparison in miniature, and proof that RESI learns.
+
+The floor is not a number copied from a run: it is what the same architecture scores on M1 with
+random weights (computed here), plus a margin of LEARNED_MARGIN PIQ.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from resi_core.model import build_model, load_checkpoint
+from resi_core.text import get_text_encoder
+from train import bench
+
+ROOT = Path(__file__).resolve().parents[2]
+LEARNED_MARGIN = 0.03  # PIQ (0..1): 3 points above a random model
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    config = bench.BenchConfig.from_json(json.loads((ROOT / "configs" / "bench_smoke.json").read_text()))
+    report = bench.run(config, out, methods=None, retrain=False, progress=False, jobs=2)
+    return config, out, report
+
+
+@pytest.mark.slow
+def test_smoke_bench_writes_every_row_and_resi_learns(smoke):
+    config, out, report = smoke
+    results = report["results"]
+    assert list(results) == [row for row, _, _ in bench.ROWS]
+    for row, per_bench in results.items():
+        assert set(per_bench) == set(config.benchmarks), row
+        for scores in per_bench.values():
+            for metric in bench.METRICS:
+                value = scores[metric]
+                assert math.isnan(value) or 0.0 <= value <= 1.0, (row, metric, value)
+    assert "| RESI |" in report["markdown"] and set(report["resi_margin_points"]) == set(bench.METRICS)
+
+    # Each method trained its own architecture (a shared-query baseline is not a RESI model).
+    trained = {m: load_checkpoint(bench.latest_checkpoint(out / "runs" / m)).config for m in
+               ("merged_m2f", "text_m2f", "resi", "resi_linear")}
+    assert (trained["merged_m2f"].classifier, trained["merged_m2f"].query_mode) == ("linear", "shared")
+    assert (trained["text_m2f"].classifier, trained["text_m2f"].query_mode) == ("text", "shared")
+    assert (trained["resi"].classifier, trained["resi"].query_mode) == ("text", "per_space")
+    assert (trained["resi_linear"].classifier, trained["resi_linear"].query_mode) == ("linear", "per_space")
+
+    # The floor: the same RESI architecture with random weights, evaluated the same way on M1.
+    resi = load_checkpoint(bench.latest_checkpoint(out / "runs" / "resi"))
+    torch.manual_seed(1)
+    random_model = build_model(resi.config, list(resi.label_spaces.values()), get_text_encoder("minilm")).eval()
+    data = out / "data" / "M1" / "val"
+    floor = bench.evaluate_benchmark(random_model, "esf_omi", "M1", data, config.score_threshold).piq
+    learned = results["RESI"]["M1"]["piq"]
+    assert learned >= floor + LEARNED_MARGIN, f"RESI M1 PIQ {learned:.3f} vs random {floor:.3f}"
+
+
+def test_a_second_run_reuses_finished_training(smoke, capsys):
+    config, out, _ = smoke
+    report = bench.run(config, out, methods=["resi"], retrain=False, progress=False, jobs=1)
+    assert list(report["results"]) == ["RESI w/o ESF-OMI", "RESI"]
+    assert "== training" not in capsys.readouterr().out
+
+
+def test_table_and_margins_from_known_scores():
+    def scores(value: float) -> bench.Scores:
+        return bench.Scores(miou=value, pq=value, ap=value, piq=value, rule=dict.fromkeys(bench.METRICS, "x"))
+
+    results = {
+        "Merged-M2F": {"M1": scores(0.10), "M2": scores(0.30)},
+        "Text-M2F": {"M1": scores(0.20), "M2": scores(0.20)},
+        "RESI": {"M1": scores(0.40), "M2": scores(0.30)},
+    }
+    # Means: Merged 0.20, Text 0.20, RESI 0.35 -> margin 15 points on every metric.
+    assert bench.margins(results, ["M1", "M2"]) == pytest.approx(dict.fromkeys(bench.METRICS, 15.0))
+    table = bench.markdown_table(results, ["M1", "M2"]).splitlines()
+    assert table[0].startswith("| method | M1 mIoU |") and len(table) == 2 + len(results)
+    assert table[-1] == "| RESI | " + " | ".join(["40.0"] * 4 + ["30.0"] * 4 + ["35.0"] * 4) + " |"
+    # The better inference rule is taken per metric.
+    a = bench.Scores(miou=0.5, pq=0.1, ap=float("nan"), piq=0.2, rule=dict.fromkeys(bench.METRICS, "a"))
+    b = bench.Scores(miou=0.4, pq=0.3, ap=0.2, piq=0.2, rule=dict.fromkeys(bench.METRICS, "b"))
+    best = bench._best(a, b)
+    assert (best.miou, best.pq, best.ap, best.piq) == (0.5, 0.3, 0.2, 0.2)
+    assert best.rule == {"miou": "a", "pq": "b", "ap": "b", "piq": "a"}
+
+
+def test_bad_config_is_one_clear_error(tmp_path, capsys):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"train": {}, "benchmarks": ["M9"]}))
+    assert bench.main(["--config", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "Unknown benchmarks ['M9']" in capsys.readouterr().err
+    assert bench.main(["--config", str(tmp_path / "missing.json")]) == 2
