@@ -17,6 +17,7 @@ from app.handlers import UserState
 from app.services import ModelInfo, ModelProvider, Services, open_services
 from resi_core.labels import ClassDef, LabelSpace
 from resi_core.segment import Segment, Source
+from tests.shared_data import COCO128_IMAGES
 
 STREET = LabelSpace("street", (ClassDef("person"), ClassDef("car"), ClassDef("road", isthing=False)))
 DRIVE = LabelSpace("drive", (ClassDef("pedestrian"), ClassDef("vehicle")))
@@ -121,7 +122,7 @@ TINY_MODEL = {  # the model section of configs/world_tiny.json
     "num_heads": 2, "dim_feedforward": 64, "encoder_feedforward_dim": 64, "num_queries": 8,
     "text_encoder": "minilm", "text_dim": 384, "train_num_points": 256, "max_size": 64,
 }
-COCO_IMAGES = Path("/work/shared/data/coco128/images/train2017")
+COCO_IMAGES = COCO128_IMAGES
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import pytest
 from app.config import AppConfig
 from app.services import open_services
 from tests.app.conftest import FakeModel
+from tests.shared_data import COCO128_IMAGES
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -27,7 +28,7 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
-COCO = Path("/work/shared/data/coco128/images/train2017")
+COCO = COCO128_IMAGES
 SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "browser"
 TIMEOUT_MS = 30_000
 

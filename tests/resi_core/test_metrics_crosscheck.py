@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +22,8 @@ from resi_core.coco import (
     read_panoptic_png,
 )
 from resi_core.metrics import mask_ap, miou, piq, pq
+from tests.shared_data import COCO128
 
-COCO128 = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco128"
 needs_coco128 = pytest.mark.skipif(not COCO128.is_dir(), reason="shared/data/coco128 is not available")
 
 THINGS, STUFFS = (1, 2, 3), (10, 11)

@@ -13,6 +13,7 @@ from torch import nn
 
 from resi_core.labels import ClassDef, LabelSpace
 from resi_core.predictor import AdHocRequest, Predictor, RequestError, SpacesRequest
+from tests.shared_data import COCO128_IMAGES
 
 DIM = 4  # hidden size = text dim; class embeddings are one-hot
 NUM_QUERIES = 3
@@ -214,13 +215,12 @@ class HashEncoder:
 
 
 def test_round_trip_with_a_tiny_real_model_on_a_coco_photo():
-    from pathlib import Path
 
     from PIL import Image
 
     from resi_core.model import RESIConfig, build_model
 
-    photos = sorted(Path("/work/shared/data/coco128/images/train2017").glob("*.jpg"))
+    photos = sorted(COCO128_IMAGES.glob("*.jpg"))
     if not photos:
         pytest.skip("coco128 photos are not available")
     image = np.asarray(Image.open(photos[0]).convert("RGB"))
