@@ -545,7 +545,7 @@ def predict_segments(predictor: Any, rgb: np.ndarray, choice: ClassSetChoice) ->
     segments: list[SegmentView] = []
     for request in requests:
         try:
-            prediction = predictor.predict(rgb, request)
+            prediction = predictor.predict(rgb, request, with_instances=False)  # the AP list is for evaluation only
         except RequestError as exc:
             raise UserError(str(exc)) from exc
         segments += [

@@ -6,7 +6,8 @@
 Both models are built from the identical Mask2FormerConfig (the demo model's architecture,
 configs/world_demo.json) and timed side by side in one run, interleaved, on the same random
 input. The baseline is one forward of `Mask2FormerForUniversalSegmentation` (backbone, pixel
-decoder, transformer decoder, its linear class head). RESI is `encode` once plus one `decode`
+decoder, transformer decoder, its linear class head), with the same backbone norm layers as RESI
+(GroupNorm here: BatchNorm is replaced in RESI because batches see one dataset's domain). RESI is `encode` once plus one `decode`
 with the k query sets stacked on the batch axis, plus the text classifier of every set.
 Post-processing is not timed on either side. The target (issue 3): RESI(k) <= (1 + 0.3 (k - 1)) x
 baseline. Also times a cached re-ask through the Predictor (features reused) against a cold ask.
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resi_core.labels import ClassDef, LabelSpace  # noqa: E402
 from resi_core.model import RESIConfig, build_model  # noqa: E402
-from resi_core.model.build import mask2former_config, quiet_transformers  # noqa: E402
+from resi_core.model.build import mask2former_config, quiet_transformers, replace_batchnorm  # noqa: E402
 from resi_core.predictor import AdHocRequest, Predictor, SpacesRequest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +70,11 @@ def measure(size: int, model_json: dict, repeats: int, device: torch.device, syn
     resi = build_model(config, SPACES, RandomTextEncoder()).to(device).eval()
     m2f_config = mask2former_config(config)
     m2f_config.num_labels = sum(len(s.classes) for s in SPACES)
-    baseline = Mask2FormerForUniversalSegmentation(m2f_config).to(device).eval()
+    baseline = Mask2FormerForUniversalSegmentation(m2f_config)
+    # The same backbone normalisation as RESI (GroupNorm for a from-scratch model): the comparison
+    # measures what RESI adds (k query sets, text classifier), not the choice of norm layer.
+    replace_batchnorm(baseline.model.pixel_level_module.encoder, config.backbone_norm)
+    baseline = baseline.to(device).eval()
     pixels = torch.randn(1, 3, size, size, device=device)
 
     def run_baseline():

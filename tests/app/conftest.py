@@ -47,7 +47,7 @@ class FakePredictor:
 
     label_spaces = {"street": STREET, "drive": DRIVE}
 
-    def predict(self, image: np.ndarray, request: Any) -> Any:
+    def predict(self, image: np.ndarray, request: Any, *, with_instances: bool = True) -> Any:
         from resi_core.predictor import AdHocRequest, RequestError
 
         h, w = image.shape[:2]
