@@ -139,7 +139,7 @@ def build_ui(svc: Services) -> gr.Blocks:
             with gr.Tab("Quality", id="quality") as quality_tab:
                 refresh_btn = gr.Button("Refresh", elem_id="quality-refresh-btn")
                 quality_md = gr.Markdown(elem_id="quality-summary")
-                piq_plot = gr.LinePlot(x="time", y="piq", color="model", label="PIQ of proposals over time",
+                piq_plot = gr.ScatterPlot(x="time", y="piq", color="model", label="PIQ of each accepted proposal over time",
                                        elem_id="piq-plot", y_lim=[0, 1])
                 model_plot = gr.BarPlot(x="model", y="mean_piq", label="Mean PIQ per model version",
                                         elem_id="model-plot", y_lim=[0, 1])
