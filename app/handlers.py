@@ -537,6 +537,10 @@ def predict_segments(predictor: Any, rgb: np.ndarray, choice: ClassSetChoice) ->
 
     requests: list[Any] = []
     if choice.label_spaces:
+        missing = [s for s in choice.label_spaces if s not in predictor.label_spaces]
+        if missing:
+            raise UserError(f"The model in use has no label space {', '.join(map(repr, missing))} (it was learned by "
+                            "another model version). Switch the model on the Fine-tune tab, or change the class set.")
         trained = {n for s in choice.label_spaces for c in predictor.label_spaces[s].classes for n in [c.name]}
         synonyms = tuple((a, b) for a, b in choice.synonyms if a in trained and b in trained)
         requests.append(SpacesRequest(choice.label_spaces, synonyms))
@@ -911,6 +915,8 @@ def _new_space_name(raw: str | None, trained: Sequence[str]) -> str:
         raise UserError(f"A label space name has at most {MAX_CLASS_NAME_LEN} characters.")
     if "+" in name:
         raise UserError("A label space name cannot contain '+': it joins the spaces of a fused segment.")
+    if any(unicodedata.category(ch).startswith("C") for ch in name):
+        raise UserError("A label space name cannot contain control characters.")
     if normalize_name(name) == ADHOC_SPACE:
         raise UserError(f"{ADHOC_SPACE!r} names the typed ad-hoc classes; pick another name for the new space.")
     taken = next((t for t in trained if normalize_name(t) == normalize_name(name)), None)
@@ -919,10 +925,11 @@ def _new_space_name(raw: str | None, trained: Sequence[str]) -> str:
     return name
 
 
-def _job_folder(svc: Services, space: str) -> Path:
-    """A new DATA_DIR/models/<space>-<timestamp> path (nothing is created)."""
+def _job_folder(svc: Services, space: str, job_id: int) -> Path:
+    """A new DATA_DIR/models/<space>-job<id>-<timestamp> path (nothing is created). The job id keeps two
+    names with the same ASCII slug (汽车, 火车 → "space") from sharing a folder."""
     models = svc.config.data_dir.resolve() / "models"
-    stem = f"{_file_slug(space, 'space')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem = f"{_file_slug(space, 'space')}-job{job_id}-{time.strftime('%Y%m%d-%H%M%S')}"
     out, n = models / stem, 2
     while out.exists() or _job_log(out).exists():
         out, n = models / f"{stem}-{n}", n + 1
@@ -958,7 +965,6 @@ def start_finetune(svc: Services, state: UserState, space: str | None, from_spac
     checkpoint = model_checkpoint(svc, project_id)
     info = svc.model.info(checkpoint)  # a missing or unreadable checkpoint is one message
     name = _new_space_name(space, [s.name for s in info.label_spaces])
-    out = _job_folder(svc, name)
     with svc.register_lock, svc.sessions.begin() as session:  # two clicks never start the same space twice
         busy = next((j for j in repo.list_jobs(session, project_id) if j.kind == FINETUNE_KIND
                      and j.status not in repo.FINISHED_JOB_STATUSES
@@ -967,6 +973,7 @@ def start_finetune(svc: Services, state: UserState, space: str | None, from_spac
             raise UserError(f"Job {busy.id} is learning label space {busy.args['space']!r} already; wait for it, "
                             "or pick another name.")
         job = repo.create_job(session, project_id, FINETUNE_KIND, {})
+        out = _job_folder(svc, name, job.id)
         # --flag=value: a name that starts with '-' stays a value.
         command = [
             sys.executable, "-m", "train", "finetune", f"--checkpoint={Path(info.path).resolve()}",

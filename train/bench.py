@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ from train.pretrain import TrainConfig, latest_checkpoint, train, with_method
 
 METRICS = ("miou", "pq", "ap", "piq")
 TOPK = 100  # instances per decoder pass for AP, as in the Predictor
+BENCH_STAMP = "bench.json"  # in each run folder: the budget, data and config it was trained with
 # Rows of the table: (row name, trained method, inference).
 ROWS: tuple[tuple[str, str, str], ...] = (
     ("Merged-M2F", "merged_m2f", "best_rule"),
@@ -242,9 +244,12 @@ def evaluate_benchmark(
             overlapping_instances(masks, probs, hw, extent, score_threshold), image.id, mixed, category_ids
         )
         # AP is scored on the same kind of top-k instance list that RESI's predictor gives, for every rule.
-        instances += _raw_to_predictions(
-            instance_list(masks, probs, hw, extent, TOPK, isthing), image.id, mixed, category_ids
-        )
+        per_pass = masks.shape[0] // (1 if model.config.query_mode == "shared" else len(spaces))
+        for start in range(0, masks.shape[0], per_pass):  # top-k per decoder pass, as the Predictor does
+            rows = slice(start, start + per_pass)
+            instances += _raw_to_predictions(
+                instance_list(masks[rows], probs[rows], hw, extent, TOPK, isthing), image.id, mixed, category_ids
+            )
         if progress:
             progress()
     return _best(_scores(gt, union, instances, "panoptic_union"), _scores(gt, overlap, instances, "overlapping"))
@@ -334,8 +339,17 @@ def run(
         )
         if jobs > 1:
             base["threads"] = max(1, torch.get_num_threads() // jobs)
+        # A finished run is reused only if it was trained on exactly this budget, data and config.
+        fingerprint = {"train": config.train, "train_images": config.train_images, "seed": config.seed,
+                       "iterations": config.iterations, "method": method}
         finished = latest_checkpoint(run_dir)
-        if retrain or finished is None or _step_of(finished) < config.iterations:
+        stamp = run_dir / BENCH_STAMP
+        same = stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == fingerprint
+        if retrain or not same or finished is None or _step_of(finished) != config.iterations:
+            if run_dir.exists() and (retrain or not same):
+                shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(json.dumps(fingerprint), encoding="utf-8")
             todo.append((method, with_method(TrainConfig.from_json(base))))
     tick = time.perf_counter()
     if todo:
@@ -346,12 +360,12 @@ def run(
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(train, c, not retrain, progress, i % jobs) for i, (_, c) in enumerate(todo)]
+            futures = [pool.submit(train, c, True, progress, i % jobs) for i, (_, c) in enumerate(todo)]
             for future in futures:
                 future.result()
     else:
         for _, train_config in todo:
-            train(train_config, resume=not retrain, progress=progress)
+            train(train_config, resume=True, progress=progress)  # stale runs were removed above
     train_seconds = time.perf_counter() - tick
     trained = {m: load_checkpoint(latest_checkpoint(out / "runs" / m)).eval() for m in dict.fromkeys(r[1] for r in rows)}
 

@@ -192,7 +192,8 @@ def write_checkpoint(out: Path, model: RESIModel, optimizer, step: int, config: 
     tmp = out / f".{LATEST_FILE}.tmp"
     tmp.write_text(folder.name, encoding="utf-8")
     os.replace(tmp, out / LATEST_FILE)
-    for old in sorted(out.glob("step_*"))[:-KEEP_CHECKPOINTS]:
+    # Zero-padded names sort by step; never prune anything newer than what was just written.
+    for old in sorted(p for p in out.glob("step_*") if p.name <= folder.name)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     return folder
 
@@ -231,6 +232,9 @@ def train(config: TrainConfig, resume: bool, progress: bool, bar_position: int =
     resume_from = latest_checkpoint(out) if resume else None
     if resume and resume_from is None and rank == 0:
         print(f"No checkpoint in {out}; starting from scratch.", file=sys.stderr)
+    if not resume and any(out.glob("step_*")):
+        raise ValueError(f"{out} already holds checkpoints of a run; pass --resume to continue it, "
+                         "or choose another --out.")
     model, start, optimizer_state = build_or_resume(config, sampler.label_spaces, resume_from)
     model.to(device).train()
     step_module: nn.Module = TrainStep(model, RESICriterion(model)).to(device)

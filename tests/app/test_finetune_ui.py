@@ -113,6 +113,7 @@ def test_validation_errors_are_one_clear_message_each(tiny_checkpoint: Path, tmp
         (("a+b", "adhoc", 3), "cannot contain '\\+'"),
         (("AdHoc", "adhoc", 3), "names the typed ad-hoc classes"),
         (("x" * 101, "adhoc", 3), "at most 100 characters"),
+        (("hy\x00drants", "adhoc", 3), "control characters"),
         (("hydrants", "adhoc", 0), "Iterations must be a whole number from 1 to 100000"),
         (("hydrants", "adhoc", 2.5), "Iterations must be a whole number"),
         (("hydrants", "adhoc", None), "Iterations must be a whole number"),
@@ -237,3 +238,18 @@ def test_a_job_whose_process_vanished_is_marked_failed(tmp_path: Path) -> None:
     assert jobs[ids[2]].status == "failed" and "never started" in jobs[ids[2]].message
     assert jobs[ids[3]].status == "queued"  # just created: its process may still be starting
     assert h.jobs_report(svc, state, ids).unfinished == (ids[3], ids[1])
+
+
+def test_job_folders_of_names_with_the_same_ascii_slug_differ(tmp_path: Path) -> None:
+    svc = open_services(AppConfig(data_dir=tmp_path / "data", checkpoint=tmp_path / "none", device="cpu"))
+    first, second = h._job_folder(svc, "汽车", 1), h._job_folder(svc, "火车", 2)
+    assert first != second and "job1" in first.name and "job2" in second.name
+
+
+def test_a_class_set_space_the_model_lacks_is_one_clear_message() -> None:
+    class Predictor:
+        label_spaces: dict = {}
+
+    choice = h.ClassSetChoice(label_spaces=("hydrants",), adhoc=(), synonyms=())
+    with pytest.raises(UserError, match="no label space 'hydrants'"):
+        h.predict_segments(Predictor(), np.zeros((8, 8, 3), np.uint8), choice)

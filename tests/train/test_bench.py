@@ -95,3 +95,14 @@ def test_bad_config_is_one_clear_error(tmp_path, capsys):
     assert bench.main(["--config", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "Unknown benchmarks ['M9']" in capsys.readouterr().err
     assert bench.main(["--config", str(tmp_path / "missing.json")]) == 2
+
+
+def test_a_run_with_another_budget_is_trained_again_not_reused(smoke, capsys):
+    config, out, _ = smoke
+    import dataclasses
+
+    shorter = dataclasses.replace(config, iterations=3, benchmarks=("M1",))
+    bench.run(shorter, out, methods=["resi"], retrain=False, progress=False, jobs=1)
+    assert "== training resi for 3 iterations" in capsys.readouterr().out
+    assert bench._step_of(bench.latest_checkpoint(out / "runs" / "resi")) == 3
+    assert [p.name for p in sorted((out / "runs" / "resi").glob("step_*"))] == ["step_0000003"]

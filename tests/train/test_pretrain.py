@@ -48,6 +48,10 @@ def test_pretrain_writes_checkpoints_and_resumes(data_root, tmp_path, capsys, mo
     resumed = load_checkpoint(out / "step_0000003")
     assert any((a != b).any() for a, b in zip(first.parameters(), resumed.parameters(), strict=True))
 
+    # Starting afresh into a folder that holds a run is refused: it would mix two runs' checkpoints.
+    assert main(_args(data_root, out, "--iterations", "3", "--threads", "1")) == 2
+    assert "already holds checkpoints" in capsys.readouterr().err and (out / "step_0000003").is_dir()
+
     # The same data with another method must not resume from this run.
     assert main(_args(data_root, out, "--iterations", "4", "--method", "merged_m2f", "--resume")) == 2
     assert "different model config" in capsys.readouterr().err
