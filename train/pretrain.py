@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -236,6 +237,8 @@ def train(config: TrainConfig, resume: bool, progress: bool, bar_position: int =
         raise ValueError(f"{out} already holds checkpoints of a run; pass --resume to continue it, "
                          "or choose another --out.")
     model, start, optimizer_state = build_or_resume(config, sampler.label_spaces, resume_from)
+    if start:  # a resumed run draws new batches instead of replaying the first ones from the seed
+        sampler.rng = np.random.default_rng([config.seed, rank, start])
     model.to(device).train()
     step_module: nn.Module = TrainStep(model, RESICriterion(model)).to(device)
     if world > 1:
