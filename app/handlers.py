@@ -1077,6 +1077,24 @@ def jobs_report(svc: Services, state: UserState, watched: Sequence[int] = ()) ->
     return JobsReport(jobs, [j for j in jobs if j.id in ids and j.finished])
 
 
+def cancel_job(svc: Services, state: UserState) -> JobView:
+    """Stop the project's running fine-tuning job: it is marked failed ("cancelled") first, so a job that
+    ends in between cannot register a half-finished model, then its process group gets SIGTERM."""
+    job = next((j for j in list_jobs(svc, state) if not j.finished), None)
+    if job is None:
+        raise UserError("No fine-tuning job of this project is running.")
+    host = job.args.get("host")
+    if host != socket.gethostname():
+        raise UserError(f"Job {job.id} runs on host {host!r}; cancel it from the app on that machine.")
+    try:
+        with svc.sessions.begin() as session:
+            repo.update_job(session, job.id, status=JobStatus.FAILED, message="Cancelled by the user.")
+    except InvalidInput:  # it finished in between: nothing to cancel
+        raise UserError(f"Job {job.id} finished before it could be cancelled.") from None
+    svc.jobs.stop(job.id, job.pid)
+    return next(j for j in list_jobs(svc, state) if j.id == job.id)
+
+
 def model_choices(svc: Services, state: UserState) -> tuple[list[tuple[str, int]], int]:
     """The models a project can use, as (label, model version id; 0 is the app's --checkpoint), and the
     one it uses: the app's checkpoint and every fine-tuned version of the project, newest first."""

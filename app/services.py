@@ -9,6 +9,7 @@ and still starts when the checkpoint is missing.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
 from collections import OrderedDict
@@ -210,6 +211,22 @@ class JobProcesses:
         with self._lock:
             self._started[job_id] = process
         return process.pid
+
+    def stop(self, job_id: int, pid: int | None) -> bool:
+        """Send SIGTERM to a job's process group (its own session: the job and anything it started).
+        False when there is nothing to stop."""
+        with self._lock:
+            process = self._started.get(job_id)
+        target = process.pid if process is not None else pid
+        if target is None:
+            return False
+        try:
+            os.killpg(target, signal.SIGTERM)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # not ours to stop
+            return False
+        return True
 
     def reap(self) -> None:
         """Collect the exit codes of the started processes that ended (no zombies are left behind)."""

@@ -163,7 +163,9 @@ def build_ui(svc: Services) -> gr.Blocks:
                 finetune_btn = gr.Button("Fine-tune new label space", elem_id="finetune-btn", variant="primary")
                 job_html = gr.HTML(job_progress_html(None), elem_id="job-progress")
                 jobs_df = gr.Dataframe(headers=h.JOB_COLUMNS, interactive=False, elem_id="jobs-table", label="Jobs")
-                jobs_refresh_btn = gr.Button("Refresh", elem_id="jobs-refresh-btn")
+                with gr.Row():
+                    jobs_refresh_btn = gr.Button("Refresh", elem_id="jobs-refresh-btn")
+                    cancel_job_btn = gr.Button("Cancel running job", elem_id="cancel-job-btn", variant="stop")
                 # Ticks only while a job of the project is unfinished.
                 job_timer = gr.Timer(2.0, active=False)
                 watched = gr.State(())  # ids of the unfinished jobs at the last look
@@ -447,6 +449,13 @@ def build_ui(svc: Services) -> gr.Blocks:
             gr.Info(h.use_model(svc, st, version_id).replace("**", ""))
             return finetune_values(st, seen, ticked, source, full=True)
 
+        @guarded
+        def on_cancel_job(st: h.UserState, seen: tuple[int, ...], ticked: list[str], source: str) -> tuple[Any, ...]:
+            job = h.cancel_job(svc, st)
+            gr.Info(f"Job {job.id} ({job.space}) cancelled.")
+            return finetune_values(st, seen, ticked, source, full=True)
+
+        cancel_job_btn.click(on_cancel_job, finetune_inputs, finetune_outputs, api_name="cancel_job")
         finetune_tab.select(on_finetune_tab, finetune_inputs, finetune_outputs)
         jobs_refresh_btn.click(on_finetune_tab, finetune_inputs, finetune_outputs, api_name="jobs")
         job_timer.tick(on_job_tick, finetune_inputs, finetune_outputs, show_progress="hidden")

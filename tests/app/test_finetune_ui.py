@@ -253,3 +253,23 @@ def test_a_class_set_space_the_model_lacks_is_one_clear_message() -> None:
     choice = h.ClassSetChoice(label_spaces=("hydrants",), adhoc=(), synonyms=())
     with pytest.raises(UserError, match="no label space 'hydrants'"):
         h.predict_segments(Predictor(), np.zeros((8, 8, 3), np.uint8), choice)
+
+
+def test_a_running_job_can_be_cancelled_and_registers_no_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    svc = real_services(tmp_path / "data", tiny_checkpoint)
+    state = labeled_project(svc, tmp_path)
+    with pytest.raises(UserError, match="No fine-tuning job of this project is running"):
+        h.cancel_job(svc, state)
+    job = h.start_finetune(svc, state, "hydrants", "adhoc", 100000)
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while h.jobs_report(svc, state).current.status != "running" and time.monotonic() < deadline:
+        time.sleep(0.3)
+    cancelled = h.cancel_job(svc, state)
+    assert (cancelled.id, cancelled.status, cancelled.message) == (job.id, "failed", "Cancelled by the user.")
+    exited = process_exit(svc, job.id)
+    assert exited is not None and not exited.alive and exited.returncode == -15  # SIGTERM
+    with svc.sessions() as session:
+        assert not any(v.training.get("finetune") for v in repo.list_model_versions(session, state.project_id))
+    assert h.jobs_report(svc, state).current.message == "Cancelled by the user."  # not overwritten
+    with pytest.raises(UserError, match="No fine-tuning job of this project is running"):
+        h.cancel_job(svc, state)
