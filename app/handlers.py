@@ -531,33 +531,31 @@ def _model_version_id(svc: Services, project_id: int, info: ModelInfo) -> int:
 
 
 def predict_segments(predictor: Any, rgb: np.ndarray, choice: ClassSetChoice) -> list[SegmentView]:
-    """Run ESF-OMI for the class set. Trained spaces and ad-hoc names run as two requests whose
-    segments are joined (the predictor takes one kind of request at a time; features are cached)."""
-    from resi_core.predictor import AdHocRequest, RequestError, SpacesRequest
+    """Run ESF-OMI for the class set: trained spaces and typed names go in one request, so a typed class
+    that a trained space also has ("car" and street's "car") is fused into one segment."""
+    from resi_core.predictor import AdHocRequest, MixedRequest, RequestError, SpacesRequest
 
-    requests: list[Any] = []
-    if choice.label_spaces:
-        missing = [s for s in choice.label_spaces if s not in predictor.label_spaces]
-        if missing:
-            raise UserError(f"The model in use has no label space {', '.join(map(repr, missing))} (it was learned by "
-                            "another model version). Switch the model on the Fine-tune tab, or change the class set.")
-        trained = {n for s in choice.label_spaces for c in predictor.label_spaces[s].classes for n in [c.name]}
-        synonyms = tuple((a, b) for a, b in choice.synonyms if a in trained and b in trained)
-        requests.append(SpacesRequest(choice.label_spaces, synonyms))
-    if choice.adhoc:
-        requests.append(AdHocRequest(choice.adhoc))
-    segments: list[SegmentView] = []
-    for request in requests:
-        try:
-            prediction = predictor.predict(rgb, request, with_instances=False)  # the AP list is for evaluation only
-        except RequestError as exc:
-            raise UserError(str(exc)) from exc
-        segments += [
-            SegmentView(s.id, s.class_name, "+".join(s.label_spaces), np.asarray(s.mask, dtype=bool),
-                        float(min(max(s.score, 0.0), 1.0)), s.isthing)
-            for s in prediction.segments
-        ]
-    return segments
+    missing = [s for s in choice.label_spaces if s not in predictor.label_spaces]
+    if missing:
+        raise UserError(f"The model in use has no label space {', '.join(map(repr, missing))} (it was learned by "
+                        "another model version). Switch the model on the Fine-tune tab, or change the class set.")
+    known = {c.name for s in choice.label_spaces for c in predictor.label_spaces[s].classes} | set(choice.adhoc)
+    synonyms = tuple((a, b) for a, b in choice.synonyms if a in known and b in known)
+    if choice.label_spaces and choice.adhoc:
+        request: Any = MixedRequest(choice.label_spaces, choice.adhoc, synonyms)
+    elif choice.label_spaces:
+        request = SpacesRequest(choice.label_spaces, synonyms)
+    else:
+        request = AdHocRequest(choice.adhoc)
+    try:
+        prediction = predictor.predict(rgb, request, with_instances=False)  # the AP list is for evaluation only
+    except RequestError as exc:
+        raise UserError(str(exc)) from exc
+    return [
+        SegmentView(s.id, s.class_name, "+".join(s.label_spaces), np.asarray(s.mask, dtype=bool),
+                    float(min(max(s.score, 0.0), 1.0)), s.isthing)
+        for s in prediction.segments
+    ]
 
 
 def propose(svc: Services, state: UserState, user: str) -> EditResult:

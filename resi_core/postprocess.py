@@ -252,6 +252,11 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
+def _passes(segment: Segment) -> set[tuple[str, str]]:
+    """The decoder passes a segment came from: (label space classified against, query set)."""
+    return {(src.label_space, src.query_set) for src in segment.sources}
+
+
 def esf_fuse(
     segments_from_passes: Sequence[Sequence[Segment]],
     mixed: MixedLabelSpace,
@@ -262,7 +267,7 @@ def esf_fuse(
     Two segments from different passes (query sets) are duplicates when their sources map
     to the same class of `mixed` (same normalized name or a declared synonym) and their
     mask IoU is at least `iou_threshold`. Greedy by descending score: a segment fuses into
-    the best-IoU kept segment of its class that shares no pass with it; the kept segment
+    the best-IoU kept segment of its class that shares no pass (label space, query set) with it; the kept segment
     keeps its mask, score and id and gains the other's sources and label spaces. Segments
     of different classes are always kept, however much they overlap; text similarity
     never merges. Returns the segments sorted by score, highest first.
@@ -274,7 +279,7 @@ def esf_fuse(
         cls = mixed.class_of(seg.sources[0].label_space, seg.sources[0].class_name)
         best, best_iou = -1, iou_threshold
         for i, other in enumerate(kept):
-            if kept_class[i] != cls or set(other.query_sets) & set(seg.query_sets):
+            if kept_class[i] != cls or _passes(other) & _passes(seg):
                 continue
             iou = mask_iou(other.mask, seg.mask)
             if iou >= best_iou:

@@ -49,7 +49,19 @@ class AdHocRequest:
     query_sets: tuple[str, ...] | None = None
 
 
-Request = SpacesRequest | AdHocRequest
+@dataclass(frozen=True)
+class MixedRequest:
+    """Trained label spaces AND typed class names in one ask, so ESF fuses duplicates across them
+    (a typed "car" and street's "car" become one segment). The typed names run through `query_sets`
+    (default: every trained set); `synonyms` may pair names from any of them."""
+
+    spaces: tuple[str, ...]
+    class_names: tuple[str, ...]
+    synonyms: tuple[tuple[str, str], ...] = ()
+    query_sets: tuple[str, ...] | None = None
+
+
+Request = SpacesRequest | AdHocRequest | MixedRequest
 
 
 @dataclass(frozen=True)
@@ -196,9 +208,13 @@ class Predictor:
             except LabelError as err:
                 raise RequestError(str(err)) from err
             return [_Pass(s.name, s) for s in spaces], mixed
-        if isinstance(request, AdHocRequest):
+        if isinstance(request, AdHocRequest | MixedRequest):
+            spaces = []
+            if isinstance(request, MixedRequest):
+                spaces = [trained[n] for n in self._check_spaces(request.spaces, trained, what="label space")]
             try:
                 space = adhoc_space(request.class_names)
+                mixed = mix([*spaces, space], getattr(request, "synonyms", ()))
             except LabelError as err:
                 raise RequestError(str(err)) from err
             if self.text_encoder is None or getattr(self.model.config, "classifier", "text") != "text":
@@ -208,7 +224,8 @@ class Predictor:
             chosen = request.query_sets if request.query_sets is not None else tuple(trained)
             names = self._check_spaces(chosen, trained, what="query set")
             embeddings = self.text_encoder.encode(space.class_names).to(self.device)  # [K, Dt]
-            return [_Pass(n, space, embeddings) for n in names], mix([space])
+            passes = [_Pass(s.name, s) for s in spaces] + [_Pass(n, space, embeddings) for n in names]
+            return passes, mixed
         raise RequestError(f"Unknown request type {type(request).__name__}.")
 
     @staticmethod

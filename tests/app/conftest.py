@@ -48,16 +48,16 @@ class FakePredictor:
     label_spaces = {"street": STREET, "drive": DRIVE}
 
     def predict(self, image: np.ndarray, request: Any, *, with_instances: bool = True) -> Any:
-        from resi_core.predictor import AdHocRequest, RequestError
+        from resi_core.predictor import AdHocRequest, MixedRequest, RequestError
 
         h, w = image.shape[:2]
-        if isinstance(request, AdHocRequest):
-            spaces = [LabelSpace("adhoc", tuple(ClassDef(n) for n in request.class_names))]
-        else:
-            unknown = [s for s in request.spaces if s not in self.label_spaces]
-            if unknown:
-                raise RequestError(f"Unknown label space {unknown}.")
-            spaces = [self.label_spaces[s] for s in request.spaces]
+        names = () if isinstance(request, AdHocRequest) else request.spaces
+        unknown = [s for s in names if s not in self.label_spaces]
+        if unknown:
+            raise RequestError(f"Unknown label space {unknown}.")
+        spaces = [self.label_spaces[s] for s in names]
+        if isinstance(request, AdHocRequest | MixedRequest):
+            spaces.append(LabelSpace("adhoc", tuple(ClassDef(n) for n in request.class_names)))
         segments = []
         for k, space in enumerate(spaces):
             for j, cls in enumerate(space.classes[:2]):

@@ -239,3 +239,22 @@ def test_round_trip_with_a_tiny_real_model_on_a_coco_photo():
     assert prediction.cache_hit  # the second request reused the features
     with pytest.raises(ValueError, match="trained with text encoder"):
         Predictor(model, SimpleNamespace(id="minilm"))
+
+
+def test_trained_and_typed_classes_in_one_request_fuse_a_shared_name(model):
+    """Query 0 of every set finds class 0 on the red half: street's "person", and the typed "person"
+    (class 0 of the typed list) from every query set. One mixed class, IoU 1: ESF keeps one segment with
+    every source; the typed "cat" is never class 0, so nothing else is found."""
+    from resi_core.predictor import MixedRequest
+
+    predictor = Predictor(model, FakeEncoder())
+    prediction = predictor.predict(red_left_image(64, 64), MixedRequest(("street",), ("person", "cat")))
+    assert model.decode_calls[-1] == ["street", "street", "portrait", "drive"]  # one batched pass
+    (person,) = prediction.segments
+    assert person.class_name == "person" and set(person.label_spaces) == {"street", "adhoc"}
+    assert {(s.label_space, s.query_set) for s in person.sources} == {
+        ("street", "street"), ("adhoc", "street"), ("adhoc", "portrait"), ("adhoc", "drive")}
+    with pytest.raises(RequestError, match="Unknown label space 'moon'"):
+        predictor.predict(red_left_image(64, 64), MixedRequest(("moon",), ("cat",)))
+    with pytest.raises(RequestError, match="twice"):
+        predictor.predict(red_left_image(64, 64), MixedRequest(("street",), ("cat", "Cat")))
