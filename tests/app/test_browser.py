@@ -111,6 +111,23 @@ def draw_stroke(page, elem_id: str) -> None:
     page.mouse.up()
 
 
+def brush_and_apply(page, expected: str, attempts: int = 3) -> None:
+    """Paint a stroke and apply it. On a busy machine the editor may not have taken the stroke yet (the app
+    then says to paint first); paint again, as a user would, up to `attempts` times."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for attempt in range(attempts):
+        draw_stroke(page, "editor")
+        page.click("#apply-brush-btn")
+        try:
+            page.locator("#edit-message").filter(has_text=expected).wait_for(timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == attempts - 1:
+                raise
+            page.wait_for_timeout(1500)
+
+
 def test_label_two_photos_end_to_end(page) -> None:
     photos = sorted(COCO.glob("*.jpg"))[:2]
     if len(photos) < 2:
@@ -146,9 +163,7 @@ def test_label_two_photos_end_to_end(page) -> None:
 
     pick(page, "segment-picker", "person")
     page.wait_for_timeout(2500)  # the editor canvas needs a moment after its value changes
-    draw_stroke(page, "editor")
-    page.click("#apply-brush-btn")
-    wait_text(page, "edit-message", "Mask of person updated")
+    brush_and_apply(page, "Mask of person updated")
     shot(page, "5-brush")
 
     pick(page, "class-picker", "car [street]")
