@@ -520,9 +520,9 @@ def next_open_image(svc: Services, project_id: int, after_id: int | None) -> int
 def _model_version_id(svc: Services, project_id: int, info: ModelInfo) -> int:
     """The project's model version for the loaded checkpoint, registered (and made active) on first use."""
     with svc.register_lock, svc.sessions.begin() as session:
-        for version in repo.list_model_versions(session, project_id):
-            if version.checkpoint_sha256 == info.sha256:
-                return version.id
+        version = repo.model_version_by_checkpoint(session, project_id, info.sha256)
+        if version is not None:
+            return version.id
         version = repo.register_model_version(
             session, project_id, f"{info.name}-{info.sha256[:8]}", str(info.path), info.sha256,
             [s.to_json() for s in info.label_spaces], {"text_encoder": info.text_encoder}, active=True,

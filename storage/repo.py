@@ -13,7 +13,7 @@ import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
@@ -44,6 +44,8 @@ FINISHED_JOB_STATUSES = frozenset({JobStatus.DONE, JobStatus.FAILED})
 CORRECTION_TYPES = frozenset(
     {EventType.ADD, EventType.ERASE, EventType.RELABEL, EventType.DELETE, EventType.MERGE, EventType.EDIT}
 )
+
+RowT = TypeVar("RowT")  # an ORM model class
 
 
 def _dumps(value: Any) -> str:
@@ -148,11 +150,15 @@ def create_project(session: Session, name: str) -> Project:
     return project
 
 
+def _get(session: Session, model: type[RowT], row_id: int, what: str) -> RowT:
+    row = session.get(model, row_id)
+    if row is None:
+        raise NotFound(f"There is no {what} with id {row_id}.")
+    return row
+
+
 def get_project(session: Session, project_id: int) -> Project:
-    project = session.get(Project, project_id)
-    if project is None:
-        raise NotFound(f"There is no project with id {project_id}.")
-    return project
+    return _get(session, Project, project_id, "project")
 
 
 def get_project_by_name(session: Session, name: str) -> Project:
@@ -236,10 +242,7 @@ def add_image(
 
 
 def get_image(session: Session, image_id: int) -> Image:
-    image = session.get(Image, image_id)
-    if image is None:
-        raise NotFound(f"There is no image with id {image_id}.")
-    return image
+    return _get(session, Image, image_id, "image")
 
 
 def list_images(
@@ -318,10 +321,15 @@ def register_model_version(
 
 
 def get_model_version(session: Session, model_version_id: int) -> ModelVersion:
-    version = session.get(ModelVersion, model_version_id)
-    if version is None:
-        raise NotFound(f"There is no model version with id {model_version_id}.")
-    return version
+    return _get(session, ModelVersion, model_version_id, "model version")
+
+
+def model_version_by_checkpoint(session: Session, project_id: int, checkpoint_sha256: str) -> ModelVersion | None:
+    """The project's (first) model version registered for a checkpoint with this hash, if any."""
+    get_project(session, project_id)
+    return session.scalars(select(ModelVersion).where(ModelVersion.project_id == project_id,
+                                                      ModelVersion.checkpoint_sha256 == checkpoint_sha256)
+                           .order_by(ModelVersion.id).limit(1)).first()
 
 
 def list_model_versions(session: Session, project_id: int) -> list[ModelVersion]:
@@ -699,10 +707,7 @@ def create_job(session: Session, project_id: int, kind: str, args: dict[str, Any
 
 
 def get_job(session: Session, job_id: int) -> Job:
-    job = session.get(Job, job_id)
-    if job is None:
-        raise NotFound(f"There is no job with id {job_id}.")
-    return job
+    return _get(session, Job, job_id, "job")
 
 
 def list_jobs(session: Session, project_id: int) -> list[Job]:

@@ -312,8 +312,7 @@ def register(sessions: sessionmaker[Session], project_id: int, base: Path, base_
     """
     base_sha, out_sha = path_sha256(base), path_sha256(out)
     with sessions.begin() as session:
-        known = {v.checkpoint_sha256: v for v in repo.list_model_versions(session, project_id)}
-        parent = known.get(base_sha) or repo.register_model_version(
+        parent = repo.model_version_by_checkpoint(session, project_id, base_sha) or repo.register_model_version(
             session, project_id, f"{base.name}-{base_sha[:8]}", str(base.resolve()), base_sha,
             base_meta["label_spaces"], {"text_encoder": base_meta["text_encoder"]},
         )
