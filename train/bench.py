@@ -34,6 +34,7 @@ from resi_core.coco import GroundTruth, Prediction, encode_mask, load_ground_tru
 from resi_core.labels import MixedLabelSpace, normalize_name
 from resi_core.metrics import evaluate, mask_ap
 from resi_core.model import RESIModel, load_checkpoint
+from resi_core.model.config import known_fields
 from resi_core.postprocess import RawSegment, instance_list, overlapping_instances, standard_panoptic_union
 from resi_core.predictor import Predictor, SpacesRequest
 from resi_core.world import BENCHMARK_SYNONYMS, BENCHMARKS, DATASETS, benchmark_mix, generate
@@ -65,11 +66,8 @@ class BenchConfig:
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> BenchConfig:
-        names = {f.name for f in dataclasses.fields(BenchConfig)}
-        unknown = set(data) - names - {"comment"}
-        if unknown:
-            raise ValueError(f"Unknown bench config keys {sorted(unknown)}; known: {sorted(names)}.")
-        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in names}
+        known = known_fields(BenchConfig, data, "bench config", ignored=frozenset({"comment"}))
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in known.items()}
         bad = [b for b in values.get("benchmarks", ()) if b not in BENCHMARKS]
         if bad:
             raise ValueError(f"Unknown benchmarks {bad}; known: {list(BENCHMARKS)}.")

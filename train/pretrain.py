@@ -40,6 +40,7 @@ from resi_core.model import (
     load_checkpoint,
     save_checkpoint,
 )
+from resi_core.model.config import known_fields
 from resi_core.text import encoder_id, get_text_encoder
 
 TRAINER_FILE = "trainer.pt"
@@ -78,11 +79,7 @@ class TrainConfig:
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(TrainConfig)}
-        unknown = set(data) - names - {"comment"}
-        if unknown:
-            raise ValueError(f"Unknown config keys {sorted(unknown)}; known: {sorted(names)}.")
-        values = {k: v for k, v in data.items() if k in names}
+        values = known_fields(TrainConfig, data, "config", ignored=frozenset({"comment"}))
         values["datasets"] = tuple(DatasetSpec(**d) for d in data.get("datasets", []))
         if not values["datasets"]:
             raise ValueError("The config lists no datasets.")

@@ -70,12 +70,18 @@ class RESIConfig:
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> RESIConfig:
-        names = {f.name for f in dataclasses.fields(RESIConfig)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"RESIConfig: unknown fields {sorted(unknown)}.")
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return RESIConfig(**values)
+        values = known_fields(RESIConfig, data, "model config")
+        return RESIConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def known_fields(cls: type, data: dict[str, Any], what: str, ignored: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The entries of JSON `data` that are fields of dataclass `cls`; any other key (except `ignored`)
+    is a ValueError naming it, so a typo in a config file is never silently dropped."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names - ignored
+    if unknown:
+        raise ValueError(f"Unknown {what} keys {sorted(unknown)}; known: {sorted(names)}.")
+    return {k: v for k, v in data.items() if k in names}
 
 
 def merged_m2f(config: RESIConfig) -> RESIConfig:
