@@ -1090,7 +1090,8 @@ def cancel_job(svc: Services, state: UserState) -> JobView:
     except InvalidInput:  # it finished in between: nothing to cancel
         raise UserError(f"Job {job.id} finished before it could be cancelled.") from None
     svc.jobs.stop(job.id, job.pid)
-    return next(j for j in list_jobs(svc, state) if j.id == job.id)
+    with svc.sessions() as session:
+        return _job_view(repo.get_job(session, job.id))
 
 
 def model_choices(svc: Services, state: UserState) -> tuple[list[tuple[str, int]], int]:

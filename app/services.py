@@ -222,9 +222,7 @@ class JobProcesses:
             return False
         try:
             os.killpg(target, signal.SIGTERM)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # not ours to stop
+        except (ProcessLookupError, PermissionError):  # gone already, or not ours to stop
             return False
         return True
 

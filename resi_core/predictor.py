@@ -209,12 +209,13 @@ class Predictor:
                 raise RequestError(str(err)) from err
             return [_Pass(s.name, s) for s in spaces], mixed
         if isinstance(request, AdHocRequest | MixedRequest):
-            spaces = []
+            spaces, synonyms = [], ()
             if isinstance(request, MixedRequest):
                 spaces = [trained[n] for n in self._check_spaces(request.spaces, trained, what="label space")]
+                synonyms = request.synonyms
             try:
                 space = adhoc_space(request.class_names)
-                mixed = mix([*spaces, space], getattr(request, "synonyms", ()))
+                mixed = mix([*spaces, space], synonyms)
             except LabelError as err:
                 raise RequestError(str(err)) from err
             if self.text_encoder is None or getattr(self.model.config, "classifier", "text") != "text":
