@@ -31,23 +31,13 @@ from resi_core.labels import ClassDef, LabelSpace  # noqa: E402
 from resi_core.model import RESIConfig, build_model  # noqa: E402
 from resi_core.model.build import mask2former_config, quiet_transformers, replace_batchnorm  # noqa: E402
 from resi_core.predictor import AdHocRequest, Predictor, SpacesRequest  # noqa: E402
+from scripts.bench_inference import HashTextEncoder  # noqa: E402  (speed does not depend on what embeddings mean)
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = tuple(
     LabelSpace(name, tuple(ClassDef(f"{name}-{i}") for i in range(n)))
     for name, n in (("street", 6), ("portrait", 5), ("drive", 6))
 )
-
-
-class RandomTextEncoder:
-    """Random unit vectors per class name: speed does not depend on what the embeddings mean."""
-
-    id = "minilm"
-    dim = 384
-
-    def encode(self, names):
-        g = torch.Generator().manual_seed(len(names))
-        return torch.nn.functional.normalize(torch.randn(len(names), self.dim, generator=g), dim=-1)
 
 
 def timed(fn, repeats: int, sync) -> list[float]:
@@ -65,9 +55,9 @@ def measure(size: int, model_json: dict, repeats: int, device: torch.device, syn
     """Side-by-side forward times at size x size, then a cold vs cached Predictor ask."""
     from transformers import Mask2FormerForUniversalSegmentation
 
-    config = RESIConfig.from_json({**model_json, "max_size": size})
+    config = RESIConfig.from_json({**model_json, "max_size": size, "text_encoder": HashTextEncoder.id})
     torch.manual_seed(0)
-    resi = build_model(config, SPACES, RandomTextEncoder()).to(device).eval()
+    resi = build_model(config, SPACES, HashTextEncoder(config.text_dim)).to(device).eval()
     m2f_config = mask2former_config(config)
     m2f_config.num_labels = sum(len(s.classes) for s in SPACES)
     baseline = Mask2FormerForUniversalSegmentation(m2f_config)
@@ -105,7 +95,7 @@ def measure(size: int, model_json: dict, repeats: int, device: torch.device, syn
         })
 
     # Cached re-ask through the Predictor: the same image with another class set.
-    predictor = Predictor(resi, RandomTextEncoder(), device=device, max_size=size)
+    predictor = Predictor(resi, HashTextEncoder(config.text_dim), device=device, max_size=size)
     image = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
     cold, warm = [], []
     for _ in range(max(3, repeats // 3)):
