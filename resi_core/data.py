@@ -101,8 +101,10 @@ def augment(
     rng: np.random.Generator,
     scale_range: tuple[float, float] = (0.75, 1.5),
     flip: bool = True,
+    erase_prob: float = 0.0,
 ) -> TrainSample:
-    """Random scale (around fitting the long side to `size`), random crop to at most size x size, h-flip."""
+    """Random scale (around fitting the long side to `size`), random crop to at most size x size, h-flip,
+    and with probability `erase_prob` random erasing (`erase`)."""
     height, width = sample.image.shape[:2]
     scale = size / max(height, width) * rng.uniform(*scale_range)
     new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
@@ -116,6 +118,8 @@ def augment(
     masks = masks[:, top : top + size, left : left + size]
     if flip and rng.random() < 0.5:
         image, masks = image[:, ::-1], masks[:, :, ::-1]
+    if erase_prob > 0 and rng.random() < erase_prob:
+        image, masks = erase(image, masks, rng)
     keep = masks.any(axis=(1, 2))
     return TrainSample(
         image=np.ascontiguousarray(image),
@@ -123,6 +127,25 @@ def augment(
         labels=sample.labels[keep],
         space=sample.space,
     )
+
+
+def erase(
+    image: np.ndarray, masks: np.ndarray, rng: np.random.Generator, area: tuple[float, float] = (0.05, 0.5)
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random erasing (Zhong et al., 2017) as an occluder: a rectangle of 5-50 % of the image, aspect
+    1/3-3, filled with a random color and pixel noise, covers the objects under it. The covered pixels
+    leave every mask, because no class is there any more: the occluder belongs to no label space."""
+    height, width = image.shape[:2]
+    target = rng.uniform(*area) * height * width
+    aspect = np.exp(rng.uniform(np.log(1 / 3), np.log(3)))
+    h = int(min(height, max(1, round(np.sqrt(target * aspect)))))
+    w = int(min(width, max(1, round(np.sqrt(target / aspect)))))
+    top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+    fill = rng.uniform(0, 255, size=3) + rng.normal(0, rng.uniform(0, 30), size=(h, w, 3))
+    image, masks = image.copy(), masks.copy()
+    image[top : top + h, left : left + w] = np.clip(fill, 0, 255).astype(np.uint8)
+    masks[:, top : top + h, left : left + w] = False
+    return image, masks
 
 
 def collate(samples: Sequence[TrainSample], size: int) -> Batch:
@@ -142,13 +165,16 @@ def collate(samples: Sequence[TrainSample], size: int) -> Batch:
 class MixedSampler:
     """Endless batches mixing datasets: each sample picks a dataset uniformly, then an image."""
 
-    def __init__(self, datasets: Sequence[CocoDataset], size: int, seed: int, augment_data: bool = True):
+    def __init__(self, datasets: Sequence[CocoDataset], size: int, seed: int, augment_data: bool = True,
+                 scale_range: tuple[float, float] = (0.75, 1.5), erase_prob: float = 0.0):
         names = [d.name for d in datasets]
         if not datasets or len(set(names)) != len(names):
             raise DatasetError(f"Give one dataset per label space, each once: {names}.")
         self.datasets = list(datasets)
         self.size = size
         self.augment_data = augment_data
+        self.scale_range = scale_range
+        self.erase_prob = erase_prob
         self.rng = np.random.default_rng(seed)
 
     @property
@@ -159,7 +185,7 @@ class MixedSampler:
         dataset = self.datasets[int(self.rng.integers(len(self.datasets)))]
         sample = dataset[int(self.rng.integers(len(dataset)))]
         if self.augment_data:
-            return augment(sample, self.size, self.rng)
+            return augment(sample, self.size, self.rng, scale_range=self.scale_range, erase_prob=self.erase_prob)
         return augment(sample, self.size, self.rng, scale_range=(1.0, 1.0), flip=False)
 
     def batch(self, batch_size: int) -> Batch:

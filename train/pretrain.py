@@ -76,6 +76,10 @@ class TrainConfig:
     # CPU threads per process; None keeps torch's default. On a busy machine, 1 is often much faster:
     # small ops then never wait for a descheduled OpenMP thread.
     threads: int | None = None
+    # Random scale of each training image (1 = its long side fits max_size), then a random crop.
+    scale_range: tuple[float, float] = (0.75, 1.5)
+    # Probability of random erasing per training image (resi_core.data.erase); 0 = off.
+    erase_prob: float = 0.0
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> TrainConfig:
@@ -84,6 +88,13 @@ class TrainConfig:
         if not values["datasets"]:
             raise ValueError("The config lists no datasets.")
         values["model"] = RESIConfig.from_json(data.get("model", {}))
+        if "scale_range" in values:
+            low, high = (float(v) for v in values["scale_range"])
+            if not 0 < low <= high:
+                raise ValueError(f"scale_range must be two numbers 0 < low <= high, got {values['scale_range']}.")
+            values["scale_range"] = (low, high)
+        if not 0 <= float(values.get("erase_prob", 0.0)) <= 1:
+            raise ValueError(f"erase_prob must be between 0 and 1, got {values['erase_prob']}.")
         return TrainConfig(**values)
 
 
@@ -223,7 +234,8 @@ def train(config: TrainConfig, resume: bool, progress: bool, bar_position: int =
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     root = Path(config.data_root)
     datasets = [CocoDataset(d.name, root / d.images, root / d.instances) for d in config.datasets]
-    sampler = MixedSampler(datasets, size=config.model.max_size, seed=config.seed + 1000 * rank)
+    sampler = MixedSampler(datasets, size=config.model.max_size, seed=config.seed + 1000 * rank,
+                           scale_range=config.scale_range, erase_prob=config.erase_prob)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
 

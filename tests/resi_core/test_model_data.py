@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from resi_core.data import CocoDataset, DatasetError, MixedSampler, augment, collate
+from resi_core.data import CocoDataset, DatasetError, MixedSampler, TrainSample, augment, collate, erase
 
 # name -> [(class name, isthing)]
 TINY_SPACES = {
@@ -108,3 +108,34 @@ def test_mixed_sampler_mixes_label_spaces(tmp_path):
     spaces = [s for _ in range(6) for s in sampler.batch(4).spaces]
     assert set(spaces) == {"street", "portrait"}
     assert [s.name for s in sampler.label_spaces] == ["street", "portrait"]
+
+
+def test_erase_is_an_occluder_that_leaves_every_mask():
+    rng = np.random.default_rng(3)
+    image = np.full((40, 60, 3), 7, dtype=np.uint8)
+    masks = np.zeros((2, 40, 60), dtype=bool)
+    masks[0] = True  # a stuff region covering everything
+    masks[1, 10:20, 10:20] = True
+    for _ in range(20):
+        out_image, out_masks = erase(image, masks, rng)
+        changed = (out_image != image).any(-1)
+        # Where the occluder sits no class remains; elsewhere masks and pixels are untouched.
+        box = np.argwhere(changed)
+        (y0, x0), (y1, x1) = box.min(0), box.max(0) + 1
+        area = (y1 - y0) * (x1 - x0)
+        assert 0.03 * 40 * 60 <= area <= 0.5 * 40 * 60 + 60
+        assert not out_masks[:, y0:y1, x0:x1].any()
+        outside = np.ones((40, 60), dtype=bool)
+        outside[y0:y1, x0:x1] = False
+        assert (out_masks[:, outside] == masks[:, outside]).all()
+    assert masks[0].all() and image.max() == 7  # the inputs are not modified
+
+
+def test_augment_drops_masks_that_erasing_covers_whole():
+    rng = np.random.default_rng(0)
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    masks = np.zeros((1, 32, 32), dtype=bool)
+    masks[0, 15:17, 15:17] = True  # tiny: often fully covered
+    sample = TrainSample(image=image, masks=masks, labels=np.array([0]), space="s")
+    kept = [len(augment(sample, 32, rng, scale_range=(1, 1), flip=False, erase_prob=1.0).labels) for _ in range(200)]
+    assert 0 < kept.count(0) < 200  # sometimes covered (and dropped with its label), sometimes not

@@ -91,3 +91,24 @@ def test_ddp_two_cpu_processes(data_root, tmp_path):
     assert (out / "latest").read_text() == "step_0000002"
     model = load_checkpoint(out / "step_0000002")
     assert model.config.classifier == "linear" and model.config.query_mode == "shared"
+
+
+@pytest.mark.parametrize("key,value,message", [("scale_range", [2.0, 1.0], "scale_range"),
+                                               ("scale_range", [0, 1.0], "scale_range"),
+                                               ("erase_prob", 1.5, "erase_prob")])
+def test_bad_augmentation_settings_are_one_clear_error(tmp_path, capsys, key, value, message):
+    config = json.loads(TINY_CONFIG.read_text())
+    config[key] = value
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(config))
+    assert main(["--config", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_augmentation_settings_parse():
+    from train.pretrain import TrainConfig
+
+    config = json.loads(TINY_CONFIG.read_text())
+    config.update(scale_range=[0.3, 3], erase_prob=0.5)
+    parsed = TrainConfig.from_json(config)
+    assert parsed.scale_range == (0.3, 3.0) and parsed.erase_prob == 0.5
