@@ -19,7 +19,9 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -355,12 +357,18 @@ def run(
               f"({min(jobs, len(todo))} at a time)", flush=True)
     if jobs > 1 and len(todo) > 1:
         import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(train, c, True, progress, i % jobs) for i, (_, c) in enumerate(todo)]
-            for future in futures:
-                future.result()
+        # A Pool, not a ProcessPoolExecutor: on Ctrl-C, SIGTERM or a failed run, terminate() stops the
+        # other trainings too instead of waiting for them (or leaving them running on their own).
+        pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(todo)))
+        try:
+            runs = [pool.apply_async(train, (c, True, progress, i % jobs)) for i, (_, c) in enumerate(todo)]
+            for run_ in runs:
+                run_.get()
+            pool.close()
+        finally:
+            pool.terminate()
+            pool.join()
     else:
         for _, train_config in todo:
             train(train_config, resume=True, progress=progress)  # stale runs were removed above
@@ -414,8 +422,14 @@ def _step_of(checkpoint: Path) -> int:
     return int(meta.get("training", {}).get("step", 0))
 
 
+def _stop(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through run(), which stops the trainings it started
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop)
     config_path = Path("configs/bench_smoke.json" if args.smoke else args.config)
     try:
         config = BenchConfig.from_json(json.loads(config_path.read_text(encoding="utf-8")))
