@@ -11,6 +11,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("train.evaluate", "score COCO-format predictions: PIQ, mIoU, PQ per label space, AP"),
     "pretrain": ("train.pretrain", "train a RESI model on several COCO-format datasets"),
     "bench": ("train.bench", "train and compare RESI against the baselines on M1-M4"),
+    "domain-head": ("train.domain", "fit a checkpoint's domain head (domain-aware OMI) on its training datasets"),
     "finetune": ("train.finetune", "fit the LSQE of a new label space (COCO file or accepted annotations)"),
     "db": ("storage.cli", "database: upgrade, backup, restore, check"),
 }
@@ -18,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def usage() -> str:
     lines = ["usage: python -m train <command> [options]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run `python -m train <command> --help` for a command's options."]
     return "\n".join(lines)
 

@@ -40,8 +40,10 @@ from resi_core.model import (
     load_checkpoint,
     save_checkpoint,
 )
+from resi_core.model.checkpoint import read_meta
 from resi_core.model.config import known_fields
 from resi_core.text import encoder_id, get_text_encoder
+from train.domain import add_domain_head
 
 TRAINER_FILE = "trainer.pt"
 LATEST_FILE = "latest"
@@ -80,6 +82,8 @@ class TrainConfig:
     scale_range: tuple[float, float] = (0.75, 1.5)
     # Probability of random erasing per training image (resi_core.data.erase); 0 = off.
     erase_prob: float = 0.0
+    # After the last step, fit the domain head (train/domain.py) on this many images per dataset; 0 = off.
+    domain_head_images: int = 1000
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> TrainConfig:
@@ -183,6 +187,11 @@ def latest_checkpoint(out: Path) -> Path | None:
         return None
     folder = out / pointer.read_text(encoding="utf-8").strip()
     return folder if folder.is_dir() else None
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The training step a checkpoint folder was written at (0 if it does not say)."""
+    return int((read_meta(checkpoint).get("training") or {}).get("step", 0))
 
 
 def write_checkpoint(out: Path, model: RESIModel, optimizer, step: int, config: TrainConfig, it_s: float) -> Path:
@@ -289,6 +298,15 @@ def train(config: TrainConfig, resume: bool, progress: bool, bar_position: int =
                 print(f"step {done}/{config.iterations} loss {loss.total.item():.3f} {it_s:.2f} it/s -> {folder}")
     if bar is not None:
         bar.close()
+    if rank == 0 and config.domain_head_images > 0 and len(datasets) > 1:
+        final = latest_checkpoint(out)
+        # Fitted once per finished run: a checkpoint written by training has no "domain_head" record yet
+        # (a head it carries over from a resumed checkpoint was fitted on older features).
+        fitted = "domain_head" in (read_meta(final).get("training") or {}) if final is not None else False
+        if final is not None and checkpoint_step(final) == config.iterations and not fitted:
+            accuracy = add_domain_head(final, datasets, config.domain_head_images, progress=progress)
+            print(f"domain head ({config.method}): held-out accuracy "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items()), flush=True)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()

@@ -73,6 +73,7 @@ def save_checkpoint(path_dir: str | Path, model: RESIModel, meta: dict[str, Any]
         "config": model.config.to_json(),
         "mask2former_config": model.mask2former.config.to_dict(),
         "git_commit": git_commit(),
+        "domain_spaces": list(model.domain_spaces),
         "training": meta or {},
     }
     text = json.dumps(record, indent=2)
@@ -143,8 +144,12 @@ def load_checkpoint(
         label_spaces=spaces,
         class_embeddings=class_embeddings,
     )
+    domain_spaces = meta.get("domain_spaces") or []
     try:
+        if domain_spaces:  # shapes are checked here; the values come with load_state_dict
+            model.set_domain_head(domain_spaces, torch.zeros(len(domain_spaces), model.pooled_dim()),
+                                  torch.zeros(len(domain_spaces)))
         model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
+    except (RuntimeError, ValueError) as err:
         raise CheckpointError(f"{weights_path} does not match its metadata: {err}") from err
     return model.to(map_location)

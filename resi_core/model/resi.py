@@ -89,6 +89,11 @@ class RESIModel(nn.Module):
                 self._set_class_buffer(i, class_embeddings[space])
         else:
             self.linear_head = nn.Linear(hidden, len(self.union_names) + 1)
+        # Optional domain head (train/domain.py fits it after training): which trained label space's
+        # images does an image look like? The predictor uses it to hold out-of-domain query sets to a
+        # higher score threshold. None until fitted; `domain_spaces` orders its outputs.
+        self.domain_head: nn.Linear | None = None
+        self.domain_spaces: list[str] = []
 
     # ----- label spaces and class embeddings -------------------------------------------------------
     def _rebuild_union(self) -> None:
@@ -178,6 +183,48 @@ class RESIModel(nn.Module):
             mask_features=out.decoder_last_hidden_state,
             multi_scale_features=tuple(out.decoder_hidden_states),
         )
+
+    # ----- domain head -----------------------------------------------------------------------------------
+    def pooled_dim(self) -> int:
+        c = self.config
+        return 2 * (3 * c.feature_size + c.mask_feature_size)
+
+    @staticmethod
+    def pooled_features(features: PixelFeatures, extent_fraction: tuple[float, float] = (1.0, 1.0)) -> Tensor:
+        """[B, F]: mean and standard deviation of every pixel-feature map over the image (not the padding).
+
+        `extent_fraction` is the share of rows and columns that hold the image (ResizeInfo).
+        """
+        pooled = []
+        for feat in (*features.multi_scale_features, features.mask_features):
+            h = max(1, math.ceil(feat.shape[-2] * extent_fraction[0] - 1e-6))
+            w = max(1, math.ceil(feat.shape[-1] * extent_fraction[1] - 1e-6))
+            region = feat[..., :h, :w].float().flatten(2)  # [B, C, h*w]
+            pooled += [region.mean(-1), region.std(-1, unbiased=False)]
+        return torch.cat(pooled, -1)
+
+    def set_domain_head(self, spaces: Sequence[str], weight: Tensor, bias: Tensor) -> None:
+        """Install a fitted domain head: logits = weight · pooled_features + bias, one row per space."""
+        unknown = [s for s in spaces if s not in self.label_spaces]
+        if unknown or len(set(spaces)) != len(spaces) or len(spaces) < 2:
+            raise ValueError(f"A domain head needs two or more distinct trained label spaces, got {list(spaces)}.")
+        if tuple(weight.shape) != (len(spaces), self.pooled_dim()) or tuple(bias.shape) != (len(spaces),):
+            raise ValueError(f"Domain head weights of shape {tuple(weight.shape)}/{tuple(bias.shape)} do not fit "
+                             f"{len(spaces)} spaces x {self.pooled_dim()} features.")
+        head = nn.Linear(self.pooled_dim(), len(spaces)).to(weight)
+        with torch.no_grad():
+            head.weight.copy_(weight)
+            head.bias.copy_(bias)
+        head.requires_grad_(False)  # fitted afterwards (train/domain.py), never by the training loss
+        self.domain_head = head
+        self.domain_spaces = list(spaces)
+
+    def domain_probs(self, features: PixelFeatures, extent_fraction: tuple[float, float] = (1.0, 1.0)) -> Tensor:
+        """[B, S] probability that each image comes from each of `domain_spaces`' training data."""
+        if self.domain_head is None:
+            raise ValueError("This model has no domain head; fit one with `python -m train domain-head`.")
+        pooled = self.pooled_features(features, extent_fraction).to(self.domain_head.weight)
+        return self.domain_head(pooled).softmax(-1)
 
     def query_set(self, name: str) -> nn.Parameter:
         """[Q, D] content queries for a label space (any name maps to the shared set in shared mode)."""

@@ -134,3 +134,28 @@ def test_pretrained_folder_route_loads_its_weights(tmp_path):
 
     with pytest.raises(ValueError, match="num_queries"):
         build_model(dataclasses.replace(config, num_queries=7), [STREET], TableEncoder())
+
+
+def test_domain_head_survives_round_trip_and_old_checkpoints_have_none(saved, tmp_path):
+    model = tiny_model().eval()
+    assert load_checkpoint(saved[1]).domain_head is None  # saved without one
+    weight = torch.randn(2, model.pooled_dim())
+    model.set_domain_head(["portrait", "street"], weight, torch.tensor([0.5, -0.5]))
+    assert not any(p.requires_grad for p in model.domain_head.parameters())  # never trained by the loss
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "dh", model)).eval()
+    assert loaded.domain_spaces == ["portrait", "street"]
+    assert torch.equal(loaded.domain_head.weight, weight)
+    features = loaded.encode(torch.randn(2, 3, 64, 64))
+    probs = loaded.domain_probs(features)
+    assert probs.shape == (2, 2) and torch.allclose(probs.sum(-1), torch.ones(2))
+    assert torch.allclose(probs, model.domain_probs(features), atol=1e-6)
+
+
+@pytest.mark.parametrize("spaces,shape,message", [(["street"], (1, None), "two or more"),
+                                                  (["street", "nowhere"], (2, None), "two or more"),
+                                                  (["street", "portrait"], (2, 3), "do not fit")])
+def test_bad_domain_heads_are_refused(spaces, shape, message):
+    model = tiny_model()
+    rows, cols = shape
+    with pytest.raises(ValueError, match=message):
+        model.set_domain_head(spaces, torch.zeros(rows, cols or model.pooled_dim()), torch.zeros(rows))

@@ -39,6 +39,9 @@ def test_pretrain_writes_checkpoints_and_resumes(data_root, tmp_path, capsys, mo
     assert meta["training"]["step"] == 2 and meta["text_encoder"] == "minilm"
     first = load_checkpoint(out / "step_0000002", text_encoder_id="minilm")
     assert list(first.label_spaces) == ["street", "portrait"]
+    # The finished run's domain head was fitted on both datasets (a fifth of the images held out).
+    assert first.domain_spaces == ["street", "portrait"]
+    assert set(meta["training"]["domain_head"]["held_out_accuracy"]) == {"street", "portrait"}
 
     assert main(_args(data_root, out, "--iterations", "3", "--threads", "1", "--resume")) == 0
     assert (out / "latest").read_text() == "step_0000003"
@@ -47,6 +50,7 @@ def test_pretrain_writes_checkpoints_and_resumes(data_root, tmp_path, capsys, mo
     assert "step 3/3" in printed and "step 2/3" not in printed  # resumed at step 2, not from scratch
     resumed = load_checkpoint(out / "step_0000003")
     assert any((a != b).any() for a, b in zip(first.parameters(), resumed.parameters(), strict=True))
+    assert "domain_head" in read_meta(out / "step_0000003")["training"]  # refitted on the new features
 
     # Starting afresh into a folder that holds a run is refused: it would mix two runs' checkpoints.
     assert main(_args(data_root, out, "--iterations", "3", "--threads", "1")) == 2

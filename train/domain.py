@@ -1,0 +1,155 @@
+"""`python -m train domain-head`: fit a trained model's domain head (which label space's images an image
+looks like), for domain-aware OMI.
+
+Why: a query set has only ever seen its own dataset's images. On an image from another dataset's
+domain (a portrait close-up for the street set) it still proposes its classes with high scores
+(road and sky painted over a wall), and nothing in its training said otherwise: other datasets'
+images are never negatives for it (SPEC §3). The domain head is a linear classifier on pooled pixel
+features, fitted on the training images with their dataset as the label, which is known without
+inventing any class label. The predictor then holds a query set whose domain is not the image's
+likeliest among the asked ones to a higher score threshold (docs/MODEL.md, "Domain-aware OMI").
+
+The rest of the model is frozen and unchanged: the head reads features, it never shapes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from resi_core.data import CocoDataset, DatasetError
+from resi_core.image_io import resize_for_model, to_pixel_values
+from resi_core.model import CheckpointError, RESIModel, load_checkpoint, save_checkpoint
+from resi_core.model.checkpoint import read_meta
+
+
+@torch.inference_mode()
+def pooled_dataset_features(
+    model: RESIModel, dataset: CocoDataset, count: int, progress: tqdm | None = None
+) -> torch.Tensor:
+    """[n, F] pooled pixel features of the first `count` images of `dataset` (n = min(count, len))."""
+    rows = []
+    for index in range(min(count, len(dataset))):
+        image = dataset[index].image
+        resized, info = resize_for_model(image, model.config.max_size, 32)
+        features = model.encode(to_pixel_values(resized, info.padded_hw).to(next(model.parameters()).device))
+        fraction = (info.resized_hw[0] / info.padded_hw[0], info.resized_hw[1] / info.padded_hw[1])
+        rows.append(model.pooled_features(features, fraction)[0].cpu())
+        if progress is not None:
+            progress.update(1)
+    return torch.stack(rows)
+
+
+def fit_linear(features: torch.Tensor, labels: torch.Tensor, classes: int, l2: float = 1e-3,
+               steps: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multinomial logistic regression (L-BFGS, L2 on the standardized weights) -> (weight, bias) on raw features."""
+    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
+    x = (features - mean) / std
+    weight = torch.zeros(classes, x.shape[1], requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(x @ weight.T + bias, labels) + l2 * weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimizer.step(closure)
+    w = weight.detach() / std  # fold the standardization in: w·(f - mean)/std + b
+    return w, bias.detach() - w @ mean
+
+
+def fit_domain_head(
+    model: RESIModel, datasets: Sequence[CocoDataset], images_per_space: int = 400, progress: bool = True
+) -> dict[str, float]:
+    """Fit and install `model`'s domain head on `datasets` (one per trained label space).
+
+    Four fifths of each dataset's images fit the head, the last fifth measures it; returns the
+    held-out accuracy per space. The model is left in eval mode.
+    """
+    names = [d.name for d in datasets]
+    unknown = [n for n in names if n not in model.label_spaces]
+    if unknown:
+        raise DatasetError(f"Datasets {unknown} are not label spaces of this model: {list(model.label_spaces)}.")
+    if len(set(names)) < 2:
+        raise DatasetError(f"A domain head needs datasets of two or more label spaces, got {names}.")
+    model.eval()
+    total = sum(min(images_per_space, len(d)) for d in datasets)
+    bar = tqdm(total=total, desc="domain head: encode", unit="img", disable=not progress)
+    fit_x, fit_y, held_x, held_y = [], [], [], []
+    for label, dataset in enumerate(datasets):
+        feats = pooled_dataset_features(model, dataset, images_per_space, bar)
+        cut = max(1, int(round(0.8 * len(feats)))) if len(feats) > 1 else len(feats)
+        fit_x.append(feats[:cut])
+        fit_y.append(torch.full((cut,), label))
+        held_x.append(feats[cut:])
+        held_y.append(torch.full((len(feats) - cut,), label))
+    bar.close()
+    weight, bias = fit_linear(torch.cat(fit_x), torch.cat(fit_y), len(datasets))
+    model.set_domain_head(names, weight.to(next(model.parameters())), bias.to(next(model.parameters())))
+    accuracy = {}
+    for name, x, y in zip(names, held_x, held_y, strict=True):
+        if len(x):
+            predicted = (x @ weight.T + bias).argmax(-1)
+            accuracy[name] = float((predicted == y).float().mean())
+    return accuracy
+
+
+def datasets_from_config(path: str | Path, data_root: str | None = None) -> list[CocoDataset]:
+    """The datasets of a pretrain config (configs/world_demo.json's shape)."""
+    config = json.loads(Path(path).read_text(encoding="utf-8"))
+    root = Path(data_root if data_root is not None else config.get("data_root", "."))
+    specs = config.get("datasets") or []
+    if not specs:
+        raise DatasetError(f"{path} lists no datasets.")
+    return [CocoDataset(d["name"], root / d["images"], root / d["instances"]) for d in specs]
+
+
+def add_domain_head(checkpoint: str | Path, datasets: Sequence[CocoDataset], images_per_space: int = 400,
+                    progress: bool = True) -> dict[str, float]:
+    """Fit the domain head of the checkpoint folder `checkpoint` and write it back (training info kept)."""
+    model = load_checkpoint(checkpoint)
+    accuracy = fit_domain_head(model, datasets, images_per_space, progress)
+    training = dict(read_meta(checkpoint).get("training") or {})
+    training["domain_head"] = {"images_per_space": images_per_space, "held_out_accuracy": accuracy}
+    save_checkpoint(checkpoint, model, training)
+    return accuracy
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m train domain-head",
+        description="Fit a checkpoint's domain head on its training datasets (the rest of the model is "
+        "unchanged) and write it into the checkpoint. The predictor then holds query sets of other domains "
+        "to a higher score threshold.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="checkpoint folder to read and update")
+    parser.add_argument("--config", required=True, help="the pretrain config whose datasets trained the model")
+    parser.add_argument("--data-root", help="folder the dataset paths are relative to (overrides the config)")
+    parser.add_argument("--images-per-space", type=int, default=400, help="images read per dataset (default: 400)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.images_per_space < 2:
+        print("error: --images-per-space must be at least 2 (a fifth is held out).", file=sys.stderr)
+        return 2
+    try:
+        datasets = datasets_from_config(args.config, args.data_root)
+        accuracy = add_domain_head(args.checkpoint, datasets, args.images_per_space, not args.no_progress)
+    except (CheckpointError, DatasetError, ValueError, OSError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("held-out accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
+    print(f"domain head written to {args.checkpoint}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
