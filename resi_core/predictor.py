@@ -7,6 +7,7 @@ sets, classifies, and calls the pure functions of `postprocess` (OMI per pass, t
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import OrderedDict
@@ -76,6 +77,10 @@ class Prediction:
     mixed: MixedLabelSpace
     image_hash: str
     cache_hit: bool
+    # Domain-aware OMI: the domain head's probability per trained label space, and the query sets
+    # that were held to the out-of-domain threshold (both empty when it did not apply).
+    domain_probs: dict[str, float] = dataclasses.field(default_factory=dict)
+    out_of_domain: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,6 +120,7 @@ class Predictor:
         cache_size: int = 32,
         max_size: int | None = None,
         size_divisor: int = 32,
+        out_of_domain_threshold: float | None = 0.98,
     ) -> None:
         trained_with = getattr(model.config, "text_encoder", None)
         if text_encoder is not None and trained_with is not None and text_encoder.id != trained_with:
@@ -131,6 +137,7 @@ class Predictor:
         self.cache_size = cache_size
         self.max_size = max_size if max_size is not None else int(model.config.max_size)
         self.size_divisor = size_divisor
+        self.out_of_domain_threshold = out_of_domain_threshold
         self._cache: OrderedDict[str, tuple[Any, ResizeInfo]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -168,6 +175,7 @@ class Predictor:
         timings["decode"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
+        domain_probs, thresholds = self._pass_thresholds(features, info, passes)
         extent = info.valid_extent(tuple(mask_logits.shape[-2:]))
         per_pass: list[list[Segment]] = []
         instances: list[Segment] = []
@@ -184,7 +192,7 @@ class Predictor:
                 isthing,
                 info.original_hw,
                 extent,
-                self.score_threshold,
+                thresholds[p.query_set],
                 self.overlap_threshold,
             )
             per_pass.append(self._name(raw, p, mixed, key, "segment"))
@@ -195,7 +203,33 @@ class Predictor:
         instances.sort(key=lambda s: -s.score)
         timings["postprocess"] = time.perf_counter() - tick
         timings["total"] = time.perf_counter() - start
-        return Prediction(segments, instances, timings, mixed, key, cache_hit)
+        held = tuple(q for q, t in thresholds.items() if t > self.score_threshold)
+        return Prediction(segments, instances, timings, mixed, key, cache_hit, domain_probs, held)
+
+    def _pass_thresholds(
+        self, features: Any, info: ResizeInfo, passes: Sequence[_Pass]
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Domain-aware OMI: the score threshold of each query set for this image.
+
+        With a fitted domain head and two or more asked query sets that it knows, the set whose
+        training images this image most resembles keeps `score_threshold`; the other known sets
+        are held to `out_of_domain_threshold`. Query sets the head does not know (label spaces
+        added later) always keep `score_threshold`. Returns (domain probabilities, thresholds).
+        """
+        sets = list(dict.fromkeys(p.query_set for p in passes))
+        thresholds = dict.fromkeys(sets, self.score_threshold)
+        head_sets = getattr(self.model, "domain_spaces", [])
+        known = [q for q in sets if q in head_sets]
+        if self.out_of_domain_threshold is None or getattr(self.model, "domain_head", None) is None or len(known) < 2:
+            return {}, thresholds
+        fraction = (info.resized_hw[0] / info.padded_hw[0], info.resized_hw[1] / info.padded_hw[1])
+        probs = self.model.domain_probs(features, fraction)[0].tolist()
+        domain_probs = dict(zip(head_sets, probs, strict=True))
+        likeliest = max(known, key=lambda q: domain_probs[q])
+        for q in known:
+            if q != likeliest:
+                thresholds[q] = max(self.score_threshold, self.out_of_domain_threshold)
+        return domain_probs, thresholds
 
     def _resolve(self, request: Request) -> tuple[list[_Pass], MixedLabelSpace]:
         """Check the request; return its decoder passes and its mixed label space."""

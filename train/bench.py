@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from resi_core.coco import GroundTruth, Prediction, encode_mask, load_ground_truth
+from resi_core.data import CocoDataset
 from resi_core.labels import MixedLabelSpace, normalize_name
 from resi_core.metrics import evaluate, mask_ap
 from resi_core.model import RESIModel, load_checkpoint
@@ -41,7 +42,8 @@ from resi_core.postprocess import RawSegment, instance_list, overlapping_instanc
 from resi_core.predictor import Predictor, SpacesRequest
 from resi_core.world import BENCHMARK_SYNONYMS, BENCHMARKS, DATASETS, benchmark_mix, generate
 from resi_core.world.export import prepare_out_dir, write_world
-from train.pretrain import TrainConfig, latest_checkpoint, train, with_method
+from train.domain import add_domain_head
+from train.pretrain import TrainConfig, checkpoint_step, latest_checkpoint, train, with_method
 
 METRICS = ("miou", "pq", "ap", "piq")
 TOPK = 100  # instances per decoder pass for AP, as in the Predictor
@@ -65,6 +67,11 @@ class BenchConfig:
     seed: int = 0
     benchmarks: tuple[str, ...] = tuple(BENCHMARKS)
     score_threshold: float = 0.5
+    # Domain-aware OMI (docs/MODEL.md): query sets (or, for the baselines, classes) of a domain that is
+    # not the image's likeliest must score above this; None = off. The heads are fitted after
+    # training on `domain_head_images` images per dataset (0 = no heads).
+    out_of_domain_threshold: float | None = 0.98
+    domain_head_images: int = 1000
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> BenchConfig:
@@ -128,13 +135,14 @@ def _union_column_groups(model: RESIModel, mixed: MixedLabelSpace) -> list[list[
 @torch.inference_mode()
 def rule_inputs(
     model: RESIModel, image: np.ndarray, spaces: Sequence[str], mixed: MixedLabelSpace
-) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int], tuple[float, float]]:
+) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int], tuple[float, float], str | None]:
     """Mask logits and class probabilities over the mixed classes of every query that runs.
 
     Shared-query models run one pass classified over all mixed classes. Per-space models
     run one pass per space, each classified over its own classes, scattered into the mixed
-    columns. Returns mask_logits [N, h, w], class_probs [N, M + 1], the image size and the
-    valid extent of the padded logit grid.
+    columns. Returns mask_logits [N, h, w], class_probs [N, M + 1], the image size, the
+    valid extent of the padded logit grid, and the involved space whose domain the model's
+    domain head finds likeliest (None without a head).
     """
     from resi_core.image_io import resize_for_model, to_pixel_values
 
@@ -162,7 +170,26 @@ def rule_inputs(
         probs = torch.cat(all_probs)  # [k*Q, M + 1]
         masks = out.masks_queries_logits[-1].flatten(0, 1)  # [k*Q, h, w]
     extent = info.valid_extent(tuple(masks.shape[-2:]))
-    return masks, probs, info.original_hw, extent
+    likeliest = None
+    known = [s for s in spaces if s in model.domain_spaces]
+    if model.domain_head is not None and len(known) > 1:
+        fraction = (info.resized_hw[0] / info.padded_hw[0], info.resized_hw[1] / info.padded_hw[1])
+        domain = dict(zip(model.domain_spaces, model.domain_probs(features, fraction)[0].tolist(), strict=True))
+        likeliest = max(known, key=lambda s: domain[s])
+    return masks, probs, info.original_hw, extent, likeliest
+
+
+def domain_aware(probs: torch.Tensor, mixed: MixedLabelSpace, likeliest: str, threshold: float) -> torch.Tensor:
+    """The baselines' domain-aware variant (fair to domain-aware OMI): a query whose best class comes
+    from no label space of the image's likeliest domain must score above `threshold`, else it is ∅."""
+    m = len(mixed.classes)
+    scores, labels = probs.max(-1)  # [N], [N]
+    in_domain = torch.tensor([any(space == likeliest for space, _ in c.sources) for c in mixed.classes] + [True])
+    weak = ~in_domain[labels] & (scores <= threshold)  # [N]
+    gated = probs.clone()
+    gated[weak] = 0.0
+    gated[weak, m] = 1.0
+    return gated
 
 
 def _raw_to_predictions(
@@ -213,7 +240,7 @@ def _best(a: Scores, b: Scores) -> Scores:
 
 def evaluate_benchmark(
     model: RESIModel, inference: str, benchmark: str, data_dir: Path, score_threshold: float,
-    progress: Callable[[], None] | None = None,
+    progress: Callable[[], None] | None = None, out_of_domain_threshold: float | None = None,
 ) -> Scores:
     gt = load_ground_truth(data_dir / "instances.json")
     mixed = benchmark_mix(benchmark)
@@ -223,7 +250,8 @@ def evaluate_benchmark(
     if missing:
         raise ValueError(f"{data_dir} lacks categories {missing} of {benchmark}; regenerate it.")
     if inference == "esf_omi":
-        predictor = Predictor(model, None, score_threshold=score_threshold, cache_size=1)
+        predictor = Predictor(model, None, score_threshold=score_threshold, cache_size=1,
+                              out_of_domain_threshold=out_of_domain_threshold)
         request = SpacesRequest(tuple(spaces), BENCHMARK_SYNONYMS.get(benchmark, ()))
         segments, instances = [], []
         for image in gt.images.values():
@@ -233,16 +261,25 @@ def evaluate_benchmark(
             if progress:
                 progress()
         return _scores(gt, segments, instances, "esf_omi")
-    union, overlap, instances = [], [], []
+    # Rules: panoptic union and overlapping, each as is and (with a domain head) domain-aware.
+    union: dict[str, list[Prediction]] = {"": []}
+    overlap: dict[str, list[Prediction]] = {"": []}
+    instances: list[Prediction] = []
     isthing = [c.isthing for c in mixed.classes]
     for image in gt.images.values():
-        masks, probs, hw, extent = rule_inputs(model, load_rgb(data_dir / "images" / image.file_name), spaces, mixed)
-        union += _raw_to_predictions(
-            standard_panoptic_union(masks, probs, isthing, hw, extent, score_threshold), image.id, mixed, category_ids
+        masks, probs, hw, extent, likeliest = rule_inputs(
+            model, load_rgb(data_dir / "images" / image.file_name), spaces, mixed
         )
-        overlap += _raw_to_predictions(
-            overlapping_instances(masks, probs, hw, extent, score_threshold), image.id, mixed, category_ids
-        )
+        variants = {"": probs}
+        if likeliest is not None and out_of_domain_threshold is not None:
+            variants["domain_aware_"] = domain_aware(probs, mixed, likeliest, out_of_domain_threshold)
+        for name, p in variants.items():
+            union.setdefault(name, []).extend(_raw_to_predictions(
+                standard_panoptic_union(masks, p, isthing, hw, extent, score_threshold), image.id, mixed, category_ids
+            ))
+            overlap.setdefault(name, []).extend(_raw_to_predictions(
+                overlapping_instances(masks, p, hw, extent, score_threshold), image.id, mixed, category_ids
+            ))
         # AP is scored on the same kind of top-k instance list that RESI's predictor gives, for every rule.
         per_pass = masks.shape[0] // (1 if model.config.query_mode == "shared" else len(spaces))
         for start in range(0, masks.shape[0], per_pass):  # top-k per decoder pass, as the Predictor does
@@ -252,7 +289,12 @@ def evaluate_benchmark(
             )
         if progress:
             progress()
-    return _best(_scores(gt, union, instances, "panoptic_union"), _scores(gt, overlap, instances, "overlapping"))
+    best = None
+    for name in union:
+        for rule, predictions in ((f"{name}panoptic_union", union[name]), (f"{name}overlapping", overlap[name])):
+            scores = _scores(gt, predictions, instances, rule)
+            best = scores if best is None else _best(best, scores)
+    return best
 
 
 # ----- the table -------------------------------------------------------------------------------------------
@@ -336,6 +378,7 @@ def run(
             method=method,
             iterations=config.iterations,
             seed=config.seed,
+            domain_head_images=config.domain_head_images,
         )
         if jobs > 1:
             base["threads"] = max(1, torch.get_num_threads() // jobs)
@@ -345,7 +388,7 @@ def run(
         finished = latest_checkpoint(run_dir)
         stamp = run_dir / BENCH_STAMP
         same = stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == fingerprint
-        if retrain or not same or finished is None or _step_of(finished) != config.iterations:
+        if retrain or not same or finished is None or checkpoint_step(finished) != config.iterations:
             if run_dir.exists() and (retrain or not same):
                 shutil.rmtree(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -373,7 +416,16 @@ def run(
         for _, train_config in todo:
             train(train_config, resume=True, progress=progress)  # stale runs were removed above
     train_seconds = time.perf_counter() - tick
-    trained = {m: load_checkpoint(latest_checkpoint(out / "runs" / m)).eval() for m in dict.fromkeys(r[1] for r in rows)}
+    trained = {}
+    for method in dict.fromkeys(r[1] for r in rows):
+        final = latest_checkpoint(out / "runs" / method)
+        model = load_checkpoint(final)
+        if model.domain_head is None and config.domain_head_images > 0:  # a run finished before heads existed
+            datasets = [CocoDataset(d, data_root / d / "train" / "images", data_root / d / "train" / "instances.json")
+                        for d in DATASETS]
+            add_domain_head(final, datasets, config.domain_head_images, progress=progress)
+            model = load_checkpoint(final)
+        trained[method] = model.eval()
 
     results: dict[str, dict[str, Scores]] = {}
     total = len(rows) * config.val_images * len(config.benchmarks)
@@ -385,7 +437,7 @@ def run(
             bar.set_postfix_str(f"{row} {bench}")
             results[row][bench] = evaluate_benchmark(
                 trained[method], inference, bench, data_root / bench / "val", config.score_threshold,
-                progress=lambda: bar.update(1),
+                progress=lambda: bar.update(1), out_of_domain_threshold=config.out_of_domain_threshold,
             )
     bar.close()
     eval_seconds = time.perf_counter() - tick
@@ -415,11 +467,6 @@ def machine_description() -> str:
         pass
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     return f"{cpu}, {os.cpu_count()} cores{gpu}"
-
-
-def _step_of(checkpoint: Path) -> int:
-    meta = json.loads((checkpoint / "meta.json").read_text(encoding="utf-8"))
-    return int(meta.get("training", {}).get("step", 0))
 
 
 def _stop(signum: int, frame: Any) -> None:

@@ -258,3 +258,41 @@ def test_trained_and_typed_classes_in_one_request_fuse_a_shared_name(model):
         predictor.predict(red_left_image(64, 64), MixedRequest(("moon",), ("cat",)))
     with pytest.raises(RequestError, match="twice"):
         predictor.predict(red_left_image(64, 64), MixedRequest(("street",), ("cat", "Cat")))
+
+
+class DomainModel(FakeModel):
+    """FakeModel with a domain head that knows street and portrait and finds `likeliest` likeliest."""
+
+    def __init__(self, likeliest: str):
+        super().__init__()
+        self.domain_spaces = ["street", "portrait"]
+        self.domain_head = nn.Identity()  # present; domain_probs below stands in for it
+        self.likeliest = likeliest
+
+    def domain_probs(self, features, extent_fraction=(1.0, 1.0)) -> torch.Tensor:
+        assert 0 < extent_fraction[0] <= 1 and 0 < extent_fraction[1] <= 1
+        return torch.tensor([[0.9, 0.1]] if self.likeliest == "street" else [[0.2, 0.8]])
+
+
+@pytest.mark.parametrize("likeliest,kept,held", [("street", ["person"], ("portrait",)),
+                                                 ("portrait", ["face"], ("street",))])
+def test_domain_aware_omi_holds_the_other_domains_query_sets(likeliest, kept, held):
+    model = DomainModel(likeliest)
+    image = red_left_image(64, 64)
+    # Every query here scores ~1.0, so an out-of-domain threshold of 1.0 removes all of a held set.
+    strict = Predictor(model, FakeEncoder(), out_of_domain_threshold=1.0)
+    prediction = strict.predict(image, SpacesRequest(("street", "portrait")))
+    assert sorted(s.class_name for s in prediction.segments) == kept
+    assert prediction.out_of_domain == held
+    assert prediction.domain_probs[likeliest] > 0.5
+    # The AP instance list is not thresholded, so it still holds both sets' proposals.
+    assert {s.class_name for s in prediction.instances} >= {"person", "face"}
+    # The default threshold (0.98) keeps near-certain proposals of a held set.
+    assert len(Predictor(model, FakeEncoder()).predict(image, SpacesRequest(("street", "portrait"))).segments) == 2
+    # Off, a single asked set, or a set the head does not know: nothing is held.
+    off = Predictor(model, FakeEncoder(), out_of_domain_threshold=None).predict(image, SpacesRequest(("street", "portrait")))
+    assert len(off.segments) == 2 and off.out_of_domain == () and off.domain_probs == {}
+    alone = strict.predict(image, SpacesRequest(("street",) if likeliest == "portrait" else ("portrait",)))
+    assert len(alone.segments) == 1 and alone.out_of_domain == ()
+    unknown = strict.predict(image, SpacesRequest((likeliest, "drive")))
+    assert len(unknown.segments) == 2 and unknown.out_of_domain == ()
