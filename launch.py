@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-unauthenticated-remote", action="store_true",
                         help="allow a non-loopback --host without --auth (only on a trusted network)")
     parser.add_argument("--device", default="auto", help="torch device for the model (default: cuda if present)")
+    parser.add_argument("--no-domain-aware", action="store_true",
+                        help="propose with every chosen label space at the normal score threshold, even on images that "
+                        "look like another space's data (default: such spaces need a score of 0.98)")
     return parser
 
 
@@ -73,6 +76,7 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
         allow_unauthenticated_remote=args.allow_unauthenticated_remote,
         max_upload_mb=args.max_upload_mb,
         device=args.device,
+        out_of_domain_threshold=None if args.no_domain_aware else 0.98,
     )
     check_config(config)
     return config

@@ -34,6 +34,9 @@ class AppConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     # torch device for the predictor: "auto" picks CUDA when present.
     device: str = "auto"
+    # Domain-aware OMI: query sets of a domain other than the image's likeliest need this score
+    # (docs/MODEL.md); None shows every set's proposals at the normal threshold.
+    out_of_domain_threshold: float | None = 0.98
 
     @property
     def image_dir(self) -> Path:

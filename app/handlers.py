@@ -530,9 +530,10 @@ def _model_version_id(svc: Services, project_id: int, info: ModelInfo) -> int:
         return version.id
 
 
-def predict_segments(predictor: Any, rgb: np.ndarray, choice: ClassSetChoice) -> list[SegmentView]:
+def predict_segments(predictor: Any, rgb: np.ndarray, choice: ClassSetChoice) -> tuple[list[SegmentView], str]:
     """Run ESF-OMI for the class set: trained spaces and typed names go in one request, so a typed class
-    that a trained space also has ("car" and street's "car") is fused into one segment."""
+    that a trained space also has ("car" and street's "car") is fused into one segment. Returns the
+    segments and a note for the user when domain-aware OMI held some label spaces back ("" if not)."""
     from resi_core.predictor import AdHocRequest, MixedRequest, RequestError, SpacesRequest
 
     missing = [s for s in choice.label_spaces if s not in predictor.label_spaces]
@@ -551,11 +552,23 @@ def predict_segments(predictor: Any, rgb: np.ndarray, choice: ClassSetChoice) ->
         prediction = predictor.predict(rgb, request, with_instances=False)  # the AP list is for evaluation only
     except RequestError as exc:
         raise UserError(str(exc)) from exc
-    return [
+    views = [
         SegmentView(s.id, s.class_name, "+".join(s.label_spaces), np.asarray(s.mask, dtype=bool),
                     float(min(max(s.score, 0.0), 1.0)), s.isthing)
         for s in prediction.segments
     ]
+    return views, domain_note(getattr(prediction, "domain_probs", {}), getattr(prediction, "out_of_domain", ()),
+                              getattr(predictor, "out_of_domain_threshold", None))
+
+
+def domain_note(domain_probs: dict[str, float], held: Sequence[str], threshold: float | None) -> str:
+    """One sentence on domain-aware OMI for this image, or "" when it held nothing back."""
+    if not held or not domain_probs or threshold is None:
+        return ""
+    likeliest = max((s for s in domain_probs if s not in held), key=lambda s: domain_probs[s], default=None)
+    looks = f"This image looks like {likeliest!r} training data ({domain_probs[likeliest]:.2f}), so " if likeliest else ""
+    return (f"{looks}proposals of {', '.join(map(repr, held))} needed a score of at least {threshold:.2f} "
+            "(domain-aware proposals; start the app with --no-domain-aware to show them all).")
 
 
 def propose(svc: Services, state: UserState, user: str) -> EditResult:
@@ -574,7 +587,7 @@ def propose(svc: Services, state: UserState, user: str) -> EditResult:
         class_set_id = repo.current_class_set(session, project_id).id  # type: ignore[union-attr]
         was_new = image.status == ImageStatus.NEW
     start = time.perf_counter()
-    segments = predict_segments(predictor, svc.images.rgb(image.sha256), choice)
+    segments, note = predict_segments(predictor, svc.images.rgb(image.sha256), choice)
     elapsed_ms = (time.perf_counter() - start) * 1000
     rows = [to_storage(s) for s in segments]
     try:
@@ -587,7 +600,8 @@ def propose(svc: Services, state: UserState, user: str) -> EditResult:
     except Conflict as exc:
         return _conflict(svc, state, exc)
     new_state, view = load_image(svc, state)
-    return EditResult(new_state, view, f"Proposed {len(segments)} segment(s) in {elapsed_ms:.0f} ms.")
+    message = f"Proposed {len(segments)} segment(s) in {elapsed_ms:.0f} ms."
+    return EditResult(new_state, view, f"{message} {note}" if note else message)
 
 
 def propose_all(svc: Services, state: UserState, user: str,

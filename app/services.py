@@ -53,10 +53,12 @@ class ModelProvider:
     reload on every proposal.
     """
 
-    def __init__(self, checkpoint: Path, text_encoder: str, device: str, cache_dir: Path, capacity: int = 2):
+    def __init__(self, checkpoint: Path, text_encoder: str, device: str, cache_dir: Path, capacity: int = 2,
+                 out_of_domain_threshold: float | None = 0.98):
         self.checkpoint = checkpoint
         self.text_encoder_spec = text_encoder
         self.device = device
+        self.out_of_domain_threshold = out_of_domain_threshold
         self.cache_dir = cache_dir
         self.capacity = capacity
         self._lock = threading.Lock()
@@ -113,7 +115,8 @@ class ModelProvider:
                 except CheckpointError as exc:
                     raise UserError(f"Cannot load the model: {str(exc).rstrip('.')}. Proposals need a working checkpoint; "
                                     "everything else still works.") from exc
-                self._predictors[key] = Predictor(model, encoder, device=_torch_device(self.device))
+                self._predictors[key] = Predictor(model, encoder, device=_torch_device(self.device),
+                                                     out_of_domain_threshold=self.out_of_domain_threshold)
                 while len(self._predictors) > self.capacity:  # a thread still using an evicted one keeps it
                     self._predictors.popitem(last=False)
             self._predictors.move_to_end(key)
@@ -287,5 +290,6 @@ def open_services(config: AppConfig) -> Services:
         sessions=db.make_session_factory(engine),
         files=files,
         images=ImageCache(files),
-        model=ModelProvider(config.checkpoint, config.text_encoder, config.device, config.data_dir / "cache"),
+        model=ModelProvider(config.checkpoint, config.text_encoder, config.device, config.data_dir / "cache",
+                            out_of_domain_threshold=config.out_of_domain_threshold),
     )

@@ -214,3 +214,14 @@ def test_no_project_or_image_gives_a_clear_message(svc: Services) -> None:
     state = h.create_project(svc, "p")
     with pytest.raises(UserError, match="image"):
         h.propose(svc, state, "ann")
+
+
+def test_domain_note_names_the_held_spaces_and_the_way_out() -> None:
+    from app.handlers import domain_note
+
+    probs = {"street": 0.01, "portrait": 0.97, "drive": 0.01, "parts": 0.01}
+    note = domain_note(probs, ("street",), 0.98)
+    assert "'portrait' training data (0.97)" in note and "proposals of 'street'" in note
+    assert "0.98" in note and "--no-domain-aware" in note
+    assert domain_note(probs, (), 0.98) == "" and domain_note({}, ("street",), 0.98) == ""
+    assert domain_note(probs, ("street",), None) == ""

@@ -18,6 +18,8 @@ def test_defaults_are_local_and_offline() -> None:
     cfg = config([])
     assert cfg.host == "127.0.0.1" and cfg.data_dir == Path("resi-data") and cfg.text_encoder == "minilm"
     assert cfg.checkpoint == Path("checkpoints/demo") and cfg.auth == ()
+    assert cfg.out_of_domain_threshold == 0.98
+    assert config(["--no-domain-aware"]).out_of_domain_threshold is None
 
 
 def test_remote_host_needs_auth_or_explicit_opt_in(tmp_path: Path) -> None:
