@@ -48,9 +48,11 @@ def git_commit() -> str | None:
 def _atomic_write(path: Path, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a checkpoint is shared with the team
     try:
         write(tmp)
+        # mkstemp makes the file owner-only, and safetensors writes a new file; a checkpoint is shared
+        # with the team, so it is made readable after writing.
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

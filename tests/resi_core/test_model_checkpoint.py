@@ -159,3 +159,11 @@ def test_bad_domain_heads_are_refused(spaces, shape, message):
     rows, cols = shape
     with pytest.raises(ValueError, match=message):
         model.set_domain_head(spaces, torch.zeros(rows, cols or model.pooled_dim()), torch.zeros(rows))
+
+
+def test_checkpoint_files_are_readable_by_the_team(saved):
+    import stat
+
+    for name in ("model.safetensors", "meta.json"):
+        mode = stat.S_IMODE((saved[1] / name).stat().st_mode)
+        assert mode & 0o044 == 0o044, (name, oct(mode))  # group and others may read
