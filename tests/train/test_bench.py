@@ -110,7 +110,7 @@ def test_a_run_with_another_budget_is_trained_again_not_reused(smoke, capsys):
     shorter = dataclasses.replace(config, iterations=3, benchmarks=("M1",))
     bench.run(shorter, out, methods=["resi"], retrain=False, progress=False, jobs=1)
     assert "== training resi for 3 iterations" in capsys.readouterr().out
-    assert bench._step_of(bench.latest_checkpoint(out / "runs" / "resi")) == 3
+    assert bench.checkpoint_step(bench.latest_checkpoint(out / "runs" / "resi")) == 3
     assert [p.name for p in sorted((out / "runs" / "resi").glob("step_*"))] == ["step_0000003"]
 
 
