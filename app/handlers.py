@@ -557,16 +557,22 @@ def predict_segments(predictor: Any, rgb: np.ndarray, choice: ClassSetChoice) ->
                     float(min(max(s.score, 0.0), 1.0)), s.isthing)
         for s in prediction.segments
     ]
+    # Typed names run through every trained query set; trained spaces through their own.
+    asked = tuple(predictor.label_spaces) if choice.adhoc else choice.label_spaces
     return views, domain_note(getattr(prediction, "domain_probs", {}), getattr(prediction, "out_of_domain", ()),
-                              getattr(predictor, "out_of_domain_threshold", None))
+                              getattr(predictor, "out_of_domain_threshold", None), asked)
 
 
-def domain_note(domain_probs: dict[str, float], held: Sequence[str], threshold: float | None) -> str:
-    """One sentence on domain-aware OMI for this image, or "" when it held nothing back."""
+def domain_note(domain_probs: dict[str, float], held: Sequence[str], threshold: float | None,
+                asked: Sequence[str]) -> str:
+    """One sentence on domain-aware OMI for this image, or "" when it held nothing back. `asked`: the
+    query sets of the request; the one that kept the normal threshold is named."""
     if not held or not domain_probs or threshold is None:
         return ""
-    likeliest = max((s for s in domain_probs if s not in held), key=lambda s: domain_probs[s], default=None)
-    looks = f"This image looks like {likeliest!r} training data ({domain_probs[likeliest]:.2f}), so " if likeliest else ""
+    kept = [s for s in asked if s in domain_probs and s not in held]
+    likeliest = max(kept, key=lambda s: domain_probs[s], default=None)
+    looks = (f"Of the chosen label spaces, this image looks most like {likeliest!r} training data "
+             f"(p = {domain_probs[likeliest]:.2f}), so " if likeliest else "")
     return (f"{looks}proposals of {', '.join(map(repr, held))} needed a score of at least {threshold:.2f} "
             "(domain-aware proposals; start the app with --no-domain-aware to show them all).")
 

@@ -219,9 +219,11 @@ def test_no_project_or_image_gives_a_clear_message(svc: Services) -> None:
 def test_domain_note_names_the_held_spaces_and_the_way_out() -> None:
     from app.handlers import domain_note
 
-    probs = {"street": 0.01, "portrait": 0.97, "drive": 0.01, "parts": 0.01}
-    note = domain_note(probs, ("street",), 0.98)
-    assert "'portrait' training data (0.97)" in note and "proposals of 'street'" in note
-    assert "0.98" in note and "--no-domain-aware" in note
-    assert domain_note(probs, (), 0.98) == "" and domain_note({}, ("street",), 0.98) == ""
-    assert domain_note(probs, ("street",), None) == ""
+    probs = {"street": 0.01, "portrait": 0.07, "drive": 0.91, "parts": 0.01}
+    asked = ("street", "portrait")
+    note = domain_note(probs, ("street",), 0.98, asked)
+    # Named: the asked set that kept the normal threshold, not the likeliest domain overall (drive).
+    assert "most like 'portrait' training data (p = 0.07)" in note and "proposals of 'street'" in note
+    assert "0.98" in note and "--no-domain-aware" in note and "drive" not in note
+    assert domain_note(probs, (), 0.98, asked) == "" and domain_note({}, ("street",), 0.98, asked) == ""
+    assert domain_note(probs, ("street",), None, asked) == ""
