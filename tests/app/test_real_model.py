@@ -107,3 +107,21 @@ def test_corrupt_checkpoint_gives_one_clear_message_and_the_app_stays_up(tiny_ch
     added = h.add_segment(svc, state, "ann", {"background": None, "layers": [layer], "composite": None},
                           h.find_option(options, "person [street]"))
     assert added.ok and h.accept(svc, added.state, "ann").ok
+
+
+def test_propose_with_the_demo_checkpoint_says_when_a_space_was_held_back(tmp_path: Path) -> None:
+    from resi_core.world import make_sample
+
+    demo = Path(__file__).resolve().parents[2] / "checkpoints" / "demo"
+    svc = real_services(tmp_path / "data", demo)
+    sample = make_sample("M1", "val", 1, seed=7)  # odd M1 images are portrait-domain close-ups
+    assert sample.domain == "portrait"
+    path = tmp_path / "portrait.png"
+    Image.fromarray(sample.image).save(path)
+    state = h.create_project(svc, "world")
+    report = h.upload_images(svc, state, [path])
+    h.save_class_set(svc, state, ["street", "portrait"], "", [])
+    result = h.propose(svc, replace(state, image_id=report.first_image_id), "ann")
+    assert result.ok
+    assert "looks most like 'portrait'" in result.message and "proposals of 'street' needed" in result.message
+    assert {s.class_name for s in result.view.segments} & {"face", "hair"}
