@@ -557,10 +557,8 @@ def predict_segments(predictor: Any, rgb: np.ndarray, choice: ClassSetChoice) ->
                     float(min(max(s.score, 0.0), 1.0)), s.isthing)
         for s in prediction.segments
     ]
-    # Typed names run through every trained query set; trained spaces through their own.
-    asked = tuple(predictor.label_spaces) if choice.adhoc else choice.label_spaces
     return views, domain_note(getattr(prediction, "domain_probs", {}), getattr(prediction, "out_of_domain", ()),
-                              getattr(predictor, "out_of_domain_threshold", None), asked)
+                              getattr(predictor, "out_of_domain_threshold", None), choice.label_spaces)
 
 
 def domain_note(domain_probs: dict[str, float], held: Sequence[str], threshold: float | None,

@@ -132,8 +132,9 @@ def augment(
 def erase(
     image: np.ndarray, masks: np.ndarray, rng: np.random.Generator, area: tuple[float, float] = (0.05, 0.5)
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random erasing (Zhong et al., 2017) as an occluder: a rectangle of 5-50 % of the image, aspect
-    1/3-3, filled with a random color and pixel noise, covers the objects under it. The covered pixels
+    """Random erasing (Zhong et al., 2017) as an occluder: a rectangle of 5-50 % of the image (less when
+    its aspect, 1/3-3, does not fit a long thin image), filled with a random color and pixel noise,
+    covers the objects under it. The covered pixels
     leave every mask, because no class is there any more: the occluder belongs to no label space."""
     height, width = image.shape[:2]
     target = rng.uniform(*area) * height * width

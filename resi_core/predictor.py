@@ -77,8 +77,8 @@ class Prediction:
     mixed: MixedLabelSpace
     image_hash: str
     cache_hit: bool
-    # Domain-aware OMI: the domain head's probability per trained label space, and the query sets
-    # that were held to the out-of-domain threshold (both empty when it did not apply).
+    # Domain-aware OMI: the domain head's probability per trained label space, and the chosen trained
+    # label spaces that were held to the out-of-domain threshold (both empty when it did not apply).
     domain_probs: dict[str, float] = dataclasses.field(default_factory=dict)
     out_of_domain: tuple[str, ...] = ()
 
@@ -175,7 +175,7 @@ class Predictor:
         timings["decode"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        domain_probs, thresholds = self._pass_thresholds(features, info, passes)
+        domain_probs, thresholds, held = self._pass_thresholds(features, info, passes)
         extent = info.valid_extent(tuple(mask_logits.shape[-2:]))
         per_pass: list[list[Segment]] = []
         instances: list[Segment] = []
@@ -192,7 +192,7 @@ class Predictor:
                 isthing,
                 info.original_hw,
                 extent,
-                thresholds[p.query_set],
+                thresholds[i],
                 self.overlap_threshold,
             )
             per_pass.append(self._name(raw, p, mixed, key, "segment"))
@@ -203,33 +203,42 @@ class Predictor:
         instances.sort(key=lambda s: -s.score)
         timings["postprocess"] = time.perf_counter() - tick
         timings["total"] = time.perf_counter() - start
-        held = tuple(q for q, t in thresholds.items() if t > self.score_threshold)
         return Prediction(segments, instances, timings, mixed, key, cache_hit, domain_probs, held)
 
     def _pass_thresholds(
         self, features: Any, info: ResizeInfo, passes: Sequence[_Pass]
-    ) -> tuple[dict[str, float], dict[str, float]]:
-        """Domain-aware OMI: the score threshold of each query set for this image.
+    ) -> tuple[dict[str, float], list[float], tuple[str, ...]]:
+        """Domain-aware OMI: the score threshold of each pass for this image.
 
-        With a fitted domain head and two or more asked query sets that it knows, the set whose
-        training images this image most resembles keeps `score_threshold`; the other known sets
-        are held to `out_of_domain_threshold`. Query sets the head does not know (label spaces
-        added later) always keep `score_threshold`. Returns (domain probabilities, thresholds).
+        Passes of trained label spaces and passes of typed names are two groups. In a group with
+        two or more query sets that the fitted domain head knows, the set whose training images
+        this image most resembles keeps `score_threshold`; the group's other known sets are held to
+        `out_of_domain_threshold`. So a chosen space is never held because of the query sets that
+        typed names run through. Query sets the head does not know (label spaces added later)
+        always keep `score_threshold`. Returns (domain probabilities, threshold per pass, the held
+        trained label spaces).
         """
-        sets = list(dict.fromkeys(p.query_set for p in passes))
-        thresholds = dict.fromkeys(sets, self.score_threshold)
+        thresholds = [self.score_threshold] * len(passes)
         head_sets = getattr(self.model, "domain_spaces", [])
-        known = [q for q in sets if q in head_sets]
-        if self.out_of_domain_threshold is None or getattr(self.model, "domain_head", None) is None or len(known) < 2:
-            return {}, thresholds
+        groups = [[i for i, p in enumerate(passes) if (p.adhoc_embeddings is None) == trained] for trained in (True, False)]
+        known = [[i for i in g if passes[i].query_set in head_sets] for g in groups]
+        active = self.out_of_domain_threshold is not None and getattr(self.model, "domain_head", None) is not None
+        if not active or all(len({passes[i].query_set for i in k}) < 2 for k in known):
+            return {}, thresholds, ()
         fraction = (info.resized_hw[0] / info.padded_hw[0], info.resized_hw[1] / info.padded_hw[1])
         probs = self.model.domain_probs(features, fraction)[0].tolist()
         domain_probs = dict(zip(head_sets, probs, strict=True))
-        likeliest = max(known, key=lambda q: domain_probs[q])
-        for q in known:
-            if q != likeliest:
-                thresholds[q] = max(self.score_threshold, self.out_of_domain_threshold)
-        return domain_probs, thresholds
+        held: list[str] = []
+        for group, members in zip(("trained", "typed"), known, strict=True):
+            if len({passes[i].query_set for i in members}) < 2:
+                continue
+            likeliest = max((passes[i].query_set for i in members), key=lambda q: domain_probs[q])
+            for i in members:
+                if passes[i].query_set != likeliest:
+                    thresholds[i] = max(self.score_threshold, self.out_of_domain_threshold)
+                    if group == "trained":
+                        held.append(passes[i].query_set)
+        return domain_probs, thresholds, tuple(held)
 
     def _resolve(self, request: Request) -> tuple[list[_Pass], MixedLabelSpace]:
         """Check the request; return its decoder passes and its mixed label space."""

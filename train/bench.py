@@ -68,8 +68,9 @@ class BenchConfig:
     benchmarks: tuple[str, ...] = tuple(BENCHMARKS)
     score_threshold: float = 0.5
     # Domain-aware OMI (docs/MODEL.md): query sets (or, for the baselines, classes) of a domain that is
-    # not the image's likeliest must score above this; None = off. The heads are fitted after
-    # training on `domain_head_images` images per dataset (0 = no heads).
+    # not the image's likeliest must score above this; None = off. Runs without a head get one fitted
+    # after training on `domain_head_images` images per dataset (0 = fit none; heads already in a run
+    # are still used, so turn the rule off with out_of_domain_threshold: null).
     out_of_domain_threshold: float | None = 0.98
     domain_head_images: int = 1000
 
@@ -184,7 +185,8 @@ def domain_aware(probs: torch.Tensor, mixed: MixedLabelSpace, likeliest: str, th
     from no label space of the image's likeliest domain must score above `threshold`, else it is ∅."""
     m = len(mixed.classes)
     scores, labels = probs.max(-1)  # [N], [N]
-    in_domain = torch.tensor([any(space == likeliest for space, _ in c.sources) for c in mixed.classes] + [True])
+    in_domain = torch.tensor([any(space == likeliest for space, _ in c.sources) for c in mixed.classes] + [True],
+                             device=probs.device)
     weak = ~in_domain[labels] & (scores <= threshold)  # [N]
     gated = probs.clone()
     gated[weak] = 0.0

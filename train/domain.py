@@ -79,8 +79,8 @@ def fit_domain_head(
     unknown = [n for n in names if n not in model.label_spaces]
     if unknown:
         raise DatasetError(f"Datasets {unknown} are not label spaces of this model: {list(model.label_spaces)}.")
-    if len(set(names)) < 2:
-        raise DatasetError(f"A domain head needs datasets of two or more label spaces, got {names}.")
+    if len(set(names)) < 2 or len(set(names)) != len(names):
+        raise DatasetError(f"A domain head needs datasets of two or more label spaces, each once; got {names}.")
     model.eval()
     total = sum(min(images_per_space, len(d)) for d in datasets)
     bar = tqdm(total=total, desc="domain head: encode", unit="img", disable=not progress)
@@ -113,14 +113,20 @@ def datasets_from_config(path: str | Path, data_root: str | None = None) -> list
     return [CocoDataset(d["name"], root / d["images"], root / d["instances"]) for d in specs]
 
 
-def add_domain_head(checkpoint: str | Path, datasets: Sequence[CocoDataset], images_per_space: int = 400,
-                    progress: bool = True) -> dict[str, float]:
-    """Fit the domain head of the checkpoint folder `checkpoint` and write it back (training info kept)."""
-    model = load_checkpoint(checkpoint)
+def add_domain_head(checkpoint: str | Path, datasets: Sequence[CocoDataset], images_per_space: int = 1000,
+                    progress: bool = True, device: str | torch.device = "cpu") -> dict[str, float]:
+    """Fit the domain head of the checkpoint folder `checkpoint` and write it back.
+
+    The training info and the git commit that trained the weights are kept. The weights file is
+    replaced before meta.json; a crash in between leaves head weights that meta.json does not list,
+    which `load_checkpoint` ignores, so the checkpoint stays usable.
+    """
+    meta = read_meta(checkpoint)
+    model = load_checkpoint(checkpoint, map_location=device)
     accuracy = fit_domain_head(model, datasets, images_per_space, progress)
-    training = dict(read_meta(checkpoint).get("training") or {})
+    training = dict(meta.get("training") or {})
     training["domain_head"] = {"images_per_space": images_per_space, "held_out_accuracy": accuracy}
-    save_checkpoint(checkpoint, model, training)
+    save_checkpoint(checkpoint, model, training, git_commit=meta.get("git_commit"))
     return accuracy
 
 
@@ -134,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder to read and update")
     parser.add_argument("--config", required=True, help="the pretrain config whose datasets trained the model")
     parser.add_argument("--data-root", help="folder the dataset paths are relative to (overrides the config)")
-    parser.add_argument("--images-per-space", type=int, default=400, help="images read per dataset (default: 400)")
+    parser.add_argument("--images-per-space", type=int, default=1000, help="images read per dataset (default: 1000)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.images_per_space < 2:

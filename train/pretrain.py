@@ -93,12 +93,18 @@ class TrainConfig:
             raise ValueError("The config lists no datasets.")
         values["model"] = RESIConfig.from_json(data.get("model", {}))
         if "scale_range" in values:
-            low, high = (float(v) for v in values["scale_range"])
-            if not 0 < low <= high:
-                raise ValueError(f"scale_range must be two numbers 0 < low <= high, got {values['scale_range']}.")
-            values["scale_range"] = (low, high)
-        if not 0 <= float(values.get("erase_prob", 0.0)) <= 1:
-            raise ValueError(f"erase_prob must be between 0 and 1, got {values['erase_prob']}.")
+            scale = values["scale_range"]
+            if (not isinstance(scale, list | tuple) or len(scale) != 2
+                    or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in scale)
+                    or not 0 < scale[0] <= scale[1]):
+                raise ValueError(f"scale_range must be two numbers 0 < low <= high, got {scale!r}.")
+            values["scale_range"] = (float(scale[0]), float(scale[1]))
+        erase = values.get("erase_prob", 0.0)
+        if not isinstance(erase, int | float) or isinstance(erase, bool) or not 0 <= erase <= 1:
+            raise ValueError(f"erase_prob must be a number between 0 and 1, got {erase!r}.")
+        images = values.get("domain_head_images", 0)
+        if not isinstance(images, int) or isinstance(images, bool) or images < 0 or images == 1:
+            raise ValueError(f"domain_head_images must be 0 (no domain head) or at least 2, got {images!r}.")
         return TrainConfig(**values)
 
 
@@ -227,6 +233,9 @@ def build_or_resume(config: TrainConfig, spaces, resume_from: Path | None) -> tu
         if model.config != config.model:
             raise CheckpointError(f"{resume_from} has a different model config than this run.")
         trainer = torch.load(resume_from / TRAINER_FILE, map_location="cpu", weights_only=True)
+        # A domain head fitted on the old features would be stale in the checkpoints this run writes;
+        # the finished run fits a new one.
+        model.domain_head, model.domain_spaces = None, []
         return model, int(trainer["step"]), trainer["optimizer"]
     encoder = None
     if config.model.classifier == "text":
@@ -298,18 +307,19 @@ def train(config: TrainConfig, resume: bool, progress: bool, bar_position: int =
                 print(f"step {done}/{config.iterations} loss {loss.total.item():.3f} {it_s:.2f} it/s -> {folder}")
     if bar is not None:
         bar.close()
-    if rank == 0 and config.domain_head_images > 0 and len(datasets) > 1:
-        final = latest_checkpoint(out)
-        # Fitted once per finished run: a checkpoint written by training has no "domain_head" record yet
-        # (a head it carries over from a resumed checkpoint was fitted on older features).
-        fitted = "domain_head" in (read_meta(final).get("training") or {}) if final is not None else False
-        if final is not None and checkpoint_step(final) == config.iterations and not fitted:
-            accuracy = add_domain_head(final, datasets, config.domain_head_images, progress=progress)
-            print(f"domain head ({config.method}): held-out accuracy "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items()), flush=True)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
+    # The domain head is fitted after the process group is gone, so no rank waits on it (rank 0 only,
+    # on the training device). Once per finished run: a checkpoint written by training has no
+    # "domain_head" record yet.
+    if rank == 0 and config.domain_head_images > 0 and len(datasets) > 1:
+        final = latest_checkpoint(out)
+        fitted = "domain_head" in (read_meta(final).get("training") or {}) if final is not None else False
+        if final is not None and checkpoint_step(final) == config.iterations and not fitted:
+            accuracy = add_domain_head(final, datasets, config.domain_head_images, progress=progress, device=device)
+            print(f"domain head ({config.method}): held-out accuracy "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items()), flush=True)
     return 0
 
 

@@ -30,7 +30,7 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: missing, corrupt, other version or other text encoder."""
 
 
-def git_commit() -> str | None:
+def current_commit() -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -59,8 +59,16 @@ def _atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def save_checkpoint(path_dir: str | Path, model: RESIModel, meta: dict[str, Any] | None = None) -> Path:
-    """Write `model.safetensors` and then `meta.json` into `path_dir` (each atomically)."""
+_CURRENT = object()
+
+
+def save_checkpoint(
+    path_dir: str | Path, model: RESIModel, meta: dict[str, Any] | None = None, git_commit: Any = _CURRENT
+) -> Path:
+    """Write `model.safetensors` and then `meta.json` into `path_dir` (each atomically).
+
+    `git_commit` defaults to the code's current commit; pass the original one when rewriting a
+    checkpoint without retraining it."""
     from safetensors.torch import save_file
 
     path_dir = Path(path_dir)
@@ -74,7 +82,7 @@ def save_checkpoint(path_dir: str | Path, model: RESIModel, meta: dict[str, Any]
         "label_spaces": [space.to_json() for space in model.label_spaces.values()],
         "config": model.config.to_json(),
         "mask2former_config": model.mask2former.config.to_dict(),
-        "git_commit": git_commit(),
+        "git_commit": current_commit() if git_commit is _CURRENT else git_commit,
         "domain_spaces": list(model.domain_spaces),
         "training": meta or {},
     }
@@ -147,6 +155,10 @@ def load_checkpoint(
         class_embeddings=class_embeddings,
     )
     domain_spaces = meta.get("domain_spaces") or []
+    if not isinstance(domain_spaces, list) or not all(isinstance(s, str) for s in domain_spaces):
+        raise CheckpointError(f"{folder / META_FILE} has invalid contents: domain_spaces must be a list of names.")
+    if not domain_spaces:  # head weights that meta.json does not list (an interrupted rewrite) are ignored
+        state = {k: v for k, v in state.items() if not k.startswith("domain_head.")}
     try:
         if domain_spaces:  # shapes are checked here; the values come with load_state_dict
             model.set_domain_head(domain_spaces, torch.zeros(len(domain_spaces), model.pooled_dim()),

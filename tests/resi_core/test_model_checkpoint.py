@@ -167,3 +167,29 @@ def test_checkpoint_files_are_readable_by_the_team(saved):
     for name in ("model.safetensors", "meta.json"):
         mode = stat.S_IMODE((saved[1] / name).stat().st_mode)
         assert mode & 0o044 == 0o044, (name, oct(mode))  # group and others may read
+
+
+def test_an_interrupted_head_rewrite_leaves_a_usable_checkpoint(tmp_path):
+    """Weights are replaced before meta.json: head weights that meta.json does not list are ignored."""
+    model = tiny_model().eval()
+    folder = save_checkpoint(tmp_path / "a", model)
+    old_meta = (folder / "meta.json").read_text()
+    model.set_domain_head(["street", "portrait"], torch.randn(2, model.pooled_dim()), torch.zeros(2))
+    save_checkpoint(folder, model)
+    (folder / "meta.json").write_text(old_meta)  # as if the process died between the two files
+    loaded = load_checkpoint(folder)
+    assert loaded.domain_head is None and loaded.domain_spaces == []
+
+
+def test_rewriting_a_checkpoint_can_keep_its_git_commit(saved, tmp_path):
+    folder = save_checkpoint(tmp_path / "b", tiny_model(), git_commit="abc123")
+    assert read_meta(folder)["git_commit"] == "abc123"
+
+
+def test_invalid_domain_spaces_are_a_checkpoint_error(saved, tmp_path):
+    folder = _copy(saved[1], tmp_path)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["domain_spaces"] = 3
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="domain_spaces"):
+        load_checkpoint(folder)

@@ -296,3 +296,18 @@ def test_domain_aware_omi_holds_the_other_domains_query_sets(likeliest, kept, he
     assert len(alone.segments) == 1 and alone.out_of_domain == ()
     unknown = strict.predict(image, SpacesRequest((likeliest, "drive")))
     assert len(unknown.segments) == 2 and unknown.out_of_domain == ()
+
+
+def test_typed_names_do_not_make_a_chosen_space_held():
+    """One chosen space + typed names: the typed names run through every query set, but the chosen
+    space is alone in its group, so it keeps the normal threshold; the typed names' passes through
+    the other domain's set are held."""
+    from resi_core.predictor import MixedRequest
+
+    model = DomainModel("portrait")  # the image looks like portrait data
+    strict = Predictor(model, FakeEncoder(), out_of_domain_threshold=1.0)
+    prediction = strict.predict(red_left_image(64, 64), MixedRequest(("street",), ("cat",), query_sets=("street", "portrait")))
+    sources = {(s.class_name, src.query_set) for s in prediction.segments for src in s.sources}
+    assert ("person", "street") in sources  # the chosen space's own pass is not held
+    assert ("cat", "portrait") in sources and ("cat", "street") not in sources  # typed: likeliest set only
+    assert prediction.out_of_domain == ()

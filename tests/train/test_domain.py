@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import torch
+from PIL import Image
 
 from resi_core.data import CocoDataset
 from resi_core.model import load_checkpoint, save_checkpoint
@@ -24,14 +26,21 @@ def test_fit_linear_separates_separable_data_on_raw_features():
 
 
 def _datasets(root, n=5):
-    return [CocoDataset(name, (write_tiny_coco(root / name, name, n_images=n)) / "images",
-                        root / name / "instances.json") for name in ("street", "portrait")]
+    datasets = []
+    for name, tint in (("street", (0, 0, 120)), ("portrait", (120, 0, 0))):  # a look of its own per dataset
+        folder = write_tiny_coco(root / name, name, n_images=n)
+        for path in (folder / "images").iterdir():
+            pixels = np.asarray(Image.open(path).convert("RGB")).astype(np.int16) + np.array(tint, dtype=np.int16)
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
+        datasets.append(CocoDataset(name, folder / "images", folder / "instances.json"))
+    return datasets
 
 
 def test_fit_domain_head_installs_a_head_and_reports_held_out_accuracy(tmp_path):
     model = tiny_model()
-    accuracy = fit_domain_head(model, _datasets(tmp_path), images_per_space=5, progress=False)
-    assert set(accuracy) == {"street", "portrait"} and all(0.0 <= a <= 1.0 for a in accuracy.values())
+    accuracy = fit_domain_head(model, _datasets(tmp_path, n=10), images_per_space=10, progress=False)
+    # The two hand-made datasets are tinted differently, so their held-out images are told apart.
+    assert set(accuracy) == {"street", "portrait"} and all(a == 1.0 for a in accuracy.values())
     assert model.domain_spaces == ["street", "portrait"] and not model.training
     features = model.encode(torch.randn(1, 3, 64, 64))
     assert model.domain_probs(features).shape == (1, 2)

@@ -95,11 +95,18 @@ def test_ddp_two_cpu_processes(data_root, tmp_path):
     assert (out / "latest").read_text() == "step_0000002"
     model = load_checkpoint(out / "step_0000002")
     assert model.config.classifier == "linear" and model.config.query_mode == "shared"
+    assert model.domain_spaces == ["street", "portrait"]  # fitted once, after the process group ended
 
 
 @pytest.mark.parametrize("key,value,message", [("scale_range", [2.0, 1.0], "scale_range"),
                                                ("scale_range", [0, 1.0], "scale_range"),
-                                               ("erase_prob", 1.5, "erase_prob")])
+                                               ("scale_range", 1.0, "scale_range"),
+                                               ("scale_range", [1, 2, 3], "scale_range"),
+                                               ("erase_prob", 1.5, "erase_prob"),
+                                               ("erase_prob", None, "erase_prob"),
+                                               ("erase_prob", "0.5", "erase_prob"),
+                                               ("domain_head_images", 1, "domain_head_images"),
+                                               ("domain_head_images", "many", "domain_head_images")])
 def test_bad_augmentation_settings_are_one_clear_error(tmp_path, capsys, key, value, message):
     config = json.loads(TINY_CONFIG.read_text())
     config[key] = value
