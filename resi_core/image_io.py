@@ -151,6 +151,11 @@ class ResizeInfo:
         """resized / original length (≤ 1)."""
         return self.resized_hw[0] / self.original_hw[0]
 
+    @property
+    def valid_fraction(self) -> tuple[float, float]:
+        """Share of the padded rows and columns that hold the image (the rest is padding)."""
+        return self.resized_hw[0] / self.padded_hw[0], self.resized_hw[1] / self.padded_hw[1]
+
     def valid_extent(self, feature_hw: tuple[int, int]) -> tuple[float, float]:
         """Extent (rows, cols) of a feature map of size `feature_hw` that covers the image, not padding."""
         return (

@@ -225,8 +225,7 @@ class Predictor:
         active = self.out_of_domain_threshold is not None and getattr(self.model, "domain_head", None) is not None
         if not active or all(len({passes[i].query_set for i in k}) < 2 for k in known):
             return {}, thresholds, ()
-        fraction = (info.resized_hw[0] / info.padded_hw[0], info.resized_hw[1] / info.padded_hw[1])
-        probs = self.model.domain_probs(features, fraction)[0].tolist()
+        probs = self.model.domain_probs(features, info.valid_fraction)[0].tolist()
         domain_probs = dict(zip(head_sets, probs, strict=True))
         held: list[str] = []
         for group, members in zip(("trained", "typed"), known, strict=True):

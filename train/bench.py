@@ -174,8 +174,7 @@ def rule_inputs(
     likeliest = None
     known = [s for s in spaces if s in model.domain_spaces]
     if model.domain_head is not None and len(known) > 1:
-        fraction = (info.resized_hw[0] / info.padded_hw[0], info.resized_hw[1] / info.padded_hw[1])
-        domain = dict(zip(model.domain_spaces, model.domain_probs(features, fraction)[0].tolist(), strict=True))
+        domain = dict(zip(model.domain_spaces, model.domain_probs(features, info.valid_fraction)[0].tolist(), strict=True))
         likeliest = max(known, key=lambda s: domain[s])
     return masks, probs, info.original_hw, extent, likeliest
 

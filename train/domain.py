@@ -39,8 +39,7 @@ def pooled_dataset_features(
         image = dataset[index].image
         resized, info = resize_for_model(image, model.config.max_size, 32)
         features = model.encode(to_pixel_values(resized, info.padded_hw).to(next(model.parameters()).device))
-        fraction = (info.resized_hw[0] / info.padded_hw[0], info.resized_hw[1] / info.padded_hw[1])
-        rows.append(model.pooled_features(features, fraction)[0].cpu())
+        rows.append(model.pooled_features(features, info.valid_fraction)[0].cpu())
         if progress is not None:
             progress.update(1)
     return torch.stack(rows)

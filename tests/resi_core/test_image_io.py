@@ -126,6 +126,7 @@ def test_resize_for_model_scales_long_side_and_pads():
     assert resized.shape == (38, 128, 3)
     assert info.original_hw == (300, 1000) and info.resized_hw == (38, 128) and info.padded_hw == (64, 128)
     assert info.valid_extent((16, 32)) == pytest.approx((16 * 38 / 64, 32))
+    assert info.valid_fraction == pytest.approx((38 / 64, 1.0))  # 26 padded rows below the image
     small, info = resize_for_model(np.zeros((20, 10, 3), dtype=np.uint8), 128)
     assert small.shape == (20, 10, 3) and info.padded_hw == (32, 32) and info.scale == 1.0
 
