@@ -220,22 +220,21 @@ class Predictor:
         """
         thresholds = [self.score_threshold] * len(passes)
         head_sets = getattr(self.model, "domain_spaces", [])
-        groups = [[i for i, p in enumerate(passes) if (p.adhoc_embeddings is None) == trained] for trained in (True, False)]
-        known = [[i for i in g if passes[i].query_set in head_sets] for g in groups]
-        active = self.out_of_domain_threshold is not None and getattr(self.model, "domain_head", None) is not None
-        if not active or all(len({passes[i].query_set for i in k}) < 2 for k in known):
+        groups: dict[bool, list[int]] = {True: [], False: []}  # trained / typed passes whose set the head knows
+        for i, p in enumerate(passes):
+            if p.query_set in head_sets:
+                groups[p.adhoc_embeddings is None].append(i)
+        contested = [g for g in groups.values() if len({passes[i].query_set for i in g}) > 1]
+        if self.out_of_domain_threshold is None or getattr(self.model, "domain_head", None) is None or not contested:
             return {}, thresholds, ()
-        probs = self.model.domain_probs(features, info.valid_fraction)[0].tolist()
-        domain_probs = dict(zip(head_sets, probs, strict=True))
+        domain_probs = self.model.image_domain_probs(features, info.valid_fraction)
         held: list[str] = []
-        for group, members in zip(("trained", "typed"), known, strict=True):
-            if len({passes[i].query_set for i in members}) < 2:
-                continue
-            likeliest = max((passes[i].query_set for i in members), key=lambda q: domain_probs[q])
+        for members in contested:
+            likeliest = max((passes[i].query_set for i in members), key=domain_probs.__getitem__)
             for i in members:
                 if passes[i].query_set != likeliest:
                     thresholds[i] = max(self.score_threshold, self.out_of_domain_threshold)
-                    if group == "trained":
+                    if passes[i].adhoc_embeddings is None:
                         held.append(passes[i].query_set)
         return domain_probs, thresholds, tuple(held)
 

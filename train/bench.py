@@ -174,8 +174,7 @@ def rule_inputs(
     likeliest = None
     known = [s for s in spaces if s in model.domain_spaces]
     if model.domain_head is not None and len(known) > 1:
-        domain = dict(zip(model.domain_spaces, model.domain_probs(features, info.valid_fraction)[0].tolist(), strict=True))
-        likeliest = max(known, key=lambda s: domain[s])
+        likeliest = max(known, key=model.image_domain_probs(features, info.valid_fraction).__getitem__)
     return masks, probs, info.original_hw, extent, likeliest
 
 

@@ -226,6 +226,11 @@ class RESIModel(nn.Module):
         pooled = self.pooled_features(features, extent_fraction).to(self.domain_head.weight)
         return self.domain_head(pooled).softmax(-1)
 
+    def image_domain_probs(self, features: PixelFeatures, extent_fraction: tuple[float, float] = (1.0, 1.0)
+                           ) -> dict[str, float]:
+        """For one image (features of batch 1): its probability per space of `domain_spaces`."""
+        return dict(zip(self.domain_spaces, self.domain_probs(features, extent_fraction)[0].tolist(), strict=True))
+
     def query_set(self, name: str) -> nn.Parameter:
         """[Q, D] content queries for a label space (any name maps to the shared set in shared mode)."""
         if self.config.query_mode == "shared":

@@ -273,6 +273,9 @@ class DomainModel(FakeModel):
         assert 0 < extent_fraction[0] <= 1 and 0 < extent_fraction[1] <= 1
         return torch.tensor([[0.9, 0.1]] if self.likeliest == "street" else [[0.2, 0.8]])
 
+    def image_domain_probs(self, features, extent_fraction=(1.0, 1.0)) -> dict[str, float]:
+        return dict(zip(self.domain_spaces, self.domain_probs(features, extent_fraction)[0].tolist(), strict=True))
+
 
 @pytest.mark.parametrize("likeliest,kept,held", [("street", ["person"], ("portrait",)),
                                                  ("portrait", ["face"], ("street",))])
