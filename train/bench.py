@@ -33,7 +33,6 @@ import torch
 from PIL import Image
 
 from resi_core.coco import GroundTruth, Prediction, encode_mask, load_ground_truth
-from resi_core.data import CocoDataset
 from resi_core.labels import MixedLabelSpace, normalize_name
 from resi_core.metrics import evaluate, mask_ap
 from resi_core.model import RESIModel, load_checkpoint
@@ -42,8 +41,14 @@ from resi_core.postprocess import RawSegment, instance_list, overlapping_instanc
 from resi_core.predictor import Predictor, SpacesRequest
 from resi_core.world import BENCHMARK_SYNONYMS, BENCHMARKS, DATASETS, benchmark_mix, generate
 from resi_core.world.export import prepare_out_dir, write_world
-from train.domain import add_domain_head
-from train.pretrain import TrainConfig, checkpoint_step, latest_checkpoint, train, with_method
+from train.pretrain import (
+    TrainConfig,
+    checkpoint_step,
+    domain_head_fitted,
+    latest_checkpoint,
+    train,
+    with_method,
+)
 
 METRICS = ("miou", "pq", "ap", "piq")
 TOPK = 100  # instances per decoder pass for AP, as in the Predictor
@@ -388,7 +393,9 @@ def run(
         finished = latest_checkpoint(run_dir)
         stamp = run_dir / BENCH_STAMP
         same = stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == fingerprint
-        if retrain or not same or finished is None or checkpoint_step(finished) != config.iterations:
+        # A finished run without a domain head goes through train() too, which only fits the head.
+        headless = finished is not None and config.domain_head_images > 0 and not domain_head_fitted(finished)
+        if retrain or not same or finished is None or checkpoint_step(finished) != config.iterations or headless:
             if run_dir.exists() and (retrain or not same):
                 shutil.rmtree(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -416,16 +423,7 @@ def run(
         for _, train_config in todo:
             train(train_config, resume=True, progress=progress)  # stale runs were removed above
     train_seconds = time.perf_counter() - tick
-    trained = {}
-    for method in dict.fromkeys(r[1] for r in rows):
-        final = latest_checkpoint(out / "runs" / method)
-        model = load_checkpoint(final)
-        if model.domain_head is None and config.domain_head_images > 0:  # a run finished before heads existed
-            datasets = [CocoDataset(d, data_root / d / "train" / "images", data_root / d / "train" / "instances.json")
-                        for d in DATASETS]
-            add_domain_head(final, datasets, config.domain_head_images, progress=progress)
-            model = load_checkpoint(final)
-        trained[method] = model.eval()
+    trained = {m: load_checkpoint(latest_checkpoint(out / "runs" / m)).eval() for m in dict.fromkeys(r[1] for r in rows)}
 
     results: dict[str, dict[str, Scores]] = {}
     total = len(rows) * config.val_images * len(config.benchmarks)

@@ -200,6 +200,12 @@ def checkpoint_step(checkpoint: Path) -> int:
     return int((read_meta(checkpoint).get("training") or {}).get("step", 0))
 
 
+def domain_head_fitted(checkpoint: Path) -> bool:
+    """Whether a domain head was fitted into this checkpoint after its training (a checkpoint written by
+    training has no "domain_head" record, even when a resumed run carried an older head)."""
+    return "domain_head" in (read_meta(checkpoint).get("training") or {})
+
+
 def write_checkpoint(out: Path, model: RESIModel, optimizer, step: int, config: TrainConfig, it_s: float) -> Path:
     folder = out / f"step_{step:07d}"
     info = {
@@ -311,12 +317,10 @@ def train(config: TrainConfig, resume: bool, progress: bool, bar_position: int =
         dist.barrier()
         dist.destroy_process_group()
     # The domain head is fitted after the process group is gone, so no rank waits on it (rank 0 only,
-    # on the training device). Once per finished run: a checkpoint written by training has no
-    # "domain_head" record yet.
-    if rank == 0 and config.domain_head_images > 0 and len(datasets) > 1:
-        final = latest_checkpoint(out)
-        fitted = "domain_head" in (read_meta(final).get("training") or {}) if final is not None else False
-        if final is not None and checkpoint_step(final) == config.iterations and not fitted:
+    # on the training device), once per finished run.
+    final = latest_checkpoint(out)
+    if rank == 0 and config.domain_head_images > 0 and len(datasets) > 1 and final is not None:
+        if checkpoint_step(final) == config.iterations and not domain_head_fitted(final):
             accuracy = add_domain_head(final, datasets, config.domain_head_images, progress=progress, device=device)
             print(f"domain head ({config.method}): held-out accuracy "
                   + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items()), flush=True)

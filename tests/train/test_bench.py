@@ -73,6 +73,24 @@ def test_a_second_run_reuses_finished_training(smoke, capsys):
     assert "== training" not in capsys.readouterr().out
 
 
+def test_a_finished_run_without_a_domain_head_gets_one_without_retraining(smoke, capsys):
+    from resi_core.model import read_meta, save_checkpoint
+
+    config, out, _ = smoke
+    final = bench.latest_checkpoint(out / "runs" / "resi")
+    model, meta = load_checkpoint(final), read_meta(final)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("domain_head.")}
+    model.domain_head, model.domain_spaces = None, []  # as a run finished before heads existed
+    training = {k: v for k, v in meta["training"].items() if k != "domain_head"}
+    save_checkpoint(final, model, training, git_commit=meta["git_commit"])
+    bench.run(config, out, methods=["resi"], retrain=False, progress=False, jobs=1)
+    assert "domain head (resi): held-out accuracy" in capsys.readouterr().out
+    refitted = load_checkpoint(bench.latest_checkpoint(out / "runs" / "resi"))
+    assert refitted.domain_spaces == ["street", "portrait", "drive", "parts"]
+    assert bench.checkpoint_step(final) == config.iterations  # not trained again: same weights
+    assert all(torch.equal(v, refitted.state_dict()[k]) for k, v in weights.items())
+
+
 def test_table_and_margins_from_known_scores():
     def scores(value: float) -> bench.Scores:
         return bench.Scores(miou=value, pq=value, ap=value, piq=value, rule=dict.fromkeys(bench.METRICS, "x"))
