@@ -84,11 +84,17 @@ class CocoDataset:
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> TrainSample:
-        info, anns = self.images[index], self.annotations[index]
+    def image(self, index: int) -> np.ndarray:
+        """The RGB uint8 image alone (no masks decoded), checked against its recorded size."""
+        info = self.images[index]
         image = load_image(self.images_dir / info.file_name)
         if image.shape[:2] != (info.height, info.width):
             raise DatasetError(f"Dataset {self.name!r}: {info.file_name} is not {info.height}x{info.width}.")
+        return image
+
+    def __getitem__(self, index: int) -> TrainSample:
+        info, anns = self.images[index], self.annotations[index]
+        image = self.image(index)
         flat = decode_rles([a.rle for a in anns], info.height, info.width)  # [N, H*W]
         masks = flat.reshape(len(anns), info.height, info.width)  # [N, H, W]
         labels = np.array([self.category_to_class[a.category_id] for a in anns], dtype=np.int64)
@@ -134,8 +140,8 @@ def erase(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Random erasing (Zhong et al., 2017) as an occluder: a rectangle of 5-50 % of the image (less when
     its aspect, 1/3-3, does not fit a long thin image), filled with a random color and pixel noise,
-    covers the objects under it. The covered pixels
-    leave every mask, because no class is there any more: the occluder belongs to no label space."""
+    covers the objects under it. The covered pixels leave every mask, because no class is there any
+    more: the occluder belongs to no label space."""
     height, width = image.shape[:2]
     target = rng.uniform(*area) * height * width
     aspect = np.exp(rng.uniform(np.log(1 / 3), np.log(3)))

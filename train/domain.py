@@ -36,7 +36,7 @@ def pooled_dataset_features(
     """[n, F] pooled pixel features of the first `count` images of `dataset` (n = min(count, len))."""
     rows = []
     for index in range(min(count, len(dataset))):
-        image = dataset[index].image
+        image = dataset.image(index)  # pixels only: the head never needs the masks
         resized, info = resize_for_model(image, model.config.max_size, 32)
         features = model.encode(to_pixel_values(resized, info.padded_hw).to(next(model.parameters()).device))
         rows.append(model.pooled_features(features, info.valid_fraction)[0].cpu())
