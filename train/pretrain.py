@@ -82,6 +82,10 @@ class TrainConfig:
     scale_range: tuple[float, float] = (0.75, 1.5)
     # Probability of random erasing per training image (resi_core.data.erase); 0 = off.
     erase_prob: float = 0.0
+    # Learning-rate multiplier for the content query sets (LSQEs, or the baselines' one shared set). They
+    # start from N(0, 1) and each LSQE only sees its own dataset's images, so at the base rate they barely
+    # leave their common initializer in a short run.
+    query_lr_scale: float = 1.0
     # After the last step, fit the domain head (train/domain.py) on this many images per dataset; 0 = off.
     domain_head_images: int = 1000
 
@@ -102,6 +106,9 @@ class TrainConfig:
         erase = values.get("erase_prob", 0.0)
         if not isinstance(erase, int | float) or isinstance(erase, bool) or not 0 <= erase <= 1:
             raise ValueError(f"erase_prob must be a number between 0 and 1, got {erase!r}.")
+        scale = values.get("query_lr_scale", 1.0)
+        if not isinstance(scale, int | float) or isinstance(scale, bool) or not scale > 0:
+            raise ValueError(f"query_lr_scale must be a positive number, got {scale!r}.")
         images = values.get("domain_head_images", 0)
         if not isinstance(images, int) or isinstance(images, bool) or images < 0 or images == 1:
             raise ValueError(f"domain_head_images must be 0 (no domain head) or at least 2, got {images!r}.")
@@ -277,9 +284,17 @@ def train(config: TrainConfig, resume: bool, progress: bool, bar_position: int =
     if world > 1:
         step_module = nn.parallel.DistributedDataParallel(step_module, find_unused_parameters=True)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    queries = {id(p) for p in model.query_sets}
+    groups = [{"params": [p for p in params if id(p) not in queries], "lr_scale": 1.0},
+              {"params": [p for p in params if id(p) in queries], "lr_scale": config.query_lr_scale}]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
     if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+        try:
+            optimizer.load_state_dict(optimizer_state)
+        except ValueError:  # a run saved before the query sets had their own parameter group
+            if rank == 0:
+                print("The checkpoint's optimizer state has another layout; AdamW's moments restart.",
+                      file=sys.stderr)
     use_amp = config.amp and device.type == "cuda"
 
     bar = None
@@ -293,7 +308,7 @@ def train(config: TrainConfig, resume: bool, progress: bool, bar_position: int =
         batch: Batch = sampler.batch(config.batch_size)
         targets = [Target(t.space, t.masks.to(device), t.labels.to(device)) for t in batch.targets]
         for group in optimizer.param_groups:
-            group["lr"] = config.lr * learning_rate_factor(step, config)
+            group["lr"] = config.lr * group["lr_scale"] * learning_rate_factor(step, config)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             loss = step_module(batch.pixel_values.to(device), targets)
         optimizer.zero_grad(set_to_none=True)

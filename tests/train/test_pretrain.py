@@ -106,7 +106,9 @@ def test_ddp_two_cpu_processes(data_root, tmp_path):
                                                ("erase_prob", None, "erase_prob"),
                                                ("erase_prob", "0.5", "erase_prob"),
                                                ("domain_head_images", 1, "domain_head_images"),
-                                               ("domain_head_images", "many", "domain_head_images")])
+                                               ("domain_head_images", "many", "domain_head_images"),
+                                               ("query_lr_scale", 0, "query_lr_scale"),
+                                               ("query_lr_scale", "10", "query_lr_scale")])
 def test_bad_augmentation_settings_are_one_clear_error(tmp_path, capsys, key, value, message):
     config = json.loads(TINY_CONFIG.read_text())
     config[key] = value
@@ -123,3 +125,30 @@ def test_augmentation_settings_parse():
     config.update(scale_range=[0.3, 3], erase_prob=0.5)
     parsed = TrainConfig.from_json(config)
     assert parsed.scale_range == (0.3, 3.0) and parsed.erase_prob == 0.5
+
+
+def test_query_lr_scale_speeds_up_the_query_sets_only(data_root, tmp_path):
+    """Adam's first step moves every parameter by lr·sign(grad), so with query_lr_scale = 20 the query
+    sets of two runs from the same seed and batch end 19·lr apart after one step, all else equal."""
+    from safetensors.torch import load_file
+
+    from train.pretrain import TrainConfig, learning_rate_factor
+
+    weights = {}
+    for scale in (1, 20):
+        config = json.loads(TINY_CONFIG.read_text())
+        config.update(query_lr_scale=scale, domain_head_images=0, weight_decay=0.0)
+        path = tmp_path / f"scale{scale}.json"
+        path.write_text(json.dumps(config))
+        out = tmp_path / f"run{scale}"
+        assert main(["--config", str(path), "--data-root", str(data_root), "--out", str(out), "--no-progress",
+                     "--iterations", "1", "--threads", "1"]) == 0
+        weights[scale] = load_file(out / "step_0000001" / "model.safetensors")
+    parsed = TrainConfig.from_json({**config, "iterations": 1})
+    step = parsed.lr * learning_rate_factor(0, parsed)
+    for name, value in weights[1].items():
+        gap = (weights[20][name] - value).abs()
+        if name.startswith("query_sets."):
+            assert float(gap.median()) == pytest.approx(19 * step, rel=0.05), name
+        else:
+            assert float(gap.max()) == 0.0, name
