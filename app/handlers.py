@@ -752,11 +752,16 @@ def _undo_redo(svc: Services, state: UserState, user: str, step: Callable[..., i
     image_id = _require_image(state)
     try:
         with svc.sessions.begin() as session:
+            was = repo.get_image(session, image_id).status
             step(session, image_id, state.version, user)
     except Conflict as exc:
         new_state, view = load_image(svc, state)
         return EditResult(new_state, view, f"{exc} Showing the newest version now.", ok=False)
     new_state, view = load_image(svc, state)
+    if was == ImageStatus.ACCEPTED and view.status != ImageStatus.ACCEPTED:
+        message = "Acceptance undone: the image is back in review and out of exports and training."
+    elif view.status == ImageStatus.ACCEPTED and was != ImageStatus.ACCEPTED:
+        message = "Accepted again."
     return EditResult(new_state, view, message)
 
 
@@ -796,7 +801,8 @@ def accept(svc: Services, state: UserState, user: str) -> AcceptResult:
     except Conflict as exc:
         return AcceptResult(state, f"{exc} Reload to see the newest version, then accept again.", None, None, ok=False)
     next_id = next_open_image(svc, project_id, image_id)
-    text = "Accepted." + (f" PIQ of the proposal: {score:.3f}." if score is not None else "")
+    text = f"Accepted image {image_id}." + (f" PIQ of the proposal: {score:.3f}." if score is not None else "")
+    text += " Accepted by mistake? Open it again and Undo."
     text += "" if next_id is not None else " Every image of the project is accepted."
     return AcceptResult(UserState(project_id=project_id, image_id=next_id), text, score, next_id)
 
@@ -825,7 +831,7 @@ def quality(svc: Services, state: UserState) -> QualityReport:
     project_id = _require_project(state)
     with svc.sessions() as session:
         names = {v.id: v.name for v in repo.list_model_versions(session, project_id)}
-        records = [r for r in repo.piq_history(session, project_id) if r.image_id is not None]
+        records = repo.accepted_image_piq(session, project_id)
         accepted = repo.accepted_annotations(session, project_id)
         proposals = {a.image_id: repo.latest_proposal(session, a.image_id) for a in accepted}
     over_time = [{"time": r.created_at, "piq": r.piq, "model": names.get(r.model_version_id, "unknown")}

@@ -494,7 +494,8 @@ def _undo_redo_stacks(session: Session, image_id: int) -> tuple[list[int], list[
     done: list[int] = []
     undone: list[int] = []
     for event_id, event_type, _target in rows:
-        if event_type in CORRECTION_TYPES:
+        # Accepting is undoable too: undoing it reopens the image for review without touching its masks.
+        if event_type in CORRECTION_TYPES or event_type == EventType.ACCEPT:
             done.append(event_id)
             undone.clear()
         elif event_type == EventType.UNDO:
@@ -511,7 +512,7 @@ def can_undo_redo(session: Session, image_id: int) -> tuple[bool, bool]:
 
 
 def undo(session: Session, image_id: int, expected_version: int, user: str) -> int:
-    """Revert the latest correction not yet undone; return the new version."""
+    """Revert the latest correction (or acceptance) not yet undone; return the new version."""
     get_image(session, image_id)
     done, _ = _undo_redo_stacks(session, image_id)
     if not done:
@@ -528,8 +529,9 @@ def redo(session: Session, image_id: int, expected_version: int, user: str) -> i
     if not undone:
         raise InvalidInput("There is nothing to redo.")
     target = session.get_one(AnnotationEvent, undone[-1])
+    status = ImageStatus.ACCEPTED if target.event_type == EventType.ACCEPT else ImageStatus.IN_REVIEW
     return _apply(session, image_id, expected_version, user, EventType.REDO, json.loads(target.before),
-                  json.loads(target.after), ImageStatus.IN_REVIEW, target_event_id=target.id)
+                  json.loads(target.after), status, target_event_id=target.id)
 
 
 def accept(
@@ -688,6 +690,18 @@ def piq_history(session: Session, project_id: int, model_version_id: int | None 
     if model_version_id is not None:
         query = query.where(PiqRecord.model_version_id == model_version_id)
     return list(session.scalars(query.order_by(PiqRecord.created_at, PiqRecord.id)))
+
+
+def accepted_image_piq(session: Session, project_id: int) -> list[PiqRecord]:
+    """One PIQ record per image that is accepted now: the one of its latest acceptance, oldest first.
+    Records of acceptances that were undone, or superseded by a later one, stay in the history."""
+    accepted = select(Image.id).where(Image.project_id == project_id, Image.status == ImageStatus.ACCEPTED)
+    latest: dict[int, PiqRecord] = {}
+    for record in piq_history(session, project_id):
+        if record.image_id is not None:
+            latest[record.image_id] = record
+    keep = set(session.scalars(accepted))
+    return sorted((r for i, r in latest.items() if i in keep), key=lambda r: (r.created_at, r.id))
 
 
 # --- jobs ------------------------------------------------------------------------------------

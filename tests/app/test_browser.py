@@ -172,7 +172,7 @@ def test_label_two_photos_end_to_end(page) -> None:
     shot(page, "6-relabel")
 
     page.click("#accept-btn")
-    wait_text(page, "edit-message", "Accepted. PIQ of the proposal")
+    wait_text(page, "edit-message", "PIQ of the proposal")
     shot(page, "7-accepted")
 
     page.get_by_role("tab", name="Quality").click()

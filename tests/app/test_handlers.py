@@ -199,6 +199,14 @@ def test_accept_records_piq_and_opens_next_then_quality(svc: Services, project: 
     assert len(report.over_time) == 2 and report.accepted_images == 2
     assert report.unchanged_share == pytest.approx(7 / 8)
     assert report.per_model[0]["images"] == 2 and "Mean PIQ" in report.summary
+    # Accepted by mistake: open it again and undo; it is back in review and out of the quality report.
+    reopened_state, _ = h.open_image(svc, state, edited.state.image_id)
+    reopened = h.undo(svc, reopened_state, "ann")
+    assert reopened.ok and reopened.view.status == "in_review" and "back in review" in reopened.message
+    assert [s.id for s in reopened.view.segments] == [s.id for s in edited.view.segments]
+    again = h.quality(svc, state)
+    assert len(again.over_time) == 1 and again.accepted_images == 1
+    assert h.accept(svc, reopened.state, "ann").ok and len(h.quality(svc, state).over_time) == 2
 
 
 def test_propose_all_prelabels_every_new_image(svc: Services, project: h.UserState) -> None:

@@ -238,3 +238,31 @@ def test_one_active_model_version(sessions: sessionmaker[Session]) -> None:
         assert [m.name for m in repo.list_model_versions(s, project_id)] == ["v1", "v2"]
         with pytest.raises(InvalidInput, match="already"):
             repo.register_model_version(s, project_id, "v2", "/x", "0" * 64, [])
+
+
+def test_accept_is_undoable_and_counts_once_in_quality(sessions: sessionmaker[Session], store: FileStore) -> None:
+    with sessions.begin() as s:
+        project_id, image_id, model_id, _ = _proposed_image(s, store)
+    with sessions.begin() as s:
+        ann = repo.current_annotation(s, image_id)
+        before = sorted((x.id, x.class_name) for x in ann.segments)
+        v = repo.accept(s, image_id, ann.version, "ann", piq=0.5, model_version_id=model_id)
+        assert repo.can_undo_redo(s, image_id) == (True, False)
+        v = repo.undo(s, image_id, v, "ann")  # reopens the image, masks untouched
+        ann = repo.current_annotation(s, image_id)
+        assert ann.status == ImageStatus.IN_REVIEW and sorted((x.id, x.class_name) for x in ann.segments) == before
+        assert repo.accepted_annotations(s, project_id) == [] and repo.accepted_image_piq(s, project_id) == []
+        v = repo.redo(s, image_id, v, "ann")
+        assert repo.current_annotation(s, image_id).status == ImageStatus.ACCEPTED
+        [record] = repo.accepted_image_piq(s, project_id)
+        assert record.piq == 0.5
+        # Reopened, corrected and accepted again: the image counts once, with its latest PIQ.
+        v = repo.undo(s, image_id, v, "ann")
+        s1 = ann.segments[0].to_json()
+        v = repo.apply_correction(s, image_id, v, "ann", Correction("delete", [s1], []))
+        repo.accept(s, image_id, v, "ann", piq=0.25, model_version_id=model_id)
+        assert [r.piq for r in repo.accepted_image_piq(s, project_id)] == [0.25]
+        assert [r.piq for r in repo.piq_history(s, project_id)] == [0.5, 0.25]  # the history keeps both
+        types = [e.event_type for e in repo.history(s, image_id)]
+        assert types[1:] == [EventType.ACCEPT, EventType.UNDO, EventType.REDO, EventType.UNDO, EventType.DELETE,
+                             EventType.ACCEPT]
