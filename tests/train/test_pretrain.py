@@ -152,3 +152,21 @@ def test_query_lr_scale_speeds_up_the_query_sets_only(data_root, tmp_path):
             assert float(gap.median()) == pytest.approx(19 * step, rel=0.05), name
         else:
             assert float(gap.max()) == 0.0, name
+
+
+def test_run_saved_with_one_optimizer_group_resumes(data_root, tmp_path, capsys):
+    """Runs saved before the query sets had their own AdamW group resume with fresh moments."""
+    import torch
+
+    out = tmp_path / "run"
+    assert main(_args(data_root, out, "--iterations", "1", "--threads", "1")) == 0
+    trainer = out / "step_0000001" / "trainer.pt"
+    state = torch.load(trainer, weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    merged = {**groups[0], "params": sorted(p for g in groups for p in g["params"])}
+    merged.pop("lr_scale")
+    state["optimizer"]["param_groups"] = [merged]
+    torch.save(state, trainer)
+    assert main(_args(data_root, out, "--iterations", "2", "--threads", "1", "--resume")) == 0
+    assert "AdamW's moments restart" in capsys.readouterr().err
+    assert (out / "latest").read_text() == "step_0000002"
