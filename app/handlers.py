@@ -18,6 +18,7 @@ import tempfile
 import time
 import unicodedata
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -283,7 +284,15 @@ def _zip_members(path: Path, max_bytes: int) -> Iterable[tuple[str, bytes | str]
             elif member.file_size > max_bytes:
                 yield name, f"larger than the {max_bytes // 2**20} MB limit."
             else:
-                yield name, archive.read(member)
+                try:
+                    data = archive.read(member)
+                except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
+                    yield name, f"cannot be read from the zip (damaged: {exc})."
+                    continue
+                except (RuntimeError, NotImplementedError) as exc:  # encrypted, or an unsupported compression
+                    yield name, f"cannot be read from the zip ({exc})."
+                    continue
+                yield name, data
 
 
 def _upload_items(paths: Sequence[str | Path], max_bytes: int) -> Iterable[tuple[str, bytes | str]]:

@@ -235,3 +235,21 @@ def test_domain_note_names_the_held_spaces_and_the_way_out() -> None:
     assert "0.98" in note and "--no-domain-aware" in note and "drive" not in note
     assert domain_note(probs, (), 0.98, asked) == "" and domain_note({}, ("street",), 0.98, asked) == ""
     assert domain_note(probs, ("street",), None, asked) == ""
+
+
+def test_a_damaged_zip_member_is_rejected_and_the_rest_kept(svc: Services, tmp_path: Path) -> None:
+    state = h.create_project(svc, "p")
+    damaged = image_bytes(color=(5, 6, 7))
+    archive = tmp_path / "batch.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("a.png", image_bytes(color=(1, 1, 1)))
+        zf.writestr("b.png", damaged)
+        zf.writestr("c.png", image_bytes(color=(2, 2, 2)))
+    raw = bytearray(archive.read_bytes())
+    at = raw.index(damaged) + len(damaged) // 2
+    raw[at] ^= 0xFF  # the stored CRC no longer matches
+    archive.write_bytes(bytes(raw))
+    report = h.upload_images(svc, state, [archive])
+    assert report.added == ["batch.zip/a.png", "batch.zip/c.png"]
+    [(name, reason)] = report.rejected
+    assert name == "batch.zip/b.png" and "damaged" in reason
