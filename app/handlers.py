@@ -515,8 +515,7 @@ def open_image(svc: Services, state: UserState, image_id: int) -> tuple[UserStat
 def next_open_image(svc: Services, project_id: int, after_id: int | None) -> int | None:
     """The next image still to label (new, proposed or in review), after `after_id` and wrapping round."""
     with svc.sessions() as session:
-        ids = sorted(i.id for status in OPEN_STATUSES
-                     for i in repo.list_images(session, project_id, status=status, page_size=PAGE_SIZE))
+        ids = repo.image_ids(session, project_id, OPEN_STATUSES)
     if not ids:
         return None
     later = [i for i in ids if after_id is None or i > after_id]
@@ -622,7 +621,7 @@ def propose_all(svc: Services, state: UserState, user: str,
     """Pre-label every new image of the project; one failure is reported and the rest go on."""
     project_id = _require_project(state)
     with svc.sessions() as session:
-        ids = [i.id for i in repo.list_images(session, project_id, status=ImageStatus.NEW, page_size=PAGE_SIZE)]
+        ids = repo.image_ids(session, project_id, [ImageStatus.NEW])
     done, failed = 0, []
     for n, image_id in enumerate(ids):
         if progress is not None:

@@ -263,6 +263,15 @@ def list_images(
     return list(session.scalars(query))
 
 
+def image_ids(session: Session, project_id: int, statuses: Iterable[ImageStatus | str] | None = None) -> list[int]:
+    """Ids of all a project's images (optionally of some statuses) in upload order: no page limit."""
+    get_project(session, project_id)
+    query = select(Image.id).where(Image.project_id == project_id)
+    if statuses is not None:
+        query = query.where(Image.status.in_([_status(s) for s in statuses]))
+    return list(session.scalars(query.order_by(Image.id)))
+
+
 def status_counts(session: Session, project_id: int) -> dict[ImageStatus, int]:
     get_project(session, project_id)
     rows = session.execute(
