@@ -945,6 +945,8 @@ def _new_space_name(raw: str | None, trained: Sequence[str]) -> str:
         raise UserError(f"A label space name has at most {MAX_CLASS_NAME_LEN} characters.")
     if "+" in name:
         raise UserError("A label space name cannot contain '+': it joins the spaces of a fused segment.")
+    if any(ch in name for ch in "/\\") or name.startswith("."):
+        raise UserError("A label space name cannot contain '/' or '\\' or start with '.': it names files.")
     if any(unicodedata.category(ch).startswith("C") for ch in name):
         raise UserError("A label space name cannot contain control characters.")
     if normalize_name(name) == ADHOC_SPACE:

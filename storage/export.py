@@ -3,7 +3,8 @@
 - `instances.json`: COCO instances with RLE masks; overlaps across label spaces are kept.
   Categories carry the `isthing` and `label_spaces` extensions.
 - `panoptic/<label space>.json` + `panoptic/<label space>/<image>.png`: one COCO panoptic set
-  per label space. Panoptic segments cannot overlap, so an image whose masks overlap within
+  per label space (characters unsafe in a file name replaced, see `path_safe`). A segment fused
+  from several spaces ("street+adhoc") is in the set of each. Panoptic segments cannot overlap, so an image whose masks overlap within
   that label space is left out of it and listed in the summary.
 """
 
@@ -20,7 +21,7 @@ from PIL import Image as PILImage
 from pycocotools import mask as mask_utils
 from sqlalchemy.orm import Session
 
-from storage.names import normalize_name
+from storage.names import label_spaces_of, normalize_name, path_safe
 from storage.repo import AcceptedImage, accepted_annotations
 
 
@@ -43,8 +44,9 @@ def _categories(images: Sequence[AcceptedImage]) -> tuple[list[dict[str, Any]], 
         for seg in image.segments:
             cat = by_key.setdefault(normalize_name(seg.class_name),
                                     {"name": seg.class_name, "isthing": int(seg.isthing), "label_spaces": []})
-            if seg.label_space not in cat["label_spaces"]:
-                cat["label_spaces"].append(seg.label_space)
+            for space in label_spaces_of(seg.label_space):  # a fused segment belongs to each of its spaces
+                if space not in cat["label_spaces"]:
+                    cat["label_spaces"].append(space)
     categories = []
     ids: dict[str, int] = {}
     for i, key in enumerate(sorted(by_key), start=1):
@@ -81,7 +83,7 @@ def _panoptic(images: Sequence[AcceptedImage], space: str, cat_ids: dict[str, in
     png_dir.mkdir(parents=True, exist_ok=True)
     coco_images, annotations, skipped = [], [], []
     for image in images:
-        segs = [s for s in image.segments if s.label_space == space]
+        segs = [s for s in image.segments if space in label_spaces_of(s.label_space)]
         if not segs:
             continue
         ids = np.zeros((image.height, image.width), dtype=np.uint32)  # [H, W] panoptic segment id, 0 = void
@@ -117,11 +119,12 @@ def export_coco(session: Session, project_id: int, out_dir: Path) -> ExportSumma
     instances_path.write_text(json.dumps(instances))
     summary = ExportSummary(instances_path, len(images), len(instances["annotations"]))
     cat_ids = {normalize_name(c["name"]): c["id"] for c in instances["categories"]}
-    spaces = sorted({seg.label_space for image in images for seg in image.segments})
+    spaces = sorted({space for image in images for seg in image.segments for space in label_spaces_of(seg.label_space)})
     for space in spaces:
         space_categories = [c for c in instances["categories"] if space in c["label_spaces"]]
-        coco_images, annotations, skipped = _panoptic(images, space, cat_ids, out_dir / "panoptic" / space)
-        path = out_dir / "panoptic" / f"{space}.json"
+        folder = path_safe(space)
+        coco_images, annotations, skipped = _panoptic(images, space, cat_ids, out_dir / "panoptic" / folder)
+        path = out_dir / "panoptic" / f"{folder}.json"
         path.write_text(json.dumps({"images": coco_images, "annotations": annotations,
                                     "categories": space_categories}))
         summary.panoptic[space] = path

@@ -15,6 +15,21 @@ from collections.abc import Sequence
 from storage.errors import InvalidInput
 
 MAX_NAME_LEN = 100
+# A segment fused from several label spaces (ESF) stores them joined: "street+adhoc".
+SPACE_JOIN = "+"
+
+
+def label_spaces_of(label_space: str) -> list[str]:
+    """The label spaces of a stored segment: "street+adhoc" -> ["street", "adhoc"]."""
+    return [part for part in label_space.split(SPACE_JOIN) if part]
+
+
+def path_safe(name: str) -> str:
+    """A file name for a label space: unsafe characters become "_", plus a short hash when any changed."""
+    import hashlib
+
+    safe = re.sub(r"[^A-Za-z0-9 ._-]", "_", name).strip(" .") or "_"
+    return safe if safe == name else f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def normalize_name(name: str) -> str:

@@ -35,7 +35,7 @@ from storage.models import (
     Proposal,
     utcnow,
 )
-from storage.names import check_class_names, check_name, normalize_name
+from storage.names import check_class_names, check_name, label_spaces_of, normalize_name
 
 MAX_PAGE_SIZE = 500
 MAX_JOB_KIND_LEN = 32
@@ -828,10 +828,12 @@ def accepted_label_spaces(session: Session, project_id: int) -> dict[str, int]:
     """{label space: number of accepted images with segments of it}, for choosing training data."""
     get_project(session, project_id)
     rows = session.execute(
-        select(AnnotationSegment.label_space, func.count(func.distinct(AnnotationSegment.image_id)))
+        select(AnnotationSegment.label_space, AnnotationSegment.image_id).distinct()
         .join(Image, Image.id == AnnotationSegment.image_id)
         .where(Image.project_id == project_id, Image.status == ImageStatus.ACCEPTED)
-        .group_by(AnnotationSegment.label_space)
-        .order_by(AnnotationSegment.label_space)
     )
-    return {space: n for space, n in rows}
+    images: dict[str, set[int]] = {}
+    for joined, image_id in rows:  # a fused segment ("street+adhoc") counts for each of its spaces
+        for space in label_spaces_of(joined):
+            images.setdefault(space, set()).add(image_id)
+    return {space: len(images[space]) for space in sorted(images)}

@@ -47,6 +47,7 @@ from storage import db, repo
 from storage.cli import DATA_DIR_ENV, DEFAULT_DATA_DIR
 from storage.errors import InvalidInput, StorageError
 from storage.files import FileStore, path_sha256
+from storage.names import label_spaces_of
 from train.jobs import JobReporter
 from train.pretrain import latest_checkpoint, pick_device
 
@@ -132,7 +133,7 @@ class AcceptedDataset:
     def __init__(self, name: str, images: list[repo.AcceptedImage], from_space: str, store: FileStore):
         self.name = name
         self.store = store
-        chosen = [(im, [s for s in im.segments if s.label_space == from_space]) for im in images]
+        chosen = [(im, [s for s in im.segments if from_space in label_spaces_of(s.label_space)]) for im in images]
         chosen = [(im, segs) for im, segs in chosen if segs]
         classes: dict[str, ClassDef] = {}
         for _, segs in chosen:

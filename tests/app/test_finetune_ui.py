@@ -111,6 +111,8 @@ def test_validation_errors_are_one_clear_message_each(tiny_checkpoint: Path, tmp
         (("  ", "adhoc", 3), "Name the new label space first"),
         (("Street", "adhoc", 3), "has a label space 'street' already"),
         (("a+b", "adhoc", 3), "cannot contain '\\+'"),
+        (("../up", "adhoc", 3), "it names files"),
+        (("a\\b", "adhoc", 3), "it names files"),
         (("AdHoc", "adhoc", 3), "names the typed ad-hoc classes"),
         (("x" * 101, "adhoc", 3), "at most 100 characters"),
         (("hy\x00drants", "adhoc", 3), "control characters"),

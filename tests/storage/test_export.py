@@ -44,3 +44,37 @@ def test_export_instances_and_panoptic(sessions: sessionmaker[Session], store: F
     seg_ids = png[..., 0] + 256 * png[..., 1] + 65536 * png[..., 2]
     assert {int(v) for v in np.unique(seg_ids)} == {0, 1, 2}
     assert {s["area"] for s in street["annotations"][0]["segments_info"]} == {400, 100}
+
+
+def test_fused_segment_is_in_each_of_its_spaces(sessions: sessionmaker[Session], store: FileStore,
+                                                 tmp_path: Path) -> None:
+    """ESF fuses "car" of street with a typed "car" into one segment of label space "street+adhoc"."""
+    with sessions.begin() as s:
+        project = repo.create_project(s, "p")
+        class_set = repo.set_class_set(s, project.id, ["street"], ["car"])
+        model = repo.register_model_version(s, project.id, "v1", "/c", "0" * 64, [])
+        image, _ = repo.add_image(s, store, project.id, png_bytes(W, H, 0), "0.png")
+        segs = [segment("a", H, W, (0, 0, 20, 20), "car", "street+adhoc"),
+                segment("b", H, W, (30, 0, 48, 64), "road", "street", isthing=False)]
+        repo.save_proposal(s, image.id, model.id, class_set.id, segs, 1.0)
+        repo.accept(s, image.id, 1, "ann")
+        assert repo.accepted_label_spaces(s, project.id) == {"adhoc": 1, "street": 1}
+        summary = export_coco(s, project.id, tmp_path / "out")
+    assert sorted(summary.panoptic) == ["adhoc", "street"]
+    instances = json.loads(summary.instances_path.read_text())
+    [car] = [c for c in instances["categories"] if c["name"] == "car"]
+    assert car["label_spaces"] == ["street", "adhoc"]
+    street = json.loads(summary.panoptic["street"].read_text())
+    assert {c["name"] for c in street["categories"]} == {"car", "road"}
+    assert sorted(i["area"] for i in street["annotations"][0]["segments_info"]) == [400, 18 * 64]
+    adhoc = json.loads(summary.panoptic["adhoc"].read_text())
+    assert [i["area"] for i in adhoc["annotations"][0]["segments_info"]] == [400]
+
+
+def test_label_space_names_become_safe_file_names() -> None:
+    from storage.names import path_safe
+
+    assert path_safe("street") == "street" and path_safe("my space_2.v1") == "my space_2.v1"
+    unsafe = [path_safe(n) for n in ("../up", "a/b", "a\\b", ".hidden")]
+    assert all("/" not in p and "\\" not in p and not p.startswith(".") for p in unsafe)
+    assert len(set(unsafe)) == 4 and path_safe("a/b") != path_safe("a_b")
