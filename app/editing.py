@@ -12,9 +12,8 @@ from enum import StrEnum
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from app.render import class_color
+from app.render import class_color, display_shape, resize_image, resize_mask
 
 TINT_ALPHA = 0.5
 
@@ -47,14 +46,6 @@ def stroke_mask(editor_value: Mapping[str, Any] | None, shape: tuple[int, int]) 
     return resize_mask(painted, shape)
 
 
-def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a bool mask to `shape` (H, W)."""
-    if mask.shape == shape:
-        return mask
-    img = Image.fromarray(mask.astype(np.uint8) * 255)
-    return np.asarray(img.resize((shape[1], shape[0]), Image.Resampling.NEAREST)) > 0
-
-
 def apply_strokes(mask: np.ndarray, strokes: np.ndarray, mode: BrushMode) -> np.ndarray:
     """The brush adds stroked pixels to the mask; in remove mode they are erased from it."""
     if mode is BrushMode.ADD:
@@ -68,8 +59,11 @@ def merge_masks(masks: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def editor_value(image: np.ndarray, mask: np.ndarray | None, class_name: str | None = None) -> dict[str, Any]:
-    """The ImageEditor's starting value: the image with `mask` tinted in its class color, no layers."""
-    background = image[..., :3].copy()
+    """The ImageEditor's starting value: the image with `mask` tinted in its class color, no layers, at
+    the display size (strokes are scaled back to the image grid by `stroke_mask`)."""
+    shape = display_shape(image.shape)
+    background = resize_image(np.ascontiguousarray(image[..., :3]), shape).copy()
+    mask = None if mask is None else resize_mask(mask, shape)
     if mask is not None and mask.any():
         color = np.array(class_color(class_name or ""), dtype=np.float32)
         tinted = (1 - TINT_ALPHA) * background[mask].astype(np.float32) + TINT_ALPHA * color

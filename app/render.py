@@ -7,11 +7,38 @@ import hashlib
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
 
 from app.segments import SegmentView
 from resi_core.labels import normalize_name
 
 OVERLAY_ALPHA = 0.45
+# The Label tab draws images at most this many pixels on the long side: Gradio encodes one full-size
+# layer per segment on every update, which for a 12 MP photo with dozens of segments takes seconds.
+# Masks are stored and edited at full resolution; only the picture in the browser is smaller.
+DISPLAY_MAX_SIDE = 1280
+
+
+def display_shape(shape: tuple[int, ...], max_side: int = DISPLAY_MAX_SIDE) -> tuple[int, int]:
+    """(H, W) of the picture shown for an image of `shape`: the long side at most `max_side`."""
+    height, width = shape[:2]
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a bool mask to `shape` (H, W)."""
+    if mask.shape == shape:
+        return mask.astype(bool, copy=False)
+    img = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(img.resize((shape[1], shape[0]), Image.Resampling.NEAREST)) > 0
+
+
+def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 [H, W, 3] resized to `shape` (H, W), smoothly; unchanged when it already fits."""
+    if image.shape[:2] == shape:
+        return image
+    return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
 
 
 def class_color(class_name: str) -> tuple[int, int, int]:
@@ -69,8 +96,11 @@ def mask_outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
 def annotated_value(
     image: np.ndarray, segments: Sequence[SegmentView]
 ) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
-    """The value of a gr.AnnotatedImage: one (float mask, label) per segment, overlaps kept."""
-    return image[..., :3], [(seg.mask.astype(np.float32), segment_label(seg)) for seg in segments]
+    """The value of a gr.AnnotatedImage: one (float mask, label) per segment, overlaps kept, at the
+    display size (DISPLAY_MAX_SIDE)."""
+    shape = display_shape(image.shape)
+    return (resize_image(np.ascontiguousarray(image[..., :3]), shape),
+            [(resize_mask(seg.mask, shape).astype(np.float32), segment_label(seg)) for seg in segments])
 
 
 def color_map(segments: Sequence[SegmentView]) -> dict[str, str]:
