@@ -109,7 +109,8 @@ def label_tab(
                     f"{selected.class_name} [{selected.label_space}]"),
         gr.Button(interactive=view.can_undo),
         gr.Button(interactive=view.can_redo),
-        f"### {view.name} — {view.status.replace('_', ' ')}, version {view.version}, {len(view.segments)} segment(s)",
+        f"### {view.name} — {view.status.replace('_', ' ')}, version {view.version}, {len(view.segments)} segment(s)"
+        + (f" — {view.other_labeler} is labeling it now" if view.other_labeler else ""),
     )
 
 

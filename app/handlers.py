@@ -93,6 +93,8 @@ class ImageView:
     segments: list[SegmentView]
     can_undo: bool
     can_redo: bool
+    # Another user who opened or edited this image in the last repo.CLAIM_SECONDS (set by open_image).
+    other_labeler: str | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ class ProjectOverview:
         return f"**{self.name}**: {total} images ({parts})"
 
 
-IMAGE_COLUMNS = ["id", "file", "status", "size", "version"]
+IMAGE_COLUMNS = ["id", "file", "status", "size", "version", "labeling now"]
 
 
 def create_project(svc: Services, name: str) -> UserState:
@@ -158,11 +160,13 @@ def project_overview(svc: Services, state: UserState) -> ProjectOverview:
     with svc.sessions() as session:
         project = repo.get_project(session, project_id)
         counts = {s.value: n for s, n in repo.status_counts(session, project_id).items()}
+        claims = repo.active_claims(session, project_id)
         rows = []
         page = 1
         while True:
             images = repo.list_images(session, project_id, page=page, page_size=PAGE_SIZE)
-            rows += [[i.id, i.original_name, i.status.value, f"{i.width}x{i.height}", i.version] for i in images]
+            rows += [[i.id, i.original_name, i.status.value, f"{i.width}x{i.height}", i.version,
+                      claims.get(i.id, "") if i.status != ImageStatus.ACCEPTED else ""] for i in images]
             if len(images) < PAGE_SIZE:
                 break
             page += 1
@@ -504,18 +508,33 @@ def load_image(svc: Services, state: UserState) -> tuple[UserState, ImageView]:
     return replace(state, version=annotation.version, selected_id=selected), view
 
 
-def open_image(svc: Services, state: UserState, image_id: int) -> tuple[UserState, ImageView]:
+def open_image(svc: Services, state: UserState, image_id: int | str, user: str | None = None
+               ) -> tuple[UserState, ImageView]:
+    """Open an image; with `user`, record that they are labeling it (unless someone else is: then the
+    view names that user, and the image opens anyway)."""
     project_id = _require_project(state)
-    with svc.sessions() as session:
+    try:
+        image_id = int(image_id)
+    except (TypeError, ValueError):
+        raise UserError(f"{image_id!r} is not an image id: pick an image from the list.") from None
+    holder = None
+    with svc.sessions.begin() as session:
         if repo.get_image(session, int(image_id)).project_id != project_id:
             raise UserError(f"Image {image_id} belongs to another project.")
-    return load_image(svc, UserState(project_id=project_id, image_id=int(image_id)))
+        if user is not None:
+            holder = repo.claim_image(session, int(image_id), user)
+    new_state, view = load_image(svc, UserState(project_id=project_id, image_id=int(image_id)))
+    return new_state, replace(view, other_labeler=holder)
 
 
-def next_open_image(svc: Services, project_id: int, after_id: int | None) -> int | None:
-    """The next image still to label (new, proposed or in review), after `after_id` and wrapping round."""
+def next_open_image(svc: Services, project_id: int, after_id: int | None, user: str | None = None) -> int | None:
+    """The next image still to label (new, proposed or in review), after `after_id` and wrapping round;
+    with `user`, images that another user is labeling now are skipped."""
     with svc.sessions() as session:
         ids = repo.image_ids(session, project_id, OPEN_STATUSES)
+        if user is not None:
+            taken = {i for i, holder in repo.active_claims(session, project_id).items() if holder != user}
+            ids = [i for i in ids if i not in taken]
     if not ids:
         return None
     later = [i for i in ids if after_id is None or i > after_id]
@@ -808,10 +827,16 @@ def accept(svc: Services, state: UserState, user: str) -> AcceptResult:
                         sq=sq, rq=rq)
     except Conflict as exc:
         return AcceptResult(state, f"{exc} Reload to see the newest version, then accept again.", None, None, ok=False)
-    next_id = next_open_image(svc, project_id, image_id)
+    next_id = next_open_image(svc, project_id, image_id, user)
     text = f"Accepted image {image_id}." + (f" PIQ of the proposal: {score:.3f}." if score is not None else "")
     text += " Accepted by mistake? Open it again and Undo."
-    text += "" if next_id is not None else " Every image of the project is accepted."
+    if next_id is not None:
+        with svc.sessions.begin() as session:
+            repo.claim_image(session, next_id, user)
+    elif next_open_image(svc, project_id, image_id) is not None:
+        text += " The images still open are being labeled by others right now."
+    else:
+        text += " Every image of the project is accepted."
     return AcceptResult(UserState(project_id=project_id, image_id=next_id), text, score, next_id)
 
 

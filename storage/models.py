@@ -150,6 +150,10 @@ class Image(Base):
     version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Who is labeling the image now (set when a user opens or edits it; see repo.claim_image). A claim
+    # older than repo.CLAIM_SECONDS has lapsed. Not part of the annotation: it does not bump `version`.
+    claimed_by: Mapped[str | None] = mapped_column(String(100), nullable=True, default=None)
+    claimed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, default=None)
 
 
 class Proposal(Base):

@@ -13,6 +13,7 @@ import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, insert, select, update
@@ -270,6 +271,35 @@ def image_ids(session: Session, project_id: int, statuses: Iterable[ImageStatus 
     if statuses is not None:
         query = query.where(Image.status.in_([_status(s) for s in statuses]))
     return list(session.scalars(query.order_by(Image.id)))
+
+
+# A claim (who is labeling an image) lapses this long after the user last opened or edited the image.
+CLAIM_SECONDS = 15 * 60
+
+
+def claim_image(session: Session, image_id: int, user: str) -> str | None:
+    """Record that `user` is labeling the image now, and release their claim on any other image of
+    the project (one image at a time). If another user's claim on it is still live, nothing changes
+    and that user's name is returned; otherwise None. The annotation's version is not touched."""
+    user = check_name(user, "user name")
+    image = get_image(session, image_id)
+    now = utcnow()
+    holder = active_claims(session, image.project_id, now).get(image_id)
+    if holder is not None and holder != user:
+        return holder
+    session.execute(update(Image).where(Image.project_id == image.project_id, Image.claimed_by == user,
+                                        Image.id != image_id).values(claimed_by=None, claimed_at=None))
+    session.execute(update(Image).where(Image.id == image_id).values(claimed_by=user, claimed_at=now))
+    session.expire(image)
+    return None
+
+
+def active_claims(session: Session, project_id: int, now: datetime | None = None) -> dict[int, str]:
+    """{image id: user} of the project's live claims (younger than CLAIM_SECONDS)."""
+    cutoff = (now or utcnow()) - timedelta(seconds=CLAIM_SECONDS)
+    rows = session.execute(select(Image.id, Image.claimed_by).where(
+        Image.project_id == project_id, Image.claimed_by.is_not(None), Image.claimed_at >= cutoff))
+    return {image_id: user for image_id, user in rows}
 
 
 def status_counts(session: Session, project_id: int) -> dict[ImageStatus, int]:
@@ -592,10 +622,12 @@ def _apply(
     with session.begin_nested():
         # The version bump comes first: it takes the write lock (SQLite) or row lock (PostgreSQL)
         # before anything is read, so two concurrent saves serialize here and one sees a conflict.
+        # An edit renews the editor's claim; a proposal does not (Propose all pre-labels for everyone).
+        claim = {} if event_type == EventType.PROPOSE else {"claimed_by": user, "claimed_at": utcnow()}
         bumped = session.execute(
             update(Image)
             .where(Image.id == image_id, Image.version == expected_version)
-            .values(version=Image.version + 1, status=new_status, updated_at=utcnow())
+            .values(version=Image.version + 1, status=new_status, updated_at=utcnow(), **claim)
             .returning(Image.version, Image.width, Image.height)
             .execution_options(synchronize_session=False)
         ).first()

@@ -253,3 +253,27 @@ def test_a_damaged_zip_member_is_rejected_and_the_rest_kept(svc: Services, tmp_p
     assert report.added == ["batch.zip/a.png", "batch.zip/c.png"]
     [(name, reason)] = report.rejected
     assert name == "batch.zip/b.png" and "damaged" in reason
+
+
+def test_two_annotators_are_sent_to_different_images(svc: Services, tmp_path: Path) -> None:
+    state = h.create_project(svc, "team")
+    paths = [write_image(tmp_path / f"{i}.png", color=(i * 40, 9, 9)) for i in range(3)]
+    h.upload_images(svc, state, paths)
+    h.save_class_set(svc, state, ["street"], "", [])
+    first, second, third = (int(r[0]) for r in h.project_overview(svc, state).rows)
+    ann, _ = h.open_image(svc, state, first, "ann")
+    bob, view = h.open_image(svc, state, second, "bob")
+    assert view.other_labeler is None
+    rows = {int(r[0]): r for r in h.project_overview(svc, state).rows}
+    assert (rows[first][-1], rows[second][-1], rows[third][-1]) == ("ann", "bob", "")
+    # Ann accepts: the next image in order is Bob's, so she goes on to the third.
+    done = h.accept(svc, ann, "ann")
+    assert done.ok and done.next_image_id == third
+    # Opening an image someone else holds works, and says who.
+    _, peek = h.open_image(svc, state, second, "ann")
+    assert peek.other_labeler == "bob" and h.project_overview(svc, state).rows[1][-1] == "bob"
+    # Bob accepts too; the only open image is Ann's now.
+    finished = h.accept(svc, bob, "bob")
+    assert finished.next_image_id is None and "labeled by others" in finished.message
+    with pytest.raises(UserError, match="not an image id"):
+        h.open_image(svc, state, "latest", "ann")

@@ -266,3 +266,23 @@ def test_accept_is_undoable_and_counts_once_in_quality(sessions: sessionmaker[Se
         types = [e.event_type for e in repo.history(s, image_id)]
         assert types[1:] == [EventType.ACCEPT, EventType.UNDO, EventType.REDO, EventType.UNDO, EventType.DELETE,
                              EventType.ACCEPT]
+
+
+def test_claims_lapse_and_do_not_touch_the_version(sessions: sessionmaker[Session], store: FileStore) -> None:
+    from datetime import timedelta
+
+    from storage.models import utcnow
+
+    with sessions.begin() as s:
+        project_id, image_id, _, _ = _proposed_image(s, store)
+        version = repo.current_annotation(s, image_id).version
+        assert repo.claim_image(s, image_id, "ann") is None
+        assert repo.claim_image(s, image_id, "bob") == "ann"  # Ann's claim is live: Bob does not take it
+        assert repo.active_claims(s, project_id) == {image_id: "ann"}
+        assert repo.current_annotation(s, image_id).version == version
+        later = utcnow() + timedelta(seconds=repo.CLAIM_SECONDS + 1)
+        assert repo.active_claims(s, project_id, later) == {}
+        # An edit renews the editor's claim.
+        ann = repo.current_annotation(s, image_id)
+        repo.apply_correction(s, image_id, ann.version, "bob", Correction("delete", [ann.segments[0].to_json()], []))
+        assert repo.active_claims(s, project_id) == {image_id: "bob"}
