@@ -24,7 +24,8 @@ from app.events import (
 from app.render import SEGMENT_COLUMNS
 from app.services import Services, UserError
 
-# Keyboard shortcuts click the buttons by elem_id; keys typed into a text field are left alone.
+# Keyboard shortcuts click the Label tab's buttons by elem_id while that tab is shown; keys typed into a
+# text field are left alone.
 SHORTCUTS_JS = """
 <script>
 document.addEventListener('keydown', (event) => {
@@ -38,7 +39,9 @@ document.addEventListener('keydown', (event) => {
   else if (!ctrl && (event.key === 'Delete' || event.key === 'Backspace')) id = 'delete-btn';
   if (!id) return;
   const button = document.getElementById(id);
-  if (button && !button.disabled) { event.preventDefault(); button.click(); }
+  // Only on the Label tab: Gradio keeps hidden tabs in the page (display: none), so their buttons
+  // would still take clicks. A button on a hidden tab has no layout boxes.
+  if (button && !button.disabled && button.getClientRects().length > 0) { event.preventDefault(); button.click(); }
 });
 </script>
 """
@@ -191,9 +194,10 @@ def build_ui(svc: Services) -> gr.Blocks:
             view = getattr(result, "view", None)
             if view is None and st.image_id is not None:
                 st, view = h.load_image(svc, st)
-            return (*label_values(st, view, visible), result.message, *project_values(st)[:2])
+            return (*label_values(st, view, visible), result.message, *project_values(st))
 
-        edit_outputs = [*label_outputs, edit_md, summary, images_df]
+        # The image picker is an output too, so it follows the open image (e.g. to the next after accept).
+        edit_outputs = [*label_outputs, edit_md, summary, images_df, image_dd]
 
         @guarded
         def on_load() -> tuple[Any, ...]:
@@ -276,10 +280,13 @@ def build_ui(svc: Services) -> gr.Blocks:
                           api_name="save_class_set")
 
         @guarded
-        def on_pick_image(st: h.UserState, image_id: int | None, visible: list[str]) -> tuple[Any, ...]:
+        def on_pick_image(st: h.UserState, image_id: int | None, visible: list[str],
+                          request: gr.Request) -> tuple[Any, ...]:
             if image_id is None:
                 return label_values(st, None, visible)
-            st, view = h.open_image(svc, st, int(image_id))
+            st, view = h.open_image(svc, st, image_id, user_name(request))
+            if view.other_labeler:
+                gr.Warning(f"{view.other_labeler} is labeling this image right now; your edits may clash.")
             return label_values(st, view, None)
 
         image_dd.input(on_pick_image, [state, image_dd, toggles], label_outputs, api_name="open_image")
@@ -291,15 +298,18 @@ def build_ui(svc: Services) -> gr.Blocks:
         propose_btn.click(on_propose, [state, toggles], edit_outputs, api_name="propose")
 
         @guarded
-        def on_propose_all(st: h.UserState, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Any:
+        def on_propose_all(st: h.UserState, visible: list[str], request: gr.Request,
+                           progress: gr.Progress = gr.Progress()) -> Any:
             def report(done: int, total: int) -> None:
                 progress((done, total), desc="Pre-labeling new images")
 
             message = h.propose_all(svc, st, user_name(request), report)
-            return (message, *project_values(st))
+            view = None
+            if st.image_id is not None:  # the open image may have just been proposed: show its new version
+                st, view = h.load_image(svc, st)
+            return (*label_values(st, view, visible), message, *project_values(st))
 
-        propose_all_btn.click(on_propose_all, [state], [edit_md, summary, images_df, image_dd],
-                              api_name="propose_all")
+        propose_all_btn.click(on_propose_all, [state, toggles], edit_outputs, api_name="propose_all")
 
         @guarded
         def on_toggle(st: h.UserState, visible: list[str]) -> tuple[Any, ...]:

@@ -171,6 +171,19 @@ def test_label_two_photos_end_to_end(page) -> None:
     wait_text(page, "edit-message", "Relabeled to car [street]")
     shot(page, "6-relabel")
 
+    # Shortcuts act on the Label tab only: Delete on another tab leaves the selected segment alone.
+    page.get_by_role("tab", name="Projects").click()
+    page.keyboard.press("Delete")
+    page.wait_for_timeout(1500)
+    page.get_by_role("tab", name="Label").click()
+    assert "4 segment(s)" in page.locator("#image-title").inner_text()
+    page.locator("#image-title").click()  # focus off the pickers, so the keys reach the shortcuts
+    page.keyboard.press("Delete")
+    wait_text(page, "edit-message", "Deleted car")
+    wait_text(page, "image-title", "3 segment(s)")
+    page.keyboard.press("Control+z")
+    wait_text(page, "image-title", "4 segment(s)")
+
     page.click("#accept-btn")
     wait_text(page, "edit-message", "PIQ of the proposal")
     shot(page, "7-accepted")
