@@ -45,7 +45,7 @@ from resi_core.labels import (
 from storage import repo
 from storage.db import DATABASE_URL_ENV
 from storage.errors import Conflict, Correction, InvalidInput
-from storage.models import EventType, ImageStatus, Job, JobStatus
+from storage.models import ClassSet, EventType, ImageStatus, Job, JobStatus
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 MAX_ZIP_MEMBERS = 5000
@@ -134,6 +134,7 @@ class ProjectOverview:
         return f"**{self.name}**: {total} images ({parts})"
 
 
+UNCHECKED = -1  # save_class_set(based_on=UNCHECKED): save without checking what the user started from
 IMAGE_COLUMNS = ["id", "file", "status", "size", "version", "labeling now"]
 
 
@@ -341,6 +342,7 @@ class ClassSetChoice:
     label_spaces: tuple[str, ...]
     adhoc: tuple[str, ...]
     synonyms: tuple[tuple[str, str], ...]
+    id: int | None = None  # the stored class set's id (None before it is saved)
 
     @property
     def summary(self) -> str:
@@ -431,8 +433,13 @@ def save_class_set(
     label_spaces: Sequence[str] | None,
     adhoc_text: str | None,
     confirmed: Sequence[SynonymSuggestion] = (),
+    based_on: int | None = UNCHECKED,
 ) -> ClassSetChoice:
-    """Check the choice (empty set, duplicates, unknown synonyms) and store it as the project's class set."""
+    """Check the choice (empty set, duplicates, unknown synonyms) and store it as the project's class set.
+
+    `based_on` is the id of the class set the user started from (None: the project had none). If
+    someone saved another one since, nothing is saved and the message shows theirs. UNCHECKED skips
+    this check."""
     project_id = _require_project(state)
     adhoc = parse_class_names(adhoc_text)
     spaces = _chosen_spaces(svc, label_spaces or [], adhoc, state)
@@ -441,20 +448,25 @@ def save_class_set(
     pairs = tuple((s.a, s.b) for s in confirmed)
     mix(spaces, pairs)  # raises LabelError for a synonym of a class that is not chosen
     with svc.sessions.begin() as session:
-        repo.set_class_set(session, project_id, list(label_spaces or []), adhoc, pairs)
-    return ClassSetChoice(tuple(label_spaces or ()), tuple(adhoc), pairs)
+        current = repo.current_class_set(session, project_id)
+        if based_on != UNCHECKED and (current.id if current else None) != based_on:
+            theirs = _choice(current).summary if current else "none"
+            raise UserError(f"Someone saved another class set for this project after you opened it ({theirs}). "
+                            "Nothing was saved: open the project again to load theirs, then make your change.")
+        saved = repo.set_class_set(session, project_id, list(label_spaces or []), adhoc, pairs)
+        return ClassSetChoice(tuple(label_spaces or ()), tuple(adhoc), pairs, saved.id)
+
+
+def _choice(class_set: ClassSet) -> ClassSetChoice:
+    return ClassSetChoice(tuple(class_set.label_spaces), tuple(class_set.adhoc_classes),
+                          tuple((a, b) for a, b in class_set.synonyms), class_set.id)
 
 
 def current_class_set(svc: Services, state: UserState) -> ClassSetChoice | None:
     project_id = _require_project(state)
     with svc.sessions() as session:
         class_set = repo.current_class_set(session, project_id)
-        if class_set is None:
-            return None
-        return ClassSetChoice(
-            tuple(class_set.label_spaces), tuple(class_set.adhoc_classes),
-            tuple((a, b) for a, b in class_set.synonyms),
-        )
+        return None if class_set is None else _choice(class_set)
 
 
 def class_options(svc: Services, state: UserState) -> list[ClassOption]:

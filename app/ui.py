@@ -70,6 +70,7 @@ def launch_kwargs(config: AppConfig) -> dict[str, Any]:
 def build_ui(svc: Services) -> gr.Blocks:
     with gr.Blocks(title="RESI labeling") as demo:
         state = gr.State(h.UserState())
+        class_set_id = gr.State(None)  # the class set the Class set tab was loaded with (save checks it)
         gr.Markdown("# RESI: model-assisted segmentation labeling\n" + HELP)
         with gr.Tabs():
             with gr.Tab("Projects", id="projects"):
@@ -216,18 +217,20 @@ def build_ui(svc: Services) -> gr.Blocks:
             return gr.CheckboxGroup(choices=names, value=[n for n in ticked or [] if n in names])
 
         def class_set_values(st: h.UserState) -> tuple[Any, ...]:
+            """Class set tab: spaces, typed classes, summary, and the id of the set the tab starts from."""
             choice = h.current_class_set(svc, st)
             if choice is None:
                 return (spaces_update(st, []), "",
-                        "No class set yet: tick label spaces and/or type class names, then save.")
+                        "No class set yet: tick label spaces and/or type class names, then save.", None)
             return (spaces_update(st, list(choice.label_spaces)), ", ".join(choice.adhoc),
-                    f"Class set: {choice.summary}.")
+                    f"Class set: {choice.summary}.", choice.id)
 
         def opened(st: h.UserState) -> tuple[Any, ...]:
             return (st, *project_values(st), gr.Dropdown(choices=h.project_names(svc), value=None),
                     *class_set_values(st))
 
-        project_outputs = [state, summary, images_df, image_dd, project_dd, spaces_cb, adhoc_tb, class_set_md]
+        project_outputs = [state, summary, images_df, image_dd, project_dd, spaces_cb, adhoc_tb, class_set_md,
+                           class_set_id]
 
         @guarded
         def on_create(name: str) -> tuple[Any, ...]:
@@ -269,15 +272,16 @@ def build_ui(svc: Services) -> gr.Blocks:
         suggest_btn.click(on_suggest, [state, spaces_cb, adhoc_tb], [synonyms_cb], api_name="suggest_synonyms")
 
         @guarded
-        def on_save_class_set(st: h.UserState, spaces: list[str], adhoc: str, ticked: list[str]) -> str:
+        def on_save_class_set(st: h.UserState, spaces: list[str], adhoc: str, ticked: list[str],
+                              based_on: int | None) -> tuple[str, int | None]:
             confirmed = [s for s in h.suggest_synonyms(svc, spaces or [], adhoc, state=st)
                          if s.label in (ticked or [])] if ticked else []
-            choice = h.save_class_set(svc, st, spaces, adhoc, confirmed)
+            choice = h.save_class_set(svc, st, spaces, adhoc, confirmed, based_on=based_on)
             gr.Info("Class set saved.")
-            return f"Class set: {choice.summary}."
+            return f"Class set: {choice.summary}.", choice.id
 
-        save_cs_btn.click(on_save_class_set, [state, spaces_cb, adhoc_tb, synonyms_cb], [class_set_md],
-                          api_name="save_class_set")
+        save_cs_btn.click(on_save_class_set, [state, spaces_cb, adhoc_tb, synonyms_cb, class_set_id],
+                          [class_set_md, class_set_id], api_name="save_class_set")
 
         @guarded
         def on_pick_image(st: h.UserState, image_id: int | None, visible: list[str],

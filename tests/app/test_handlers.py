@@ -277,3 +277,16 @@ def test_two_annotators_are_sent_to_different_images(svc: Services, tmp_path: Pa
     assert finished.next_image_id is None and "labeled by others" in finished.message
     with pytest.raises(UserError, match="not an image id"):
         h.open_image(svc, state, "latest", "ann")
+
+
+def test_saving_a_class_set_over_a_newer_one_is_refused(svc: Services) -> None:
+    state = h.create_project(svc, "p")
+    assert h.current_class_set(svc, state) is None
+    ann = h.save_class_set(svc, state, ["street"], "", [], based_on=None)  # Ann starts from no set
+    # Bob loaded the project before Ann saved: his save would drop her set, so it is refused.
+    with pytest.raises(UserError, match="Someone saved another class set.*label spaces: street"):
+        h.save_class_set(svc, state, ["drive"], "hydrant", [], based_on=None)
+    assert h.current_class_set(svc, state).label_spaces == ("street",)
+    # Loading the current set first, then saving, works.
+    bob = h.save_class_set(svc, state, ["street", "drive"], "", [], based_on=h.current_class_set(svc, state).id)
+    assert bob.id != ann.id and h.current_class_set(svc, state).id == bob.id
