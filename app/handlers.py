@@ -629,6 +629,7 @@ def propose(svc: Services, state: UserState, user: str) -> EditResult:
         image = repo.get_image(session, image_id)
         class_set_id = repo.current_class_set(session, project_id).id  # type: ignore[union-attr]
         was_new = image.status == ImageStatus.NEW
+        was_accepted = image.status == ImageStatus.ACCEPTED
     start = time.perf_counter()
     segments, note = predict_segments(predictor, svc.images.rgb(image.sha256), choice)
     elapsed_ms = (time.perf_counter() - start) * 1000
@@ -644,6 +645,8 @@ def propose(svc: Services, state: UserState, user: str) -> EditResult:
         return _conflict(svc, state, exc)
     new_state, view = load_image(svc, state)
     message = f"Proposed {len(segments)} segment(s) in {elapsed_ms:.0f} ms."
+    if was_accepted:
+        message += " The image was accepted; it is back in review (Undo restores its segments; accept it again when done)."
     return EditResult(new_state, view, f"{message} {note}" if note else message)
 
 
@@ -825,6 +828,9 @@ def accept(svc: Services, state: UserState, user: str) -> AcceptResult:
     from resi_core.metrics.piq import piq_of_masks
 
     project_id, image_id = _require_project(state), _require_image(state)
+    if state.pending is not None:  # accepting now would silently drop the user's clashing edit
+        return AcceptResult(state, "Your last edit clashed with someone else's and is not saved: use 'Save mine "
+                            "anyway' or 'Reload' first, then accept.", None, None, ok=False)
     with svc.sessions() as session:
         annotation = repo.current_annotation(session, image_id)
         proposal = repo.latest_proposal(session, image_id)

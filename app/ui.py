@@ -226,11 +226,12 @@ def build_ui(svc: Services) -> gr.Blocks:
                     f"Class set: {choice.summary}.", choice.id)
 
         def opened(st: h.UserState) -> tuple[Any, ...]:
+            # The Label tab is emptied too: the previous project's image must not stay on show.
             return (st, *project_values(st), gr.Dropdown(choices=h.project_names(svc), value=None),
-                    *class_set_values(st))
+                    *class_set_values(st), *label_values(st, None, None)[1:], "")
 
         project_outputs = [state, summary, images_df, image_dd, project_dd, spaces_cb, adhoc_tb, class_set_md,
-                           class_set_id]
+                           class_set_id, *label_outputs[1:], edit_md]
 
         @guarded
         def on_create(name: str) -> tuple[Any, ...]:

@@ -176,6 +176,8 @@ def test_two_tabs_editing_the_same_image_conflict_without_losing_work(svc: Servi
     clash = h.delete_segment(svc, tab_b, "bob", other.id)
     assert not clash.ok and "changed by someone else" in clash.message
     assert clash.state.pending is not None
+    refused = h.accept(svc, clash.state, "bob")  # accepting now would drop Bob's edit
+    assert not refused.ok and "Save mine" in refused.message and refused.state.pending is not None
     # Alice's edit is saved; Bob's is kept and can be saved as a new revision.
     kept = h.save_pending_anyway(svc, clash.state, "bob")
     ids = {s.id for s in kept.view.segments}
@@ -207,6 +209,10 @@ def test_accept_records_piq_and_opens_next_then_quality(svc: Services, project: 
     again = h.quality(svc, state)
     assert len(again.over_time) == 1 and again.accepted_images == 1
     assert h.accept(svc, reopened.state, "ann").ok and len(h.quality(svc, state).over_time) == 2
+    # Proposing again on an accepted image says that it goes back to review.
+    first, _ = h.open_image(svc, state, project.image_id)
+    re_proposed = h.propose(svc, first, "ann")
+    assert re_proposed.view.status == "in_review" and "back in review" in re_proposed.message
 
 
 def test_propose_all_prelabels_every_new_image(svc: Services, project: h.UserState) -> None:
