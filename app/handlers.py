@@ -628,7 +628,6 @@ def propose(svc: Services, state: UserState, user: str) -> EditResult:
     with svc.sessions() as session:
         image = repo.get_image(session, image_id)
         class_set_id = repo.current_class_set(session, project_id).id  # type: ignore[union-attr]
-        was_new = image.status == ImageStatus.NEW
         was_accepted = image.status == ImageStatus.ACCEPTED
     start = time.perf_counter()
     segments, note = predict_segments(predictor, svc.images.rgb(image.sha256), choice)
@@ -636,8 +635,10 @@ def propose(svc: Services, state: UserState, user: str) -> EditResult:
     rows = [to_storage(s) for s in segments]
     try:
         with svc.sessions.begin() as session:
+            # Read again inside the write: someone may have proposed or edited it while the model ran.
+            seeds = repo.get_image(session, image_id).status == ImageStatus.NEW
             repo.save_proposal(session, image_id, version_id, class_set_id, rows, elapsed_ms, user)
-            if not was_new:
+            if not seeds:  # an edit on top of what is there now; a stale state.version is a Conflict
                 current = repo.current_annotation(session, image_id)
                 repo.apply_correction(session, image_id, state.version, user,
                                       Correction(EventType.EDIT.value, [s.to_json() for s in current.segments], rows))

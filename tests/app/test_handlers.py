@@ -296,3 +296,13 @@ def test_saving_a_class_set_over_a_newer_one_is_refused(svc: Services) -> None:
     # Loading the current set first, then saving, works.
     bob = h.save_class_set(svc, state, ["street", "drive"], "", [], based_on=h.current_class_set(svc, state).id)
     assert bob.id != ann.id and h.current_class_set(svc, state).id == bob.id
+
+
+def test_second_propose_on_a_just_proposed_image_is_a_conflict_not_a_silent_no_op(
+        svc: Services, project: h.UserState) -> None:
+    tab_a = tab_b = project  # both opened the new image at version 0
+    first = h.propose(svc, tab_a, "alice")
+    assert first.ok and first.view.version == 1
+    second = h.propose(svc, tab_b, "bob")
+    assert not second.ok and "changed by someone else" in second.message and second.state.pending is not None
+    assert h.load_image(svc, tab_a)[1].version == 1  # nothing of Bob's was applied
