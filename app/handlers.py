@@ -226,7 +226,7 @@ def export_coco(svc: Services, state: UserState) -> ExportResult:
         svc.config.export_dir.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=svc.config.export_dir))
         try:
-            summary = write_coco(session, project_id, folder / "coco")
+            summary = write_coco(session, project_id, folder / "coco", svc.files)
             skipped = {space: [repo.get_image(session, i).original_name for i in ids]
                        for space, ids in summary.skipped.items()}
             zip_path = folder / f"{slug}-coco.zip"

@@ -1,5 +1,6 @@
 """COCO export of a project's accepted annotations (docs/FORMATS.md).
 
+- `images/<id>-<original name>`: the image files (when a file store is given).
 - `instances.json`: COCO instances with RLE masks; overlaps across label spaces are kept.
   Categories carry the `isthing` and `label_spaces` extensions.
 - `panoptic/<label space>.json` + `panoptic/<label space>/<image>.png`: one COCO panoptic set
@@ -21,6 +22,7 @@ from PIL import Image as PILImage
 from pycocotools import mask as mask_utils
 from sqlalchemy.orm import Session
 
+from storage.files import FileStore, load_rgb
 from storage.names import label_spaces_of, normalize_name, path_safe
 from storage.repo import AcceptedImage, accepted_annotations
 
@@ -55,13 +57,34 @@ def _categories(images: Sequence[AcceptedImage]) -> tuple[list[dict[str, Any]], 
     return categories, ids
 
 
+def image_file_name(image: AcceptedImage) -> str:
+    """The exported image's file name: "<id>-<original name>" (path-safe). An image with an EXIF
+    rotation is written rotated, as PNG, since its masks are in the rotated frame."""
+    name = path_safe(Path(image.original_name).name)
+    if image.exif_orientation != 1:
+        name = f"{Path(name).stem}.png"
+    return f"{image.image_id}-{name}"
+
+
+def write_images(images: Sequence[AcceptedImage], store: FileStore, out_dir: Path) -> None:
+    """The image files of an export, under the names `image_file_name` gives."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for image in images:
+        data = store.read(image.sha256)
+        target = out_dir / image_file_name(image)
+        if image.exif_orientation == 1:
+            target.write_bytes(data)
+        else:
+            load_rgb(data).save(target, format="PNG")
+
+
 def coco_instances(images: Sequence[AcceptedImage]) -> dict[str, Any]:
-    """COCO instances dict; image ids are the database ids, file names the content hashes."""
+    """COCO instances dict; image ids are the database ids, file names those of `image_file_name`."""
     categories, cat_ids = _categories(images)
     coco_images, annotations = [], []
     for image in images:
-        coco_images.append({"id": image.image_id, "file_name": image.sha256, "original_name": image.original_name,
-                            "width": image.width, "height": image.height})
+        coco_images.append({"id": image.image_id, "file_name": image_file_name(image), "sha256": image.sha256,
+                            "original_name": image.original_name, "width": image.width, "height": image.height})
         for seg in image.segments:
             rle = _rle(seg.rle)
             annotations.append({
@@ -104,16 +127,19 @@ def _panoptic(images: Sequence[AcceptedImage], space: str, cat_ids: dict[str, in
         rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)  # [H, W, 3]
         name = f"{image.sha256}.png"
         PILImage.fromarray(rgb).save(png_dir / name)
-        coco_images.append({"id": image.image_id, "file_name": image.sha256, "width": image.width,
+        coco_images.append({"id": image.image_id, "file_name": image_file_name(image), "width": image.width,
                             "height": image.height})
         annotations.append({"image_id": image.image_id, "file_name": name, "segments_info": info})
     return coco_images, annotations, skipped
 
 
-def export_coco(session: Session, project_id: int, out_dir: Path) -> ExportSummary:
-    """Write the project's accepted annotations as COCO instances and per-label-space panoptic."""
+def export_coco(session: Session, project_id: int, out_dir: Path, store: FileStore | None = None) -> ExportSummary:
+    """Write the project's accepted annotations as COCO instances and per-label-space panoptic; with
+    `store`, the image files too (under images/)."""
     images = accepted_annotations(session, project_id)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if store is not None:
+        write_images(images, store, out_dir / "images")
     instances = coco_instances(images)
     instances_path = out_dir / "instances.json"
     instances_path.write_text(json.dumps(instances))

@@ -832,6 +832,7 @@ class AcceptedImage:
     width: int
     height: int
     segments: list[Segment]
+    exif_orientation: int = 1  # 1..8; masks are in the oriented frame (width x height)
 
 
 def accepted_annotations(session: Session, project_id: int) -> list[AcceptedImage]:
@@ -839,7 +840,8 @@ def accepted_annotations(session: Session, project_id: int) -> list[AcceptedImag
     get_project(session, project_id)
     accepted = (Image.project_id == project_id) & (Image.status == ImageStatus.ACCEPTED)
     images = session.execute(
-        select(Image.id, Image.sha256, Image.original_name, Image.width, Image.height).where(accepted)
+        select(Image.id, Image.sha256, Image.original_name, Image.width, Image.height, Image.exif_orientation)
+        .where(accepted)
         .order_by(Image.id)
     ).all()
     segments: dict[int, list[Segment]] = {row.id: [] for row in images}
@@ -853,7 +855,8 @@ def accepted_annotations(session: Session, project_id: int) -> list[AcceptedImag
     )
     for r in rows:
         segments[r.image_id].append(Segment(r.uid, r.class_name, r.label_space, r.isthing, json.loads(r.rle), r.score))
-    return [AcceptedImage(r.id, r.sha256, r.original_name, r.width, r.height, segments[r.id]) for r in images]
+    return [AcceptedImage(r.id, r.sha256, r.original_name, r.width, r.height, segments[r.id], r.exif_orientation)
+            for r in images]
 
 
 def accepted_label_spaces(session: Session, project_id: int) -> dict[str, int]:

@@ -75,6 +75,9 @@ def test_export_zip_instances_match_the_saved_masks(svc: Services, exported, tmp
     for image_id, view in views.items():
         img = coco.loadImgs(image_id)[0]
         assert (img["height"], img["width"]) == view.image.shape[:2] and img["original_name"] == view.name
+        # The image file is in the zip under its file_name, and decodes to the pixels that were labeled.
+        pixels = np.asarray(Image.open(tmp_path / "out" / "images" / img["file_name"]).convert("RGB"))
+        assert img["file_name"] == f"{image_id}-{view.name}" and np.array_equal(pixels, view.image)
         anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
         assert len(anns) == len(view.segments) == 3
         by_key = {(s.class_name, s.label_space): s for s in view.segments}

@@ -78,3 +78,28 @@ def test_label_space_names_become_safe_file_names() -> None:
     unsafe = [path_safe(n) for n in ("../up", "a/b", "a\\b", ".hidden")]
     assert all("/" not in p and "\\" not in p and not p.startswith(".") for p in unsafe)
     assert len(set(unsafe)) == 4 and path_safe("a/b") != path_safe("a_b")
+
+
+def test_export_writes_images_rotated_as_their_masks(sessions: sessionmaker[Session], store: FileStore,
+                                                     tmp_path: Path) -> None:
+    """A JPEG with EXIF orientation 6 (rotate 90°) is labeled in its rotated frame; the export writes
+    that frame (as PNG), so the masks fit the exported picture."""
+    data = png_bytes(W, H, 3, exif_orientation=6)  # stored 64 wide x 48 high, shown 48 wide x 64 high
+    with sessions.begin() as s:
+        project = repo.create_project(s, "p")
+        class_set = repo.set_class_set(s, project.id, ["street"])
+        model = repo.register_model_version(s, project.id, "v1", "/c", "0" * 64, [])
+        image, _ = repo.add_image(s, store, project.id, data, "photo.jpg")
+        assert (image.width, image.height) == (H, W)
+        repo.save_proposal(s, image.id, model.id, class_set.id, [segment("a", W, H, (0, 0, 10, 10))], 1.0)
+        repo.accept(s, image.id, 1, "ann")
+        plain, _ = repo.add_image(s, store, project.id, png_bytes(W, H, 4), "plain.png")
+        repo.save_proposal(s, plain.id, model.id, class_set.id, [segment("b", H, W, (0, 0, 10, 10))], 1.0)
+        repo.accept(s, plain.id, 1, "ann")
+        summary = export_coco(s, project.id, tmp_path / "out", store)
+    coco = COCO(str(summary.instances_path))
+    rotated, kept = coco.loadImgs([image.id])[0], coco.loadImgs([plain.id])[0]
+    assert rotated["file_name"] == f"{image.id}-photo.png" and kept["file_name"] == f"{plain.id}-plain.png"
+    picture = PILImage.open(tmp_path / "out" / "images" / rotated["file_name"])
+    assert picture.format == "PNG" and picture.size == (rotated["width"], rotated["height"]) == (H, W)
+    assert (tmp_path / "out" / "images" / kept["file_name"]).read_bytes() == store.read(plain.sha256)
