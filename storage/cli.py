@@ -1,4 +1,5 @@
-"""`python -m train db <command>`: create, upgrade, back up, restore and check the database.
+"""`python -m train db <command>`: create, upgrade, back up, restore and check the database; list
+projects and export a project's accepted annotations (COCO instances + panoptic, with images).
 
 The database is `RESI_DATABASE_URL` when set, else `<data dir>/resi.db` (SQLite); the data
 directory is `--data-dir`, else `RESI_DATA_DIR`, else `./resi-data`.
@@ -14,7 +15,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from storage.db import (
     current_revision,
@@ -50,7 +51,68 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("source", type=Path, help="a file written by `db backup`")
     restore.add_argument("--force", action="store_true", help="replace a database that holds data")
     sub.add_parser("check", help="integrity check, foreign keys, schema revision and image files")
+    sub.add_parser("projects", help="list the projects with how many images each has per status")
+    export = sub.add_parser("export", help="write a project's accepted annotations as COCO instances and "
+                                           "panoptic, with the image files, into a new folder")
+    export.add_argument("--project", required=True, help="project name")
+    export.add_argument("--out", type=Path, required=True, help="folder to write; it must not exist or be empty")
+    export.add_argument("--no-images", action="store_true", help="annotations only, no image files")
     return parser
+
+
+def _engine_at_head(url: str) -> Engine:
+    """An engine on a database whose schema is current; otherwise one clear error."""
+    engine = make_engine(url)
+    try:
+        verify_database(engine)
+        revision = current_revision(engine)
+        if revision != head_revision():
+            raise InvalidInput(f"The database {engine.url.render_as_string()} is at schema revision {revision}, not "
+                               f"{head_revision()}: run `python -m train db upgrade` first.")
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def list_projects(url: str) -> list[str]:
+    """One line per project: name, then its image counts per status."""
+    engine = _engine_at_head(url)
+    try:
+        with make_session_factory(engine)() as session:
+            from storage import repo
+
+            lines = []
+            for project in repo.list_projects(session):
+                counts = repo.status_counts(session, project.id)
+                lines.append(f"{project.name}: " + ", ".join(f"{n} {s.value}" for s, n in counts.items()))
+            return lines
+    finally:
+        engine.dispose()
+
+
+def export_project(url: str, data_dir: Path, name: str, out: Path, images: bool = True) -> str:
+    """Export a project's accepted annotations into `out` (new or empty); returns a summary line."""
+    from storage import repo
+    from storage.export import export_coco
+    from storage.files import FileStore
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InvalidInput(f"{out} exists and is not an empty folder; choose a new one.")
+    engine = _engine_at_head(url)
+    try:
+        with make_session_factory(engine)() as session:
+            project = repo.get_project_by_name(session, name)
+            store = FileStore(data_dir / "images") if images else None
+            summary = export_coco(session, project.id, out, store)
+    finally:
+        engine.dispose()
+    line = (f"exported {summary.n_images} accepted image(s), {summary.n_annotations} segment(s) of {name!r} to "
+            f"{out}: instances.json, panoptic/ ({', '.join(summary.panoptic) or 'none'})"
+            + (", images/" if images else ""))
+    for space, ids in summary.skipped.items():
+        line += f"\nleft out of panoptic {space} (overlapping masks): image id(s) {ids}"
+    return line
 
 
 def _open_checked_sqlite(path: Path) -> sqlite3.Connection:
@@ -168,6 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 restore(args.source, db_file, force=args.force)
                 print(f"restored {db_file} from {args.source}")
+        elif args.command == "projects":
+            print("\n".join(list_projects(url)) or "no projects yet")
+        elif args.command == "export":
+            print(export_project(url, data_dir, args.project, args.out, images=not args.no_images))
         else:
             problems = check(url, data_dir)
             for problem in problems:

@@ -87,3 +87,43 @@ def test_help_explains(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert all(word in out for word in ("upgrade", "backup", "restore", "check"))
+
+
+def test_projects_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from tests.storage.helpers import segment
+
+    data = tmp_path / "data"
+    assert main(["--data-dir", str(data), "projects"]) == 1
+    assert "run `python -m train db upgrade` first" in capsys.readouterr().err
+    assert main(["--data-dir", str(data), "upgrade"]) == 0
+    assert main(["--data-dir", str(data), "projects"]) == 0
+    assert "no projects yet" in capsys.readouterr().out
+    engine = make_engine(f"sqlite:///{data / 'resi.db'}")
+    with make_session_factory(engine).begin() as s:
+        project = repo.create_project(s, "Street scenes")
+        class_set = repo.set_class_set(s, project.id, ["street"])
+        model = repo.register_model_version(s, project.id, "v1", "/c", "0" * 64, [])
+        store = FileStore(data / "images")
+        for i in range(2):
+            image, _ = repo.add_image(s, store, project.id, png_bytes(16, 12, seed=i), f"{i}.png")
+            repo.save_proposal(s, image.id, model.id, class_set.id, [segment("a", 12, 16, (0, 0, 4, 4))], 1.0)
+        repo.accept(s, image.id, 1, "ann")  # the second image only
+    engine.dispose()
+    assert main(["--data-dir", str(data), "projects"]) == 0
+    assert "Street scenes: 0 new, 1 proposed, 0 in_review, 1 accepted" in capsys.readouterr().out
+
+    out = tmp_path / "export"
+    assert main(["--data-dir", str(data), "export", "--project", "Street scenes", "--out", str(out)]) == 0
+    assert "exported 1 accepted image(s), 1 segment(s)" in capsys.readouterr().out
+    instances = json.loads((out / "instances.json").read_text())
+    [image] = instances["images"]
+    assert (out / "images" / image["file_name"]).read_bytes() == png_bytes(16, 12, seed=1)
+    assert (out / "panoptic" / "street.json").is_file()
+
+    # Mistakes: one clear message each, and nothing is overwritten.
+    assert main(["--data-dir", str(data), "export", "--project", "Street scenes", "--out", str(out)]) == 1
+    assert "not an empty folder" in capsys.readouterr().err
+    assert main(["--data-dir", str(data), "export", "--project", "nope", "--out", str(tmp_path / "x")]) == 1
+    assert "no project named 'nope'" in capsys.readouterr().err
