@@ -539,6 +539,19 @@ def open_image(svc: Services, state: UserState, image_id: int | str, user: str |
     return new_state, replace(view, other_labeler=holder)
 
 
+def skip_image(svc: Services, state: UserState, user: str) -> EditResult:
+    """Open the next image still to label that nobody else is labeling, leaving this one as it is."""
+    project_id = _require_project(state)
+    next_id = next_open_image(svc, project_id, state.image_id, user)
+    if next_id is None or next_id == state.image_id:
+        if state.image_id is None:
+            raise UserError("No image is left to label: every image is accepted or being labeled by someone else.")
+        new_state, view = load_image(svc, state)
+        return EditResult(new_state, view, "No other image is left to label.", ok=False)
+    new_state, view = open_image(svc, state, next_id, user)
+    return EditResult(new_state, view, f"Skipped to {view.name}.")
+
+
 def next_open_image(svc: Services, project_id: int, after_id: int | None, user: str | None = None) -> int | None:
     """The next image still to label (new, proposed or in review), after `after_id` and wrapping round;
     with `user`, images that another user is labeling now are skipped."""

@@ -108,6 +108,7 @@ def build_ui(svc: Services) -> gr.Blocks:
                                            allow_custom_value=True)
                     propose_btn = gr.Button("Propose", elem_id="propose-btn", variant="primary", scale=1)
                     propose_all_btn = gr.Button("Propose all new", elem_id="propose-all-btn", scale=1)
+                    skip_btn = gr.Button("Skip →", elem_id="skip-btn", scale=1)
                 title_md = gr.Markdown("No image open.", elem_id="image-title")
                 with gr.Row():
                     with gr.Column(scale=3):
@@ -402,6 +403,12 @@ def build_ui(svc: Services) -> gr.Blocks:
         redo_btn.click(on_redo, base, edit_outputs, api_name="redo")
         keep_btn.click(on_keep_mine, base, edit_outputs, api_name="save_mine")
         accept_btn.click(on_accept, base, edit_outputs, api_name="accept")
+
+        @guarded
+        def on_skip(st: h.UserState, request: gr.Request) -> tuple[Any, ...]:
+            return after_edit(h.skip_image(svc, st, user_name(request)), None)
+
+        skip_btn.click(on_skip, [state], edit_outputs, api_name="skip_image")
 
         @guarded
         def on_reload(st: h.UserState, visible: list[str]) -> tuple[Any, ...]:

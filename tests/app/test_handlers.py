@@ -306,3 +306,15 @@ def test_second_propose_on_a_just_proposed_image_is_a_conflict_not_a_silent_no_o
     second = h.propose(svc, tab_b, "bob")
     assert not second.ok and "changed by someone else" in second.message and second.state.pending is not None
     assert h.load_image(svc, tab_a)[1].version == 1  # nothing of Bob's was applied
+
+
+def test_skip_opens_the_next_image_without_accepting(svc: Services, project: h.UserState) -> None:
+    skipped = h.skip_image(svc, project, "ann")
+    assert skipped.ok and skipped.state.image_id != project.image_id and "Skipped to b.png" in skipped.message
+    assert h.project_overview(svc, project).counts["accepted"] == 0
+    back = h.skip_image(svc, skipped.state, "ann")  # wraps round to the first image
+    assert back.state.image_id == project.image_id
+    # With the other image taken by Bob, there is nowhere to skip to.
+    h.open_image(svc, project, skipped.state.image_id, "bob")
+    stuck = h.skip_image(svc, back.state, "ann")
+    assert not stuck.ok and stuck.state.image_id == project.image_id and "No other image" in stuck.message
