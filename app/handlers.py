@@ -539,6 +539,21 @@ def open_image(svc: Services, state: UserState, image_id: int | str, user: str |
     return new_state, replace(view, other_labeler=holder)
 
 
+def delete_image(svc: Services, state: UserState, user: str) -> EditResult:
+    """Delete the open image with its annotation and history, then open the next image to label.
+    Refused if someone changed it after this tab loaded it."""
+    project_id, image_id = _require_project(state), _require_image(state)
+    with svc.sessions.begin() as session:
+        name = repo.get_image(session, image_id).original_name
+        repo.delete_image(session, image_id, state.version)
+    next_id = next_open_image(svc, project_id, None, user)
+    message = f"Deleted {name} with its annotation, history and PIQ records."
+    if next_id is None:
+        return EditResult(UserState(project_id=project_id), None, message)
+    new_state, view = open_image(svc, UserState(project_id=project_id), next_id, user)
+    return EditResult(new_state, view, f"{message} Opened {view.name}.")
+
+
 def skip_image(svc: Services, state: UserState, user: str) -> EditResult:
     """Open the next image still to label that nobody else is labeling, leaving this one as it is."""
     project_id = _require_project(state)

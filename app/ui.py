@@ -109,6 +109,12 @@ def build_ui(svc: Services) -> gr.Blocks:
                     propose_btn = gr.Button("Propose", elem_id="propose-btn", variant="primary", scale=1)
                     propose_all_btn = gr.Button("Propose all new", elem_id="propose-all-btn", scale=1)
                     skip_btn = gr.Button("Skip →", elem_id="skip-btn", scale=1)
+                    delete_image_btn = gr.Button("Delete image…", elem_id="delete-image-btn", scale=1)
+                with gr.Row(visible=False) as confirm_delete_row:  # a second click, so one slip deletes nothing
+                    gr.Markdown("Delete this image with its segments, history and PIQ records? This cannot be undone.")
+                    confirm_delete_btn = gr.Button("Yes, delete the image", elem_id="confirm-delete-image-btn",
+                                                   variant="stop")
+                    cancel_delete_btn = gr.Button("Keep it", elem_id="cancel-delete-image-btn")
                 title_md = gr.Markdown("No image open.", elem_id="image-title")
                 with gr.Row():
                     with gr.Column(scale=3):
@@ -403,6 +409,16 @@ def build_ui(svc: Services) -> gr.Blocks:
         redo_btn.click(on_redo, base, edit_outputs, api_name="redo")
         keep_btn.click(on_keep_mine, base, edit_outputs, api_name="save_mine")
         accept_btn.click(on_accept, base, edit_outputs, api_name="accept")
+
+        delete_image_btn.click(lambda: gr.Row(visible=True), None, [confirm_delete_row])
+        cancel_delete_btn.click(lambda: gr.Row(visible=False), None, [confirm_delete_row])
+
+        @guarded
+        def on_delete_image(st: h.UserState, request: gr.Request) -> tuple[Any, ...]:
+            return (*after_edit(h.delete_image(svc, st, user_name(request)), None), gr.Row(visible=False))
+
+        confirm_delete_btn.click(on_delete_image, [state], [*edit_outputs, confirm_delete_row],
+                                 api_name="delete_image")
 
         @guarded
         def on_skip(st: h.UserState, request: gr.Request) -> tuple[Any, ...]:

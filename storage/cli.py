@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("source", type=Path, help="a file written by `db backup`")
     restore.add_argument("--force", action="store_true", help="replace a database that holds data")
     sub.add_parser("check", help="integrity check, foreign keys, schema revision and image files")
+    prune = sub.add_parser("prune-files", help="list (with --delete: remove) image files that no image of any "
+                                               "project uses any more, e.g. after images were deleted")
+    prune.add_argument("--delete", action="store_true", help="remove them (default: only count them)")
     sub.add_parser("projects", help="list the projects with how many images each has per status")
     export = sub.add_parser("export", help="write a project's accepted annotations as COCO instances and "
                                            "panoptic, with the image files, into a new folder")
@@ -73,6 +76,26 @@ def _engine_at_head(url: str) -> Engine:
         engine.dispose()
         raise
     return engine
+
+
+def prune_files(url: str, data_dir: Path, remove: bool = False) -> list[Path]:
+    """Files of the image store that no image row refers to; removed when `remove`."""
+    from storage.files import FileStore
+    from storage.models import Image
+
+    store = FileStore(data_dir / "images")
+    engine = _engine_at_head(url)
+    try:
+        with make_session_factory(engine)() as session:
+            used = set(session.scalars(select(Image.sha256).distinct()))
+    finally:
+        engine.dispose()
+    unused = sorted(p for p in store.root.glob("??/*") if p.is_file() and not p.name.startswith(".")
+                    and p.name not in used)
+    if remove:
+        for path in unused:
+            path.unlink(missing_ok=True)
+    return unused
 
 
 def list_projects(url: str) -> list[str]:
@@ -230,6 +253,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 restore(args.source, db_file, force=args.force)
                 print(f"restored {db_file} from {args.source}")
+        elif args.command == "prune-files":
+            unused = prune_files(url, data_dir, remove=args.delete)
+            size = sum(p.stat().st_size for p in unused if p.exists()) if not args.delete else 0
+            print(f"removed {len(unused)} unused image file(s)" if args.delete else
+                  f"{len(unused)} unused image file(s), {size / 2**20:.1f} MB; pass --delete to remove them")
         elif args.command == "projects":
             print("\n".join(list_projects(url)) or "no projects yet")
         elif args.command == "export":

@@ -264,6 +264,21 @@ def list_images(
     return list(session.scalars(query))
 
 
+def delete_image(session: Session, image_id: int, expected_version: int) -> None:
+    """Delete an image with its annotation, history, proposals and PIQ records (the database cascades).
+    Refused when the annotation changed since `expected_version`: the deleting user has not seen it.
+    The file stays in the store (other projects may hold the same bytes); `db prune-files` removes
+    files no image uses."""
+    image = get_image(session, image_id)
+    current = image.version
+    deleted = session.execute(delete(Image).where(Image.id == image_id, Image.version == expected_version)
+                              .execution_options(synchronize_session=False))
+    if deleted.rowcount == 0:
+        raise InvalidInput(f"Image {image_id} was changed (version {current}) after you opened version "
+                           f"{expected_version}: reload it and look before deleting it.")
+    session.expunge(image)
+
+
 def image_ids(session: Session, project_id: int, statuses: Iterable[ImageStatus | str] | None = None) -> list[int]:
     """Ids of all a project's images (optionally of some statuses) in upload order: no page limit."""
     get_project(session, project_id)

@@ -192,3 +192,12 @@ def test_label_two_photos_end_to_end(page) -> None:
     wait_text(page, "quality-summary", "Mean PIQ")
     page.locator("#piq-plot canvas, #piq-plot svg").first.wait_for()
     shot(page, "8-quality")
+
+    # Deleting an image takes a second click; the image goes, with its labels.
+    page.get_by_role("tab", name="Label").click()
+    page.click("#skip-btn")  # the first photo is accepted: nothing else to go to
+    wait_text(page, "edit-message", "No other image is left")
+    page.click("#delete-image-btn")
+    page.click("#confirm-delete-image-btn")
+    wait_text(page, "edit-message", "Deleted")
+    shot(page, "9-deleted")

@@ -318,3 +318,17 @@ def test_skip_opens_the_next_image_without_accepting(svc: Services, project: h.U
     h.open_image(svc, project, skipped.state.image_id, "bob")
     stuck = h.skip_image(svc, back.state, "ann")
     assert not stuck.ok and stuck.state.image_id == project.image_id and "No other image" in stuck.message
+
+
+def test_delete_image_opens_the_next_and_refuses_a_stale_tab(svc: Services, project: h.UserState) -> None:
+    stale = project
+    edited = h.propose(svc, project, "bob")  # Bob changed the image after the stale tab loaded it
+    with pytest.raises(InvalidInput, match="reload it"):
+        h.delete_image(svc, stale, "ann")
+    fresh, view = h.open_image(svc, project, project.image_id, "ann")
+    result = h.delete_image(svc, fresh, "ann")
+    assert result.ok and f"Deleted {view.name}" in result.message and edited.view.image_id != result.state.image_id
+    overview = h.project_overview(svc, project)
+    assert [r[1] for r in overview.rows] == ["b.png"] and result.view.name == "b.png"
+    last = h.delete_image(svc, result.state, "ann")
+    assert last.view is None and last.state.image_id is None and h.project_overview(svc, project).rows == []

@@ -127,3 +127,26 @@ def test_projects_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert "not an empty folder" in capsys.readouterr().err
     assert main(["--data-dir", str(data), "export", "--project", "nope", "--out", str(tmp_path / "x")]) == 1
     assert "no project named 'nope'" in capsys.readouterr().err
+
+
+def test_prune_files_removes_only_files_no_image_uses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "data"
+    assert main(["--data-dir", str(data), "upgrade"]) == 0
+    engine = make_engine(f"sqlite:///{data / 'resi.db'}")
+    store = FileStore(data / "images")
+    with make_session_factory(engine).begin() as s:
+        a = repo.create_project(s, "a").id
+        b = repo.create_project(s, "b").id
+        shared, _ = repo.add_image(s, store, a, png_bytes(8, 8, seed=1), "x.png")
+        repo.add_image(s, store, b, png_bytes(8, 8, seed=1), "same bytes.png")
+        gone, _ = repo.add_image(s, store, a, png_bytes(8, 8, seed=2), "y.png")
+    with make_session_factory(engine).begin() as s:
+        repo.delete_image(s, shared.id, 0)  # project b still uses these bytes
+        repo.delete_image(s, gone.id, 0)
+    engine.dispose()
+    assert main(["--data-dir", str(data), "prune-files"]) == 0
+    assert "1 unused image file(s)" in capsys.readouterr().out and store.exists(gone.sha256)
+    assert main(["--data-dir", str(data), "prune-files", "--delete"]) == 0
+    assert "removed 1" in capsys.readouterr().out
+    assert not store.exists(gone.sha256) and store.exists(shared.sha256)
+    assert main(["--data-dir", str(data), "check"]) == 0

@@ -286,3 +286,29 @@ def test_claims_lapse_and_do_not_touch_the_version(sessions: sessionmaker[Sessio
         ann = repo.current_annotation(s, image_id)
         repo.apply_correction(s, image_id, ann.version, "bob", Correction("delete", [ann.segments[0].to_json()], []))
         assert repo.active_claims(s, project_id) == {image_id: "bob"}
+
+
+def test_delete_image_removes_its_rows_and_refuses_a_stale_version(sessions: sessionmaker[Session],
+                                                                   store: FileStore) -> None:
+    from sqlalchemy import func, select
+
+    from storage.models import AnnotationEvent, AnnotationSegment, PiqRecord
+    from storage.models import Image as ImageRow
+    from storage.models import Proposal as ProposalRow
+
+    with sessions.begin() as s:
+        project_id, image_id, model_id, _ = _proposed_image(s, store)
+        keep, _ = repo.add_image(s, store, project_id, png_bytes(W, H, 99), "keep.png")
+        v = repo.current_annotation(s, image_id).version
+        v = repo.accept(s, image_id, v, "ann", piq=0.5, model_version_id=model_id)
+    with sessions.begin() as s, pytest.raises(InvalidInput, match="reload it"):
+        repo.delete_image(s, image_id, v - 1)
+    with sessions.begin() as s:
+        repo.delete_image(s, image_id, v)
+    with sessions() as s:
+        for table in (AnnotationSegment, AnnotationEvent, ProposalRow, PiqRecord):
+            assert s.scalar(select(func.count()).select_from(table).where(table.image_id == image_id)) == 0
+        assert repo.image_ids(s, project_id) == [keep.id]
+        assert s.get(ImageRow, image_id) is None
+        with pytest.raises(NotFound):
+            repo.delete_image(s, image_id, v)
