@@ -4,7 +4,9 @@ Config JSON (see configs/world_demo.json):
   datasets: [{"name": label space, "images": folder, "instances": COCO json}], paths under data_root
   data_root, out, model (RESIConfig fields), method (resi | text_m2f | merged_m2f | resi_linear),
   iterations, batch_size, lr, weight_decay, warmup, grad_clip, seed, device (auto|cpu|cuda),
-  amp (bf16 autocast on CUDA), checkpoint_every, text_cache, threads.
+  amp (bf16 autocast on CUDA), checkpoint_every, text_cache, threads, scale_range (random rescale,
+  default [0.75, 1.5]), erase_prob (random erasing, 0), query_lr_scale (learning-rate multiplier of
+  the content query sets, 1), domain_head_images (per dataset for the domain head, 1000; 0 = none).
 Checkpoints go to OUT/step_NNNNNNN (model.safetensors, meta.json, trainer.pt); OUT/latest names the
 newest. Distributed: `torchrun --nproc_per_node N -m train pretrain ...` (gloo on CPU, nccl on CUDA).
 """
