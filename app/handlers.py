@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy.exc import IntegrityError
 
 from app.config import MAX_CLASSES
 from app.editing import BrushMode, apply_strokes, merge_masks, stroke_mask
@@ -311,6 +312,20 @@ def _upload_items(paths: Sequence[str | Path], max_bytes: int) -> Iterable[tuple
             yield path.name, path.read_bytes()
 
 
+def _add_image(svc: Services, project_id: int, data: bytes, name: str) -> tuple[int, bool]:
+    """(image id, duplicate). Someone uploading the same bytes to the project at the same moment makes
+    the insert hit the (project, sha256) unique constraint: the retry then finds their image."""
+    for attempt in range(2):
+        try:
+            with svc.sessions.begin() as session:
+                image, duplicate = repo.add_image(session, svc.files, project_id, data, name)
+                return image.id, duplicate
+        except IntegrityError:
+            if attempt:
+                raise InvalidInput("could not be saved while another upload of it ran; upload it again.") from None
+    raise AssertionError("unreachable")
+
+
 def upload_images(svc: Services, state: UserState, paths: Sequence[str | Path] | None) -> UploadReport:
     """Store image files and zips of images; every file is saved on its own, so one bad file costs nothing."""
     project_id = _require_project(state)
@@ -322,9 +337,7 @@ def upload_images(svc: Services, state: UserState, paths: Sequence[str | Path] |
             report.rejected.append((name, data))
             continue
         try:
-            with svc.sessions.begin() as session:
-                image, duplicate = repo.add_image(session, svc.files, project_id, data, name)
-                image_id = image.id
+            image_id, duplicate = _add_image(svc, project_id, data, name)
         except InvalidInput as exc:
             report.rejected.append((name, str(exc)))
             continue

@@ -286,10 +286,12 @@ def build_ui(svc: Services) -> gr.Blocks:
                          if s.label in (ticked or [])] if ticked else []
             choice = h.save_class_set(svc, st, spaces, adhoc, confirmed, based_on=based_on)
             gr.Info("Class set saved.")
-            return f"Class set: {choice.summary}.", choice.id
+            # The Label tab's class picker offers the new set's classes at once.
+            classes = gr.Dropdown(choices=[o.label for o in h.class_options(svc, st)], value=None)
+            return f"Class set: {choice.summary}.", choice.id, classes
 
         save_cs_btn.click(on_save_class_set, [state, spaces_cb, adhoc_tb, synonyms_cb, class_set_id],
-                          [class_set_md, class_set_id], api_name="save_class_set")
+                          [class_set_md, class_set_id, class_dd], api_name="save_class_set")
 
         @guarded
         def on_pick_image(st: h.UserState, image_id: int | None, visible: list[str],

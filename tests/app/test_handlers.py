@@ -332,3 +332,28 @@ def test_delete_image_opens_the_next_and_refuses_a_stale_tab(svc: Services, proj
     assert [r[1] for r in overview.rows] == ["b.png"] and result.view.name == "b.png"
     last = h.delete_image(svc, result.state, "ann")
     assert last.view is None and last.state.image_id is None and h.project_overview(svc, project).rows == []
+
+
+def test_upload_racing_another_upload_of_the_same_image_ends_as_a_duplicate(svc: Services, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    from storage import repo
+
+    state = h.create_project(svc, "p")
+    a = write_image(tmp_path / "a.png")
+    real = repo.add_image
+    calls = []
+
+    def racing(session, store, project_id, data, name):  # the other upload commits first
+        calls.append(name)
+        if len(calls) == 1:
+            with svc.sessions.begin() as other:
+                real(other, store, project_id, data, "theirs.png")
+            raise IntegrityError("INSERT", {}, Exception("UNIQUE constraint failed: images.project_id, images.sha256"))
+        return real(session, store, project_id, data, name)
+
+    monkeypatch.setattr(repo, "add_image", racing)
+    report = h.upload_images(svc, state, [a])
+    assert report.duplicates == ["a.png"] and report.rejected == [] and len(calls) == 2
+    assert [r[1] for r in h.project_overview(svc, state).rows] == ["theirs.png"]
