@@ -547,15 +547,19 @@ def _undo_redo_stacks(session: Session, image_id: int) -> tuple[list[int], list[
     )
     done: list[int] = []
     undone: list[int] = []
-    for event_id, event_type, _target in rows:
+    for event_id, event_type, target in rows:
         # Accepting is undoable too: undoing it reopens the image for review without touching its masks.
         if event_type in CORRECTION_TYPES or event_type == EventType.ACCEPT:
             done.append(event_id)
             undone.clear()
-        elif event_type == EventType.UNDO:
-            undone.append(done.pop())
-        elif event_type == EventType.REDO:
-            done.append(undone.pop())
+        # Undo and redo move the event they name: histories written before acceptances were undoable
+        # have an undo that skipped an acceptance, which "the latest one" would get wrong.
+        elif event_type == EventType.UNDO and target in done:
+            done.remove(target)
+            undone.append(target)
+        elif event_type == EventType.REDO and target in undone:
+            undone.remove(target)
+            done.append(target)
     return done, undone
 
 

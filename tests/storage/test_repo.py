@@ -312,3 +312,29 @@ def test_delete_image_removes_its_rows_and_refuses_a_stale_version(sessions: ses
         assert s.get(ImageRow, image_id) is None
         with pytest.raises(NotFound):
             repo.delete_image(s, image_id, v)
+
+
+def test_undo_stack_follows_targets_in_a_history_from_before_accept_was_undoable(
+        sessions: sessionmaker[Session], store: FileStore) -> None:
+    """Old code: edit E1, accept A, undo U that undid E1 (acceptances were skipped). The stack must
+    read U as undoing E1, so Undo now reopens A and Redo re-applies E1 (not an empty 'accept')."""
+    from storage.models import AnnotationEvent
+
+    with sessions.begin() as s:
+        _, image_id, _, _ = _proposed_image(s, store)
+        ann = repo.current_annotation(s, image_id)
+        s1 = ann.segments[0].to_json()
+        v = repo.apply_correction(s, image_id, ann.version, "ann", Correction("delete", [s1], []))
+        v = repo.accept(s, image_id, v, "ann")
+        edit = [e for e in repo.history(s, image_id) if e.event_type == EventType.DELETE][0]
+        # What the old code wrote for Undo: the edit's masks reverted, the image in review, U -> E1.
+        v = repo._apply(s, image_id, v, "ann", EventType.UNDO, [], [s1], ImageStatus.IN_REVIEW,
+                        target_event_id=edit.id)
+        assert s.get(AnnotationEvent, repo.history(s, image_id)[-1].id).target_event_id == edit.id
+        assert sorted(x.id for x in repo.current_annotation(s, image_id).segments) == ["s1", "s2"]
+        v = repo.redo(s, image_id, v, "ann")  # re-applies the delete
+        assert sorted(x.id for x in repo.current_annotation(s, image_id).segments) == ["s2"]
+        v = repo.undo(s, image_id, v, "ann")  # undoes the delete again
+        v = repo.undo(s, image_id, v, "ann")  # then the acceptance: nothing left to break
+        assert sorted(x.id for x in repo.current_annotation(s, image_id).segments) == ["s1", "s2"]
+        assert repo.can_undo_redo(s, image_id) == (False, True)
