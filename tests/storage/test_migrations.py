@@ -66,3 +66,34 @@ def test_jobs_migration_keeps_data_and_downgrades(empty_db_url: str) -> None:
         assert "jobs" not in inspect(engine).get_table_names() and current_revision(engine) == "0001"
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("empty_db_url", BACKENDS, indirect=True)
+def test_claims_migration_down_and_up_keeps_annotations(empty_db_url: str, tmp_path) -> None:
+    from alembic import command
+
+    from storage import repo
+    from storage.db import alembic_config, make_session_factory
+    from storage.files import FileStore
+    from storage.models import AnnotationSegment
+    from tests.storage.helpers import png_bytes, segment
+
+    engine = make_engine(empty_db_url)
+    try:
+        upgrade(engine)
+        sessions = make_session_factory(engine)
+        with sessions.begin() as s:
+            project = repo.create_project(s, "p")
+            class_set = repo.set_class_set(s, project.id, ["street"])
+            model = repo.register_model_version(s, project.id, "v1", "/c", "0" * 64, [])
+            image, _ = repo.add_image(s, FileStore(tmp_path / "images"), project.id, png_bytes(16, 12), "a.png")
+            repo.save_proposal(s, image.id, model.id, class_set.id, [segment("a", 12, 16, (0, 0, 4, 4))], 1.0)
+        command.downgrade(alembic_config(engine), "0002")
+        assert "claimed_by" not in {c["name"] for c in inspect(engine).get_columns("images")}
+        with engine.connect() as conn:
+            assert conn.execute(AnnotationSegment.__table__.select()).all() != []  # nothing cascaded away
+        upgrade(engine)
+        with sessions() as s:
+            assert [x.id for x in repo.current_annotation(s, image.id).segments] == ["a"]
+    finally:
+        engine.dispose()

@@ -23,6 +23,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('images', schema=None) as batch_op:
-        batch_op.drop_column('claimed_at')
-        batch_op.drop_column('claimed_by')
+    # Not batch mode on SQLite: it rebuilds `images` (DROP TABLE), and with foreign keys on that
+    # deletes every segment, event and proposal through ON DELETE CASCADE. SQLite >= 3.35 drops a
+    # plain column in place.
+    op.drop_column('images', 'claimed_at')
+    op.drop_column('images', 'claimed_by')
