@@ -461,6 +461,7 @@ def save_class_set(
     pairs = tuple((s.a, s.b) for s in confirmed)
     mix(spaces, pairs)  # raises LabelError for a synonym of a class that is not chosen
     with svc.sessions.begin() as session:
+        repo.lock_project(session, project_id)  # two saves from the same starting point cannot both pass
         current = repo.current_class_set(session, project_id)
         if based_on != UNCHECKED and (current.id if current else None) != based_on:
             theirs = _choice(current).summary if current else "none"
@@ -552,13 +553,17 @@ def open_image(svc: Services, state: UserState, image_id: int | str, user: str |
     return new_state, replace(view, other_labeler=holder)
 
 
-def delete_image(svc: Services, state: UserState, user: str) -> EditResult:
+def delete_image(svc: Services, state: UserState, user: str, confirmed_image_id: int | None = None) -> EditResult:
     """Delete the open image with its annotation and history, then open the next image to label.
-    Refused if someone changed it after this tab loaded it."""
+    Refused if someone changed it after this tab loaded it, if someone else is labeling it, or if the
+    image asked about (`confirmed_image_id`, from the first click) is no longer the open one."""
     project_id, image_id = _require_project(state), _require_image(state)
+    if confirmed_image_id is not None and confirmed_image_id != image_id:
+        raise UserError("Another image is open now than when you clicked Delete image…: nothing was deleted. "
+                        "Click Delete image… again to delete the open one.")
     with svc.sessions.begin() as session:
         name = repo.get_image(session, image_id).original_name
-        repo.delete_image(session, image_id, state.version)
+        repo.delete_image(session, image_id, state.version, user)
     next_id = next_open_image(svc, project_id, None, user)
     message = f"Deleted {name} with its annotation, history and PIQ records."
     if next_id is None:

@@ -71,6 +71,7 @@ def build_ui(svc: Services) -> gr.Blocks:
     with gr.Blocks(title="RESI labeling") as demo:
         state = gr.State(h.UserState())
         class_set_id = gr.State(None)  # the class set the Class set tab was loaded with (save checks it)
+        delete_target = gr.State(None)  # the image "Delete image…" was clicked for
         gr.Markdown("# RESI: model-assisted segmentation labeling\n" + HELP)
         with gr.Tabs():
             with gr.Tab("Projects", id="projects"):
@@ -312,18 +313,25 @@ def build_ui(svc: Services) -> gr.Blocks:
         propose_btn.click(on_propose, [state, toggles], edit_outputs, api_name="propose")
 
         @guarded
-        def on_propose_all(st: h.UserState, visible: list[str], request: gr.Request,
-                           progress: gr.Progress = gr.Progress()) -> Any:
+        def on_propose_all(st: h.UserState, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Any:
             def report(done: int, total: int) -> None:
                 progress((done, total), desc="Pre-labeling new images")
 
             message = h.propose_all(svc, st, user_name(request), report)
-            view = None
-            if st.image_id is not None:  # the open image may have just been proposed: show its new version
-                st, view = h.load_image(svc, st)
-            return (*label_values(st, view, visible), message, *project_values(st))
+            return (message, *project_values(st)[:2])
 
-        propose_all_btn.click(on_propose_all, [state, toggles], edit_outputs, api_name="propose_all")
+        @guarded
+        def on_show_current(st: h.UserState, visible: list[str]) -> tuple[Any, ...]:
+            """The open image as stored now (the tab's state as it is when this runs, not when clicked)."""
+            if st.image_id is None:
+                return label_values(st, None, visible)
+            st, view = h.load_image(svc, st)
+            return label_values(st, view, visible)
+
+        # It can run for minutes while the user labels on; only then is the open image shown afresh,
+        # from the tab's state at that moment (it may have been proposed in the batch).
+        propose_all_btn.click(on_propose_all, [state], [edit_md, summary, images_df],
+                              api_name="propose_all").then(on_show_current, [state, toggles], label_outputs)
 
         @guarded
         def on_toggle(st: h.UserState, visible: list[str]) -> tuple[Any, ...]:
@@ -412,15 +420,20 @@ def build_ui(svc: Services) -> gr.Blocks:
         keep_btn.click(on_keep_mine, base, edit_outputs, api_name="save_mine")
         accept_btn.click(on_accept, base, edit_outputs, api_name="accept")
 
-        delete_image_btn.click(lambda: gr.Row(visible=True), None, [confirm_delete_row])
-        cancel_delete_btn.click(lambda: gr.Row(visible=False), None, [confirm_delete_row])
+        # The first click remembers which image it was about; the confirmation deletes only that one.
+        delete_image_btn.click(lambda st: (gr.Row(visible=st.image_id is not None), st.image_id), [state],
+                               [confirm_delete_row, delete_target])
+        cancel_delete_btn.click(lambda: (gr.Row(visible=False), None), None, [confirm_delete_row, delete_target])
 
         @guarded
-        def on_delete_image(st: h.UserState, request: gr.Request) -> tuple[Any, ...]:
-            return (*after_edit(h.delete_image(svc, st, user_name(request)), None), gr.Row(visible=False))
+        def on_delete_image(st: h.UserState, target: int | None, request: gr.Request) -> tuple[Any, ...]:
+            if target is None:
+                raise UserError("Click Delete image… first.")
+            result = h.delete_image(svc, st, user_name(request), confirmed_image_id=target)
+            return (*after_edit(result, None), gr.Row(visible=False), None)
 
-        confirm_delete_btn.click(on_delete_image, [state], [*edit_outputs, confirm_delete_row],
-                                 api_name="delete_image")
+        confirm_delete_btn.click(on_delete_image, [state, delete_target],
+                                 [*edit_outputs, confirm_delete_row, delete_target], api_name="delete_image")
 
         @guarded
         def on_skip(st: h.UserState, request: gr.Request) -> tuple[Any, ...]:

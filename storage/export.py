@@ -12,9 +12,10 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -58,12 +59,17 @@ def _categories(images: Sequence[AcceptedImage]) -> tuple[list[dict[str, Any]], 
 
 
 def image_file_name(image: AcceptedImage) -> str:
-    """The exported image's file name: "<id>-<original name>" (path-safe). An image with an EXIF
-    rotation is written rotated, as PNG, since its masks are in the rotated frame."""
-    name = path_safe(Path(image.original_name).name)
+    """The exported image's file name: "<id>-<original stem><extension>", the stem with characters
+    unsafe in a path replaced by "_" (letters of any script stay; the id keeps names unique). An
+    image with an EXIF rotation is written rotated, as PNG, since its masks are in the rotated frame."""
+    original = PurePath(image.original_name.replace("\\", "/")).name
+    stem, suffix = PurePath(original).stem, PurePath(original).suffix
+    if not re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix):
+        stem, suffix = original, ""
+    stem = re.sub(r"[^\w .()-]", "_", stem).strip(" .") or "image"
     if image.exif_orientation != 1:
-        name = f"{Path(name).stem}.png"
-    return f"{image.image_id}-{name}"
+        suffix = ".png"
+    return f"{image.image_id}-{stem}{suffix}"
 
 
 def write_images(images: Sequence[AcceptedImage], store: FileStore, out_dir: Path) -> None:

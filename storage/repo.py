@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, or_, select, true, update
 from sqlalchemy.orm import Session
 
 from storage.errors import Conflict, Correction, InvalidInput, NotFound
@@ -162,6 +162,17 @@ def get_project(session: Session, project_id: int) -> Project:
     return _get(session, Project, project_id, "project")
 
 
+def lock_project(session: Session, project_id: int) -> None:
+    """Make this transaction the project's only writer until it ends: a no-op UPDATE of its row takes
+    SQLite's write lock (call it first, before any read: a read-then-write transaction in WAL mode
+    fails with "database is locked" if another one committed in between) or the row lock on
+    PostgreSQL. For read-check-write steps: uploads, claims, deletes, class-set saves."""
+    locked = session.execute(update(Project).where(Project.id == project_id).values(name=Project.name)
+                             .execution_options(synchronize_session=False))
+    if locked.rowcount == 0:
+        raise NotFound(f"There is no project with id {project_id}.")
+
+
 def get_project_by_name(session: Session, name: str) -> Project:
     project = session.scalar(select(Project).where(Project.name == " ".join(name.split())))
     if project is None:
@@ -217,8 +228,9 @@ def add_image(
 
     The same bytes uploaded twice to a project give one row and one file. The file is written
     (atomically) before the row; a rolled-back transaction leaves at most an unreferenced file.
+    Two uploads into one project take turns (lock_project), so the duplicate check cannot race.
     """
-    get_project(session, project_id)
+    lock_project(session, project_id)
     original_name = (original_name or "").strip()[:255] or "unnamed"
     info = inspect_image(data)
     existing = session.scalar(select(Image).where(Image.project_id == project_id, Image.sha256 == info.sha256))
@@ -264,19 +276,25 @@ def list_images(
     return list(session.scalars(query))
 
 
-def delete_image(session: Session, image_id: int, expected_version: int) -> None:
+def delete_image(session: Session, image_id: int, expected_version: int, user: str | None = None) -> None:
     """Delete an image with its annotation, history, proposals and PIQ records (the database cascades).
-    Refused when the annotation changed since `expected_version`: the deleting user has not seen it.
-    The file stays in the store (other projects may hold the same bytes); `db prune-files` removes
-    files no image uses."""
-    image = get_image(session, image_id)
-    current = image.version
-    deleted = session.execute(delete(Image).where(Image.id == image_id, Image.version == expected_version)
+    Refused when the annotation changed since `expected_version` (the deleting user has not seen it)
+    or, with `user`, while another user's claim on it is live. One conditional DELETE, so nothing can
+    slip in between the check and the delete. The file stays in the store (other projects may hold
+    the same bytes); `db prune-files` removes files no image uses."""
+    cutoff = utcnow() - timedelta(seconds=CLAIM_SECONDS)
+    free = or_(Image.claimed_by.is_(None), Image.claimed_by == user, Image.claimed_at < cutoff)
+    deleted = session.execute(delete(Image)
+                              .where(Image.id == image_id, Image.version == expected_version,
+                                     free if user is not None else true())
                               .execution_options(synchronize_session=False))
-    if deleted.rowcount == 0:
-        raise InvalidInput(f"Image {image_id} was changed (version {current}) after you opened version "
+    if deleted.rowcount:
+        return
+    image = get_image(session, image_id)  # NotFound when it is gone already
+    if image.version != expected_version:
+        raise InvalidInput(f"Image {image_id} was changed (version {image.version}) after you opened version "
                            f"{expected_version}: reload it and look before deleting it.")
-    session.expunge(image)
+    raise InvalidInput(f"{image.claimed_by} is labeling image {image_id} right now; it was not deleted.")
 
 
 def image_ids(session: Session, project_id: int, statuses: Iterable[ImageStatus | str] | None = None) -> list[int]:
@@ -297,15 +315,23 @@ def claim_image(session: Session, image_id: int, user: str) -> str | None:
     the project (one image at a time). If another user's claim on it is still live, nothing changes
     and that user's name is returned; otherwise None. The annotation's version is not touched."""
     user = check_name(user, "user name")
-    image = get_image(session, image_id)
     now = utcnow()
-    holder = active_claims(session, image.project_id, now).get(image_id)
-    if holder is not None and holder != user:
-        return holder
+    # One conditional UPDATE: two users opening the same free image at once cannot both get it.
+    taken = session.execute(
+        update(Image)
+        .where(Image.id == image_id, or_(Image.claimed_by.is_(None), Image.claimed_by == user,
+                                         Image.claimed_at < now - timedelta(seconds=CLAIM_SECONDS)))
+        .values(claimed_by=user, claimed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    image = get_image(session, image_id)
+    if not taken.rowcount:
+        session.refresh(image)
+        return image.claimed_by
     session.execute(update(Image).where(Image.project_id == image.project_id, Image.claimed_by == user,
-                                        Image.id != image_id).values(claimed_by=None, claimed_at=None))
-    session.execute(update(Image).where(Image.id == image_id).values(claimed_by=user, claimed_at=now))
-    session.expire(image)
+                                        Image.id != image_id).values(claimed_by=None, claimed_at=None)
+                    .execution_options(synchronize_session=False))
+    session.refresh(image)
     return None
 
 

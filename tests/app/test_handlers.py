@@ -326,7 +326,11 @@ def test_delete_image_opens_the_next_and_refuses_a_stale_tab(svc: Services, proj
     with pytest.raises(InvalidInput, match="reload it"):
         h.delete_image(svc, stale, "ann")
     fresh, view = h.open_image(svc, project, project.image_id, "ann")
-    result = h.delete_image(svc, fresh, "ann")
+    with pytest.raises(UserError, match="Another image is open now"):  # the first click was for another image
+        h.delete_image(svc, fresh, "ann", confirmed_image_id=fresh.image_id + 1)
+    with pytest.raises(InvalidInput, match="ann is labeling image"):  # Bob may not delete Ann's image
+        h.delete_image(svc, fresh, "bob")
+    result = h.delete_image(svc, fresh, "ann", confirmed_image_id=fresh.image_id)
     assert result.ok and f"Deleted {view.name}" in result.message and edited.view.image_id != result.state.image_id
     overview = h.project_overview(svc, project)
     assert [r[1] for r in overview.rows] == ["b.png"] and result.view.name == "b.png"

@@ -103,3 +103,17 @@ def test_export_writes_images_rotated_as_their_masks(sessions: sessionmaker[Sess
     picture = PILImage.open(tmp_path / "out" / "images" / rotated["file_name"])
     assert picture.format == "PNG" and picture.size == (rotated["width"], rotated["height"]) == (H, W)
     assert (tmp_path / "out" / "images" / kept["file_name"]).read_bytes() == store.read(plain.sha256)
+
+
+def test_image_file_names_keep_their_extension_and_script() -> None:
+    from storage.export import image_file_name
+    from storage.repo import AcceptedImage
+
+    def name(original: str, orientation: int = 1) -> str:
+        return image_file_name(AcceptedImage(7, "0" * 64, original, 4, 3, [], orientation))
+
+    assert name("IMG (1).jpg") == "7-IMG (1).jpg"
+    assert name("Straße.JPEG") == "7-Straße.JPEG" and name("照片.png") == "7-照片.png"
+    assert name("../../etc/passwd") == "7-passwd" and name("a\\\\b:c.png") == "7-b_c.png"
+    assert name(".hidden.png") == "7-hidden.png" and name("photo.jpg", orientation=6) == "7-photo.png"
+    assert name("no extension") == "7-no extension" and name("") == "7-image"
