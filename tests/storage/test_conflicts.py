@@ -93,3 +93,42 @@ def test_simultaneous_saves_one_wins_one_conflicts(sessions: sessionmaker[Sessio
     with sessions() as s:
         assert repo.current_annotation(s, image_id).version == 2
         assert len(repo.history(s, image_id)) == 2
+
+
+def test_upload_waits_for_another_writer_instead_of_failing(tmp_path) -> None:
+    """SQLite in WAL mode: a transaction that reads, then writes after another writer committed, fails
+    with "database is locked" at once. add_image takes the write lock first, so it just waits."""
+    import threading
+    import time
+
+    from storage import repo
+    from storage.db import make_engine, make_session_factory, upgrade
+    from storage.files import FileStore
+    from tests.storage.helpers import png_bytes
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'resi.db'}")
+    upgrade(engine)
+    sessions = make_session_factory(engine)
+    store = FileStore(tmp_path / "images")
+    with sessions.begin() as s:
+        project_id = repo.create_project(s, "p").id
+    holding = threading.Event()
+
+    def other_upload() -> None:
+        with sessions.begin() as s:
+            repo.add_image(s, store, project_id, png_bytes(8, 8, seed=1), "theirs.png")
+            holding.set()
+            time.sleep(0.5)  # commits while our upload is under way
+
+    other = threading.Thread(target=other_upload)
+    other.start()
+    holding.wait(5)
+    try:
+        with sessions.begin() as s:
+            image, duplicate = repo.add_image(s, store, project_id, png_bytes(8, 8, seed=2), "ours.png")
+        assert not duplicate
+    finally:
+        other.join()
+    with sessions() as s:
+        assert sorted(i.original_name for i in repo.list_images(s, project_id)) == ["ours.png", "theirs.png"]
+    engine.dispose()
