@@ -682,6 +682,7 @@ def propose(svc: Services, state: UserState, user: str) -> EditResult:
     try:
         with svc.sessions.begin() as session:
             # Read again inside the write: someone may have proposed or edited it while the model ran.
+            repo.lock_image(session, image_id)
             seeds = repo.get_image(session, image_id).status == ImageStatus.NEW
             repo.save_proposal(session, image_id, version_id, class_set_id, rows, elapsed_ms, user)
             if not seeds:  # an edit on top of what is there now; a stale state.version is a Conflict

@@ -173,6 +173,14 @@ def lock_project(session: Session, project_id: int) -> None:
         raise NotFound(f"There is no project with id {project_id}.")
 
 
+def lock_image(session: Session, image_id: int) -> None:
+    """lock_project for one image's row: steps that read the image's history before they save."""
+    locked = session.execute(update(Image).where(Image.id == image_id).values(version=Image.version)
+                             .execution_options(synchronize_session=False))
+    if locked.rowcount == 0:
+        raise NotFound(f"There is no image with id {image_id}.")
+
+
 def get_project_by_name(session: Session, name: str) -> Project:
     project = session.scalar(select(Project).where(Project.name == " ".join(name.split())))
     if project is None:
@@ -451,6 +459,7 @@ def save_proposal(
     user: str = "model",
 ) -> Proposal:
     """Store what a model proposed. A new image's annotation is seeded from it (status proposed)."""
+    lock_image(session, image_id)
     image = get_image(session, image_id)
     version = get_model_version(session, model_version_id)
     class_set = session.get(ClassSet, class_set_id)
@@ -597,7 +606,7 @@ def can_undo_redo(session: Session, image_id: int) -> tuple[bool, bool]:
 
 def undo(session: Session, image_id: int, expected_version: int, user: str) -> int:
     """Revert the latest correction (or acceptance) not yet undone; return the new version."""
-    get_image(session, image_id)
+    lock_image(session, image_id)
     done, _ = _undo_redo_stacks(session, image_id)
     if not done:
         raise InvalidInput("There is nothing to undo.")
@@ -608,7 +617,7 @@ def undo(session: Session, image_id: int, expected_version: int, user: str) -> i
 
 def redo(session: Session, image_id: int, expected_version: int, user: str) -> int:
     """Repeat the latest undone correction; return the new version."""
-    get_image(session, image_id)
+    lock_image(session, image_id)
     _, undone = _undo_redo_stacks(session, image_id)
     if not undone:
         raise InvalidInput("There is nothing to redo.")

@@ -132,3 +132,40 @@ def test_upload_waits_for_another_writer_instead_of_failing(tmp_path) -> None:
     with sessions() as s:
         assert sorted(i.original_name for i in repo.list_images(s, project_id)) == ["ours.png", "theirs.png"]
     engine.dispose()
+
+
+def test_undo_waits_for_another_writer_instead_of_failing(tmp_path) -> None:
+    import threading
+    import time
+
+    from storage import repo
+    from storage.db import make_engine, make_session_factory, upgrade
+    from storage.errors import Correction
+    from storage.files import FileStore
+    from tests.storage.helpers import png_bytes
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'resi.db'}")
+    upgrade(engine)
+    sessions = make_session_factory(engine)
+    store = FileStore(tmp_path / "images")
+    with sessions.begin() as s:
+        project_id = repo.create_project(s, "p").id
+        image, _ = repo.add_image(s, store, project_id, png_bytes(8, 8, seed=1), "a.png")
+        version = repo.apply_correction(s, image.id, 0, "ann", Correction("add", [], [segment("x", 8, 8, (0, 0, 4, 4))]))
+    holding = threading.Event()
+
+    def other_writer() -> None:
+        with sessions.begin() as s:
+            repo.create_project(s, "other")
+            holding.set()
+            time.sleep(0.5)
+
+    other = threading.Thread(target=other_writer)
+    other.start()
+    holding.wait(5)
+    try:
+        with sessions.begin() as s:
+            assert repo.undo(s, image.id, version, "ann") == version + 1
+    finally:
+        other.join()
+    engine.dispose()
