@@ -539,6 +539,7 @@ def reapply_correction(session: Session, image_id: int, correction: Correction, 
     edit of other segments merges cleanly); otherwise Conflict is raised again. With `force` it
     is saved as a new revision: its `after` segments replace whatever those ids hold now.
     """
+    lock_image(session, image_id)  # it reads the current annotation before it saves
     annotation = current_annotation(session, image_id)
     current = {s.id: s.to_json() for s in annotation.segments}
     before_ids = [str(s["id"] if isinstance(s, dict) else s.id) for s in correction.before]
