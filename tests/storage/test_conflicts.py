@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import repo
+from storage.db import make_engine, make_session_factory, upgrade
 from storage.errors import Conflict, Correction
 from storage.files import FileStore
 from tests.storage.helpers import png_bytes, segment
@@ -95,77 +101,56 @@ def test_simultaneous_saves_one_wins_one_conflicts(sessions: sessionmaker[Sessio
         assert len(repo.history(s, image_id)) == 2
 
 
-def test_upload_waits_for_another_writer_instead_of_failing(tmp_path) -> None:
-    """SQLite in WAL mode: a transaction that reads, then writes after another writer committed, fails
-    with "database is locked" at once. add_image takes the write lock first, so it just waits."""
-    import threading
-    import time
-
-    from storage import repo
-    from storage.db import make_engine, make_session_factory, upgrade
-    from storage.files import FileStore
-    from tests.storage.helpers import png_bytes
-
-    engine = make_engine(f"sqlite:///{tmp_path / 'resi.db'}")
-    upgrade(engine)
-    sessions = make_session_factory(engine)
-    store = FileStore(tmp_path / "images")
-    with sessions.begin() as s:
-        project_id = repo.create_project(s, "p").id
-    holding = threading.Event()
-
-    def other_upload() -> None:
-        with sessions.begin() as s:
-            repo.add_image(s, store, project_id, png_bytes(8, 8, seed=1), "theirs.png")
-            holding.set()
-            time.sleep(0.5)  # commits while our upload is under way
-
-    other = threading.Thread(target=other_upload)
-    other.start()
-    holding.wait(5)
-    try:
-        with sessions.begin() as s:
-            image, duplicate = repo.add_image(s, store, project_id, png_bytes(8, 8, seed=2), "ours.png")
-        assert not duplicate
-    finally:
-        other.join()
-    with sessions() as s:
-        assert sorted(i.original_name for i in repo.list_images(s, project_id)) == ["ours.png", "theirs.png"]
-    engine.dispose()
-
-
-def test_undo_waits_for_another_writer_instead_of_failing(tmp_path) -> None:
-    import threading
-    import time
-
-    from storage import repo
-    from storage.db import make_engine, make_session_factory, upgrade
-    from storage.errors import Correction
-    from storage.files import FileStore
-    from tests.storage.helpers import png_bytes
-
-    engine = make_engine(f"sqlite:///{tmp_path / 'resi.db'}")
-    upgrade(engine)
-    sessions = make_session_factory(engine)
-    store = FileStore(tmp_path / "images")
-    with sessions.begin() as s:
-        project_id = repo.create_project(s, "p").id
-        image, _ = repo.add_image(s, store, project_id, png_bytes(8, 8, seed=1), "a.png")
-        version = repo.apply_correction(s, image.id, 0, "ann", Correction("add", [], [segment("x", 8, 8, (0, 0, 4, 4))]))
+@contextlib.contextmanager
+def _another_writer_holding_the_lock(sessions: sessionmaker[Session], write: Callable[[Session], object]
+                                     ) -> Iterator[None]:
+    """While the body runs, another thread has just done `write` and holds SQLite's write lock for
+    half a second before it commits."""
     holding = threading.Event()
 
     def other_writer() -> None:
         with sessions.begin() as s:
-            repo.create_project(s, "other")
+            write(s)
             holding.set()
-            time.sleep(0.5)
+            time.sleep(0.5)  # commits while the body is under way
 
     other = threading.Thread(target=other_writer)
     other.start()
     holding.wait(5)
     try:
-        with sessions.begin() as s:
-            assert repo.undo(s, image.id, version, "ann") == version + 1
+        yield
     finally:
         other.join()
+
+
+def _file_db(tmp_path: Path) -> tuple[Engine, sessionmaker[Session], FileStore]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'resi.db'}")
+    upgrade(engine)
+    return engine, make_session_factory(engine), FileStore(tmp_path / "images")
+
+
+def test_upload_waits_for_another_writer_instead_of_failing(tmp_path: Path) -> None:
+    """SQLite in WAL mode: a transaction that reads, then writes after another writer committed, fails
+    with "database is locked" at once. add_image takes the write lock first, so it just waits."""
+    engine, sessions, store = _file_db(tmp_path)
+    with sessions.begin() as s:
+        project_id = repo.create_project(s, "p").id
+    theirs = lambda s: repo.add_image(s, store, project_id, png_bytes(8, 8, seed=1), "theirs.png")  # noqa: E731
+    with _another_writer_holding_the_lock(sessions, theirs), sessions.begin() as s:
+        _, duplicate = repo.add_image(s, store, project_id, png_bytes(8, 8, seed=2), "ours.png")
+    assert not duplicate
+    with sessions() as s:
+        assert sorted(i.original_name for i in repo.list_images(s, project_id)) == ["ours.png", "theirs.png"]
+    engine.dispose()
+
+
+def test_undo_waits_for_another_writer_instead_of_failing(tmp_path: Path) -> None:
+    engine, sessions, store = _file_db(tmp_path)
+    with sessions.begin() as s:
+        project_id = repo.create_project(s, "p").id
+        image, _ = repo.add_image(s, store, project_id, png_bytes(8, 8, seed=1), "a.png")
+        version = repo.apply_correction(s, image.id, 0, "ann", Correction("add", [], [segment("x", 8, 8, (0, 0, 4, 4))]))
+    with _another_writer_holding_the_lock(sessions, lambda s: repo.create_project(s, "other")), \
+            sessions.begin() as s:
+        assert repo.undo(s, image.id, version, "ann") == version + 1
     engine.dispose()
