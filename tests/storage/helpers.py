@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
+import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image as PILImage
 from pycocotools import mask as mask_utils
+from sqlalchemy.orm import Session, sessionmaker
 
 
 def png_bytes(width: int = 64, height: int = 48, seed: int = 0, fmt: str = "PNG", exif_orientation: int | None = None) -> bytes:
@@ -34,3 +39,25 @@ def segment(seg_id: str, height: int, width: int, box: tuple[int, int, int, int]
             label_space: str = "street", score: float | None = 0.9, isthing: bool = True) -> dict:
     return {"id": seg_id, "class_name": class_name, "label_space": label_space, "isthing": isthing,
             "score": score, "rle": rle_box(height, width, *box)}
+
+
+@contextlib.contextmanager
+def another_writer_holding_the_lock(sessions: sessionmaker[Session], write: Callable[[Session], object]
+                                     ) -> Iterator[None]:
+    """While the body runs, another thread has just done `write` and holds SQLite's write lock for
+    half a second before it commits."""
+    holding = threading.Event()
+
+    def other_writer() -> None:
+        with sessions.begin() as s:
+            write(s)
+            holding.set()
+            time.sleep(0.5)  # commits while the body is under way
+
+    other = threading.Thread(target=other_writer)
+    other.start()
+    holding.wait(5)
+    try:
+        yield
+    finally:
+        other.join()

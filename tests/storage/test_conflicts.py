@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,7 @@ from storage import repo
 from storage.db import make_engine, make_session_factory, upgrade
 from storage.errors import Conflict, Correction
 from storage.files import FileStore
-from tests.storage.helpers import png_bytes, segment
+from tests.storage.helpers import another_writer_holding_the_lock, png_bytes, segment
 
 H, W = 48, 64
 
@@ -101,28 +98,6 @@ def test_simultaneous_saves_one_wins_one_conflicts(sessions: sessionmaker[Sessio
         assert len(repo.history(s, image_id)) == 2
 
 
-@contextlib.contextmanager
-def _another_writer_holding_the_lock(sessions: sessionmaker[Session], write: Callable[[Session], object]
-                                     ) -> Iterator[None]:
-    """While the body runs, another thread has just done `write` and holds SQLite's write lock for
-    half a second before it commits."""
-    holding = threading.Event()
-
-    def other_writer() -> None:
-        with sessions.begin() as s:
-            write(s)
-            holding.set()
-            time.sleep(0.5)  # commits while the body is under way
-
-    other = threading.Thread(target=other_writer)
-    other.start()
-    holding.wait(5)
-    try:
-        yield
-    finally:
-        other.join()
-
-
 def _file_db(tmp_path: Path) -> tuple[Engine, sessionmaker[Session], FileStore]:
     engine = make_engine(f"sqlite:///{tmp_path / 'resi.db'}")
     upgrade(engine)
@@ -136,7 +111,7 @@ def test_upload_waits_for_another_writer_instead_of_failing(tmp_path: Path) -> N
     with sessions.begin() as s:
         project_id = repo.create_project(s, "p").id
     theirs = lambda s: repo.add_image(s, store, project_id, png_bytes(8, 8, seed=1), "theirs.png")  # noqa: E731
-    with _another_writer_holding_the_lock(sessions, theirs), sessions.begin() as s:
+    with another_writer_holding_the_lock(sessions, theirs), sessions.begin() as s:
         _, duplicate = repo.add_image(s, store, project_id, png_bytes(8, 8, seed=2), "ours.png")
     assert not duplicate
     with sessions() as s:
@@ -150,7 +125,7 @@ def test_undo_waits_for_another_writer_instead_of_failing(tmp_path: Path) -> Non
         project_id = repo.create_project(s, "p").id
         image, _ = repo.add_image(s, store, project_id, png_bytes(8, 8, seed=1), "a.png")
         version = repo.apply_correction(s, image.id, 0, "ann", Correction("add", [], [segment("x", 8, 8, (0, 0, 4, 4))]))
-    with _another_writer_holding_the_lock(sessions, lambda s: repo.create_project(s, "other")), \
+    with another_writer_holding_the_lock(sessions, lambda s: repo.create_project(s, "other")), \
             sessions.begin() as s:
         assert repo.undo(s, image.id, version, "ann") == version + 1
     engine.dispose()
