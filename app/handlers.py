@@ -543,13 +543,13 @@ def open_image(svc: Services, state: UserState, image_id: int | str, user: str |
         image_id = int(image_id)
     except (TypeError, ValueError):
         raise UserError(f"{image_id!r} is not an image id: pick an image from the list.") from None
-    holder = None
     with svc.sessions.begin() as session:
-        if repo.get_image(session, int(image_id)).project_id != project_id:
+        # The claim (a write) comes first: SQLite cannot turn a read transaction into a write one after
+        # someone else committed. A refusal below rolls it back.
+        holder = repo.claim_image(session, image_id, user) if user is not None else None
+        if repo.get_image(session, image_id).project_id != project_id:
             raise UserError(f"Image {image_id} belongs to another project.")
-        if user is not None:
-            holder = repo.claim_image(session, int(image_id), user)
-    new_state, view = load_image(svc, UserState(project_id=project_id, image_id=int(image_id)))
+    new_state, view = load_image(svc, UserState(project_id=project_id, image_id=image_id))
     return new_state, replace(view, other_labeler=holder)
 
 
@@ -562,8 +562,7 @@ def delete_image(svc: Services, state: UserState, user: str, confirmed_image_id:
         raise UserError("Another image is open now than when you clicked Delete image…: nothing was deleted. "
                         "Click Delete image… again to delete the open one.")
     with svc.sessions.begin() as session:
-        name = repo.get_image(session, image_id).original_name
-        repo.delete_image(session, image_id, state.version, user)
+        name = repo.delete_image(session, image_id, state.version, user)
     next_id = next_open_image(svc, project_id, None, user)
     message = f"Deleted {name} with its annotation, history and PIQ records."
     if next_id is None:
@@ -842,6 +841,7 @@ def _undo_redo(svc: Services, state: UserState, user: str, step: Callable[..., i
     image_id = _require_image(state)
     try:
         with svc.sessions.begin() as session:
+            repo.lock_image(session, image_id)  # before the read: the transaction writes next
             was = repo.get_image(session, image_id).status
             step(session, image_id, state.version, user)
     except Conflict as exc:

@@ -162,23 +162,25 @@ def get_project(session: Session, project_id: int) -> Project:
     return _get(session, Project, project_id, "project")
 
 
-def lock_project(session: Session, project_id: int) -> None:
-    """Make this transaction the project's only writer until it ends: a no-op UPDATE of its row takes
-    SQLite's write lock (call it first, before any read: a read-then-write transaction in WAL mode
-    fails with "database is locked" if another one committed in between) or the row lock on
-    PostgreSQL. For read-check-write steps: uploads, claims, deletes, class-set saves."""
-    locked = session.execute(update(Project).where(Project.id == project_id).values(name=Project.name)
+def _lock_row(session: Session, id_column: Any, same_column: Any, row_id: int, what: str) -> None:
+    """A no-op UPDATE of one row (`same_column` set to itself): it takes SQLite's write lock, or the
+    row's lock on PostgreSQL, until the transaction ends."""
+    locked = session.execute(update(id_column.class_).where(id_column == row_id).values({same_column: same_column})
                              .execution_options(synchronize_session=False))
     if locked.rowcount == 0:
-        raise NotFound(f"There is no project with id {project_id}.")
+        raise NotFound(f"There is no {what} with id {row_id}.")
+
+
+def lock_project(session: Session, project_id: int) -> None:
+    """Make this transaction the project's only writer until it ends. Call it first, before any read: a
+    read-then-write transaction in SQLite's WAL mode fails with "database is locked" if another one
+    committed in between. For read-check-write steps: uploads and class-set saves."""
+    _lock_row(session, Project.id, Project.name, project_id, "project")
 
 
 def lock_image(session: Session, image_id: int) -> None:
     """lock_project for one image's row: steps that read the image's history before they save."""
-    locked = session.execute(update(Image).where(Image.id == image_id).values(version=Image.version)
-                             .execution_options(synchronize_session=False))
-    if locked.rowcount == 0:
-        raise NotFound(f"There is no image with id {image_id}.")
+    _lock_row(session, Image.id, Image.version, image_id, "image")
 
 
 def get_project_by_name(session: Session, name: str) -> Project:
@@ -284,20 +286,21 @@ def list_images(
     return list(session.scalars(query))
 
 
-def delete_image(session: Session, image_id: int, expected_version: int, user: str | None = None) -> None:
+def delete_image(session: Session, image_id: int, expected_version: int, user: str | None = None) -> str:
     """Delete an image with its annotation, history, proposals and PIQ records (the database cascades).
     Refused when the annotation changed since `expected_version` (the deleting user has not seen it)
     or, with `user`, while another user's claim on it is live. One conditional DELETE, so nothing can
-    slip in between the check and the delete. The file stays in the store (other projects may hold
-    the same bytes); `db prune-files` removes files no image uses."""
+    slip in between the check and the delete. Returns the image's original name. The file stays in
+    the store (other projects may hold the same bytes); `db prune-files` removes files no image uses."""
     cutoff = utcnow() - timedelta(seconds=CLAIM_SECONDS)
     free = or_(Image.claimed_by.is_(None), Image.claimed_by == user, Image.claimed_at < cutoff)
     deleted = session.execute(delete(Image)
                               .where(Image.id == image_id, Image.version == expected_version,
                                      free if user is not None else true())
-                              .execution_options(synchronize_session=False))
-    if deleted.rowcount:
-        return
+                              .returning(Image.original_name)
+                              .execution_options(synchronize_session=False)).first()
+    if deleted is not None:
+        return deleted.original_name
     image = get_image(session, image_id)  # NotFound when it is gone already
     if image.version != expected_version:
         raise InvalidInput(f"Image {image_id} was changed (version {image.version}) after you opened version "

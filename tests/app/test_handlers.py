@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -361,3 +362,24 @@ def test_upload_racing_another_upload_of_the_same_image_ends_as_a_duplicate(svc:
     report = h.upload_images(svc, state, [a])
     assert report.duplicates == ["a.png"] and report.rejected == [] and len(calls) == 2
     assert [r[1] for r in h.project_overview(svc, state).rows] == ["theirs.png"]
+
+
+def test_open_undo_and_delete_wait_for_another_writer(svc: Services, project: h.UserState) -> None:
+    """Each of these reads, then writes, in one transaction; on SQLite they must take the lock first or
+    fail with "database is locked" when someone else commits in between."""
+    from storage import repo
+    from tests.storage.helpers import another_writer_holding_the_lock
+
+    def busy() -> object:
+        return another_writer_holding_the_lock(svc.sessions, lambda s: repo.create_project(s, f"busy {time.time()}"))
+
+    with busy():
+        opened, view = h.open_image(svc, project, project.image_id, "ann")
+    proposed = h.propose(svc, opened, "ann")
+    edited = h.delete_segment(svc, proposed.state, "ann", proposed.view.segments[0].id)
+    with busy():
+        undone = h.undo(svc, edited.state, "ann")
+    assert undone.ok and len(undone.view.segments) == len(proposed.view.segments)
+    with busy():
+        deleted = h.delete_image(svc, undone.state, "ann")
+    assert deleted.ok and view.name in deleted.message
