@@ -85,8 +85,8 @@ class TrainConfig:
     # Probability of random erasing per training image (resi_core.data.erase); 0 = off.
     erase_prob: float = 0.0
     # Learning-rate multiplier for the content query sets (LSQEs, or the baselines' one shared set). They
-    # start from N(0, 1) and each LSQE only sees its own dataset's images, so at the base rate they barely
-    # leave their common initializer in a short run.
+    # start from one N(0, 1) initializer and at the base rate move little in a short run; on the bench
+    # world 1 is best (10x and 0.1x: docs/BENCH.md).
     query_lr_scale: float = 1.0
     # After the last step, fit the domain head (train/domain.py) on this many images per dataset; 0 = off.
     domain_head_images: int = 1000
