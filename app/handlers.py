@@ -849,7 +849,8 @@ def _undo_redo(svc: Services, state: UserState, user: str, step: Callable[..., i
         return EditResult(new_state, view, f"{exc} Showing the newest version now.", ok=False)
     new_state, view = load_image(svc, state)
     if was == ImageStatus.ACCEPTED and view.status != ImageStatus.ACCEPTED:
-        message = "Acceptance undone: the image is back in review and out of exports and training."
+        now = str(view.status).replace("_", " ")
+        message = f"Acceptance undone: the image is {now} again and out of exports and training."
     elif view.status == ImageStatus.ACCEPTED and was != ImageStatus.ACCEPTED:
         message = "Accepted again."
     return EditResult(new_state, view, message)

@@ -201,6 +201,9 @@ class AnnotationEvent(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     before: Mapped[str] = mapped_column(Text)  # JSON text: segments removed by this event
     after: Mapped[str] = mapped_column(Text)  # JSON text: segments written by this event
+    # The image status this event replaced (ImageStatus value), so undoing it restores that status
+    # (an undone edit of an accepted image is accepted again). NULL for events older than migration 0004.
+    status_before: Mapped[str | None] = mapped_column(String(16), nullable=True, default=None)
     # For undo/redo: the event whose change this one reverts or repeats.
     target_event_id: Mapped[int | None] = mapped_column(ForeignKey("annotation_events.id", ondelete="SET NULL"))
 

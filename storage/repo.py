@@ -609,14 +609,20 @@ def can_undo_redo(session: Session, image_id: int) -> tuple[bool, bool]:
 
 
 def undo(session: Session, image_id: int, expected_version: int, user: str) -> int:
-    """Revert the latest correction (or acceptance) not yet undone; return the new version."""
+    """Revert the latest correction (or acceptance) not yet undone; return the new version.
+
+    The image gets back the status it had before that event (undoing an edit of an accepted image
+    accepts it again; undoing an acceptance straight from "proposed" gives "proposed"). Events saved
+    before migration 0004 did not record it: undoing one of them reopens the image for review.
+    """
     lock_image(session, image_id)
     done, _ = _undo_redo_stacks(session, image_id)
     if not done:
         raise InvalidInput("There is nothing to undo.")
     target = session.get_one(AnnotationEvent, done[-1])
+    status = ImageStatus(target.status_before) if target.status_before else ImageStatus.IN_REVIEW
     return _apply(session, image_id, expected_version, user, EventType.UNDO, json.loads(target.after),
-                  json.loads(target.before), ImageStatus.IN_REVIEW, target_event_id=target.id)
+                  json.loads(target.before), status, target_event_id=target.id)
 
 
 def redo(session: Session, image_id: int, expected_version: int, user: str) -> int:
@@ -682,11 +688,12 @@ def _apply(
         # before anything is read, so two concurrent saves serialize here and one sees a conflict.
         # An edit renews the editor's claim; a proposal does not (Propose all pre-labels for everyone).
         claim = {} if event_type == EventType.PROPOSE else {"claimed_by": user, "claimed_at": utcnow()}
+        # The status is set by a second UPDATE, so that this one returns the status the event replaces.
         bumped = session.execute(
             update(Image)
             .where(Image.id == image_id, Image.version == expected_version)
-            .values(version=Image.version + 1, status=new_status, updated_at=utcnow(), **claim)
-            .returning(Image.version, Image.width, Image.height)
+            .values(version=Image.version + 1, updated_at=utcnow(), **claim)
+            .returning(Image.version, Image.width, Image.height, Image.status)
             .execution_options(synchronize_session=False)
         ).first()
         if bumped is None:
@@ -695,7 +702,10 @@ def _apply(
                 raise NotFound(f"There is no image with id {image_id}.")
             raise Conflict(image_id, expected_version, current,
                            correction or Correction(event_type.value, list(before), list(after)))
-        new_version, width, height = bumped
+        new_version, width, height, status_before = bumped
+        if status_before != new_status:
+            session.execute(update(Image).where(Image.id == image_id).values(status=new_status)
+                            .execution_options(synchronize_session=False))
         before_ids = [str(s.id if isinstance(s, Segment) else s.get("id")) for s in before]
         after_rows = [_check_segment(s, height, width) for s in after]
         _check_unique_ids(after_rows)
@@ -746,6 +756,7 @@ def _apply(
                 created_at=utcnow(),
                 before=_dumps([_row_to_json(stored[sid]) for sid in before_ids]),
                 after=_dumps(after_rows),
+                status_before=ImageStatus(status_before).value,
                 target_event_id=target_event_id,
             )
         )

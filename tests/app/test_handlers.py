@@ -205,7 +205,7 @@ def test_accept_records_piq_and_opens_next_then_quality(svc: Services, project: 
     # Accepted by mistake: open it again and undo; it is back in review and out of the quality report.
     reopened_state, _ = h.open_image(svc, state, edited.state.image_id)
     reopened = h.undo(svc, reopened_state, "ann")
-    assert reopened.ok and reopened.view.status == "in_review" and "back in review" in reopened.message
+    assert reopened.ok and reopened.view.status == "in_review" and "in review again" in reopened.message
     assert [s.id for s in reopened.view.segments] == [s.id for s in edited.view.segments]
     again = h.quality(svc, state)
     assert len(again.over_time) == 1 and again.accepted_images == 1

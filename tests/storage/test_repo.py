@@ -6,12 +6,13 @@ import io
 
 import pytest
 from PIL import Image as PILImage
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import repo
 from storage.errors import Correction, InvalidInput, NotFound
 from storage.files import FileStore, inspect_image
-from storage.models import EventType, ImageStatus
+from storage.models import AnnotationEvent, EventType, ImageStatus
 from tests.storage.helpers import png_bytes, segment
 
 H, W = 48, 64
@@ -248,9 +249,9 @@ def test_accept_is_undoable_and_counts_once_in_quality(sessions: sessionmaker[Se
         before = sorted((x.id, x.class_name) for x in ann.segments)
         v = repo.accept(s, image_id, ann.version, "ann", piq=0.5, model_version_id=model_id)
         assert repo.can_undo_redo(s, image_id) == (True, False)
-        v = repo.undo(s, image_id, v, "ann")  # reopens the image, masks untouched
+        v = repo.undo(s, image_id, v, "ann")  # reopens the image as it was (proposed), masks untouched
         ann = repo.current_annotation(s, image_id)
-        assert ann.status == ImageStatus.IN_REVIEW and sorted((x.id, x.class_name) for x in ann.segments) == before
+        assert ann.status == ImageStatus.PROPOSED and sorted((x.id, x.class_name) for x in ann.segments) == before
         assert repo.accepted_annotations(s, project_id) == [] and repo.accepted_image_piq(s, project_id) == []
         v = repo.redo(s, image_id, v, "ann")
         assert repo.current_annotation(s, image_id).status == ImageStatus.ACCEPTED
@@ -312,6 +313,45 @@ def test_delete_image_removes_its_rows_and_refuses_a_stale_version(sessions: ses
         assert s.get(ImageRow, image_id) is None
         with pytest.raises(NotFound):
             repo.delete_image(s, image_id, v)
+
+
+def test_undo_restores_the_status_the_event_replaced(sessions: sessionmaker[Session], store: FileStore) -> None:
+    with sessions.begin() as s:
+        _, image_id, _, _ = _proposed_image(s, store)
+    with sessions.begin() as s:
+        ann = repo.current_annotation(s, image_id)
+        s1 = next(x for x in ann.segments if x.id == "s1").to_json()
+        v = repo.accept(s, image_id, ann.version, "ann")
+        # An edit of an accepted image reopens it for review; undoing the edit accepts it again.
+        v = repo.apply_correction(s, image_id, v, "ann", Correction("delete", [s1], []))
+        assert repo.current_annotation(s, image_id).status == ImageStatus.IN_REVIEW
+        v = repo.undo(s, image_id, v, "ann")
+        ann = repo.current_annotation(s, image_id)
+        assert ann.status == ImageStatus.ACCEPTED and {x.id for x in ann.segments} == {"s1", "s2"}
+        v = repo.redo(s, image_id, v, "ann")  # the edit again: in review
+        assert repo.current_annotation(s, image_id).status == ImageStatus.IN_REVIEW
+        v = repo.undo(s, image_id, v, "ann")
+        v = repo.undo(s, image_id, v, "ann")  # then the acceptance: back to proposed
+        assert repo.current_annotation(s, image_id).status == ImageStatus.PROPOSED
+        assert repo.can_undo_redo(s, image_id) == (False, True)
+        # Events saved before migration 0004 have no status_before: undoing one reopens for review.
+        v = repo.redo(s, image_id, v, "ann")
+        s.execute(update(AnnotationEvent).where(AnnotationEvent.image_id == image_id).values(status_before=None))
+        repo.undo(s, image_id, v, "ann")
+        assert repo.current_annotation(s, image_id).status == ImageStatus.IN_REVIEW
+
+
+def test_undo_of_a_first_manual_edit_leaves_the_image_new(sessions: sessionmaker[Session], store: FileStore) -> None:
+    with sessions.begin() as s:
+        project_id, _, _ = _project_with_model(s)
+        image, _ = repo.add_image(s, store, project_id, png_bytes(W, H, 3), "b.png")
+        v = repo.apply_correction(s, image.id, image.version, "ann",
+                                  Correction("add", [], [segment("n1", H, W, (0, 0, 5, 5))]))
+        assert repo.current_annotation(s, image.id).status == ImageStatus.IN_REVIEW
+        repo.undo(s, image.id, v, "ann")
+        ann = repo.current_annotation(s, image.id)
+        assert ann.status == ImageStatus.NEW and ann.segments == []
+        assert repo.status_counts(s, project_id)[ImageStatus.NEW] == 1
 
 
 def test_undo_stack_follows_targets_in_a_history_from_before_accept_was_undoable(
