@@ -642,19 +642,26 @@ def predict_segments(predictor: Any, rgb: np.ndarray, choice: ClassSetChoice) ->
         for s in prediction.segments
     ]
     return views, domain_note(getattr(prediction, "domain_probs", {}), getattr(prediction, "out_of_domain", ()),
-                              getattr(predictor, "out_of_domain_threshold", None), choice.label_spaces)
+                              getattr(predictor, "out_of_domain_threshold", None), choice.label_spaces,
+                              getattr(getattr(predictor, "model", None), "space_domains", {}))
 
 
 def domain_note(domain_probs: dict[str, float], held: Sequence[str], threshold: float | None,
-                asked: Sequence[str]) -> str:
+                asked: Sequence[str], inherited: dict[str, str] | None = None) -> str:
     """One sentence on domain-aware OMI for this image, or "" when it held nothing back. `asked`: the
-    query sets of the request; the one that kept the normal threshold is named."""
+    query sets of the request; the one that kept the normal threshold is named. `inherited`: label
+    spaces added by fine-tuning -> the trained space whose images theirs look like."""
     if not held or not domain_probs or threshold is None:
         return ""
-    kept = [s for s in asked if s in domain_probs and s not in held]
-    likeliest = max(kept, key=lambda s: domain_probs[s], default=None)
-    looks = (f"Of the chosen label spaces, this image looks most like {likeliest!r} training data "
-             f"(p = {domain_probs[likeliest]:.2f}), so " if likeliest else "")
+    domain_of = {s: s if s in domain_probs else (inherited or {}).get(s) for s in asked}
+    kept = [s for s in asked if domain_of[s] in domain_probs and s not in held]
+    likeliest = max(kept, key=lambda s: domain_probs[domain_of[s]], default=None)
+    looks = ""
+    if likeliest:
+        domain = domain_of[likeliest]
+        via = "" if domain == likeliest else f", the domain that {likeliest!r} inherited when it was fine-tuned"
+        looks = (f"Of the chosen label spaces, this image looks most like {domain!r} training data{via} "
+                 f"(p = {domain_probs[domain]:.2f}), so ")
     return (f"{looks}proposals of {', '.join(map(repr, held))} needed a score of at least {threshold:.2f} "
             "(domain-aware proposals; start the app with --no-domain-aware to show them all).")
 

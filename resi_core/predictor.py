@@ -210,29 +210,35 @@ class Predictor:
     ) -> tuple[dict[str, float], list[float], tuple[str, ...]]:
         """Domain-aware OMI: the score threshold of each pass for this image.
 
-        Passes of trained label spaces and passes of typed names are two groups. In a group with
-        two or more query sets that the fitted domain head knows, the set whose training images
-        this image most resembles keeps `score_threshold`; the group's other known sets are held to
-        `out_of_domain_threshold`. So a chosen space is never held because of the query sets that
-        typed names run through. Query sets the head does not know (label spaces added later)
-        always keep `score_threshold`. Returns (domain probabilities, threshold per pass, the held
-        trained label spaces).
+        A pass's domain is its query set when the fitted domain head knows that set, else the domain
+        the set inherited (`model.space_domains`: a label space added later by `train finetune` whose
+        training images looked like one trained space's), else none. Passes of trained label spaces and
+        passes of typed names are two groups. In a group whose passes span two or more domains, the
+        passes of the domain this image most resembles keep `score_threshold` and the group's passes of
+        other domains are held to `out_of_domain_threshold`; passes of one domain (street and a new
+        street-like space) are kept alike. So a chosen space is never held because of the query sets
+        that typed names run through. Passes without a domain always keep `score_threshold`.
+        Returns (domain probabilities, threshold per pass, the held trained label spaces).
         """
         thresholds = [self.score_threshold] * len(passes)
-        head_sets = getattr(self.model, "domain_spaces", [])
-        groups: dict[bool, list[int]] = {True: [], False: []}  # trained / typed passes whose set the head knows
+        if self.out_of_domain_threshold is None or getattr(self.model, "domain_head", None) is None:
+            return {}, thresholds, ()
+        head_sets = list(getattr(self.model, "domain_spaces", []))
+        inherited = getattr(self.model, "space_domains", {})
+        groups: dict[bool, list[tuple[int, str]]] = {True: [], False: []}  # trained / typed: (pass, domain)
         for i, p in enumerate(passes):
-            if p.query_set in head_sets:
-                groups[p.adhoc_embeddings is None].append(i)
-        contested = [g for g in groups.values() if len({passes[i].query_set for i in g}) > 1]
-        if self.out_of_domain_threshold is None or getattr(self.model, "domain_head", None) is None or not contested:
+            domain = p.query_set if p.query_set in head_sets else inherited.get(p.query_set)
+            if domain in head_sets:
+                groups[p.adhoc_embeddings is None].append((i, domain))
+        contested = [g for g in groups.values() if len({d for _, d in g}) > 1]
+        if not contested:
             return {}, thresholds, ()
         domain_probs = self.model.image_domain_probs(features, info.valid_fraction)
         held: list[str] = []
         for members in contested:
-            likeliest = max((passes[i].query_set for i in members), key=domain_probs.__getitem__)
-            for i in members:
-                if passes[i].query_set != likeliest:
+            likeliest = max((d for _, d in members), key=domain_probs.__getitem__)  # ties: the first pass's
+            for i, domain in members:
+                if domain != likeliest:
                     thresholds[i] = max(self.score_threshold, self.out_of_domain_threshold)
                     if passes[i].adhoc_embeddings is None:
                         held.append(passes[i].query_set)

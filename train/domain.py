@@ -33,7 +33,10 @@ from resi_core.model.checkpoint import read_meta
 def pooled_dataset_features(
     model: RESIModel, dataset: CocoDataset, count: int, progress: tqdm | None = None
 ) -> torch.Tensor:
-    """[n, F] pooled pixel features of the first `count` images of `dataset` (n = min(count, len))."""
+    """[n, F] pooled pixel features of the first `count` images of `dataset` (n = min(count, len)).
+
+    `dataset` may be anything with `len()` and `image(index)` (an RGB uint8 array), as CocoDataset;
+    images are prepared as the Predictor prepares them."""
     rows = []
     for index in range(min(count, len(dataset))):
         image = dataset.image(index)  # pixels only: the head never needs the masks
@@ -43,6 +46,14 @@ def pooled_dataset_features(
         if progress is not None:
             progress.update(1)
     return torch.stack(rows)
+
+
+@torch.inference_mode()
+def mean_domain_probs(model: RESIModel, dataset: CocoDataset, count: int) -> tuple[dict[str, float], int]:
+    """The domain head's mean probability per domain over the first `count` images of `dataset`,
+    and how many images that was."""
+    probs = model.pooled_domain_probs(pooled_dataset_features(model, dataset, count))  # [n, S]
+    return dict(zip(model.domain_spaces, probs.mean(0).tolist(), strict=True)), len(probs)
 
 
 def fit_linear(features: torch.Tensor, labels: torch.Tensor, classes: int, l2: float = 1e-3,

@@ -4,6 +4,9 @@ SPEC §3: a new space's LSQE starts as a similarity-weighted mix of the trained 
 (`RESIModel.add_label_space`) and is then fitted alone. Only Q x D numbers train, so the default
 learning rate is far higher than in pretraining, and a frozen backbone and pixel decoder run without
 a graph. The data come from a COCO instances file or from a project's accepted annotations.
+When the base has a domain head, the new space then inherits the domain of the trained space whose
+images its training images look like (`place_in_domain`), so domain-aware OMI holds it back on
+other domains' images as it does the trained spaces.
 With `--job-id` (the app's Fine-tune tab starts it so) the run reports its status and progress to that
 row of the `jobs` table (train/jobs.py).
 
@@ -48,6 +51,7 @@ from storage.cli import DATA_DIR_ENV, DEFAULT_DATA_DIR
 from storage.errors import InvalidInput, StorageError
 from storage.files import FileStore, path_sha256
 from storage.names import label_spaces_of
+from train.domain import mean_domain_probs
 from train.jobs import JobReporter
 from train.pretrain import latest_checkpoint, pick_device
 
@@ -124,6 +128,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+DOMAIN_IMAGES = 200  # training images the domain head reads to place a new space in a domain
+MIN_DOMAIN_PROBABILITY = 0.5  # the likeliest domain's mean probability needed to inherit it
+
+
 # ----- data from storage -------------------------------------------------------------------------
 
 
@@ -167,11 +175,17 @@ class AcceptedDataset:
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> TrainSample:
+    def image(self, index: int) -> np.ndarray:
+        """The RGB uint8 image alone (no masks decoded), checked against its recorded size."""
         info = self.images[index]
         image = load_image(self.store.read(info.sha256))
         if image.shape[:2] != (info.height, info.width):
             raise DatasetError(f"Image {info.image_id} ({info.original_name}) is not {info.height}x{info.width}.")
+        return image
+
+    def __getitem__(self, index: int) -> TrainSample:
+        info = self.images[index]
+        image = self.image(index)
         masks = decode_rles(self.masks[index], info.height, info.width)  # [N, H, W]
         return TrainSample(image=image, masks=masks, labels=self.labels[index], space=self.name)
 
@@ -305,6 +319,34 @@ def fit(model: RESIModel, sampler: MixedSampler, args: argparse.Namespace, devic
     return losses
 
 
+def place_in_domain(model: RESIModel, dataset: CocoDataset | AcceptedDataset, space: str
+                    ) -> tuple[dict[str, Any], str]:
+    """Let `space` inherit the domain of the trained space whose images its training images look like.
+
+    The domain head's mean probability per domain over (up to DOMAIN_IMAGES of) the training images
+    decides: the likeliest domain is recorded in `model.space_domains` if its mean is at least
+    MIN_DOMAIN_PROBABILITY, else none is (a refit drops an earlier one). The predictor then holds the
+    space back on images of other domains (docs/MODEL.md, "Domain-aware OMI"). Returns the figures for
+    the training info and what to say about it.
+    """
+    if model.domain_head is None:
+        return ({"domain": None, "skipped": "the base checkpoint has no domain head"},
+                "the base checkpoint has no domain head; never held back")
+    if space in model.domain_spaces:
+        return ({"domain": space, "skipped": "the domain head knows this space"},
+                f"{space!r} has a domain of its own in the domain head; unchanged")
+    probs, count = mean_domain_probs(model, dataset, DOMAIN_IMAGES)
+    best = max(probs, key=probs.__getitem__)
+    domain = best if probs[best] >= MIN_DOMAIN_PROBABILITY else None
+    model.set_space_domain(space, domain)
+    info = {"domain": domain, "best": best, "probability": round(probs[best], 4),
+            "mean_probs": {name: round(p, 4) for name, p in probs.items()}, "images": count,
+            "min_probability": MIN_DOMAIN_PROBABILITY}
+    if domain is not None:
+        return info, f"looks like {best}'s images ({probs[best]:.2f}); held back on other domains' images"
+    return info, f"no trained domain fits (best {best} {probs[best]:.2f}); never held back"
+
+
 def register(sessions: sessionmaker[Session], project_id: int, base: Path, base_meta: dict[str, Any], out: Path, model: RESIModel,
              training: dict[str, Any], activate: bool) -> tuple[int, int]:
     """Register `out` as a model version whose parent is the base's version (registered here if new).
@@ -365,6 +407,9 @@ def run(args: argparse.Namespace, job: JobReporter | None = None) -> int:
                                augment_data=not args.no_augment)
         start = time.perf_counter()
         losses = fit(model, sampler, args, device, None if job is None else job.iteration_callback(args.iterations))
+        fit_seconds = time.perf_counter() - start
+        domain_info, domain_says = place_in_domain(model, source.dataset, space.name)
+        print(f"domain: {domain_says}")
         window = max(1, len(losses) // 10)
         first, final = float(np.mean(losses[:window])), float(np.mean(losses[-window:]))
         info = {
@@ -382,8 +427,9 @@ def run(args: argparse.Namespace, job: JobReporter | None = None) -> int:
             "source": source.info,
             "loss_first": round(first, 5),
             "loss_final": round(final, 5),
-            "iterations_per_second": round(len(losses) / max(time.perf_counter() - start, 1e-9), 3),
+            "iterations_per_second": round(len(losses) / max(fit_seconds, 1e-9), 3),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "domain": domain_info,
             "base_training": base_meta.get("training", {}),
         }
         save_checkpoint(args.out, model, {"finetune": info})
@@ -402,10 +448,11 @@ def run(args: argparse.Namespace, job: JobReporter | None = None) -> int:
             made = f"model version {version_id}" if version_id is not None else f"checkpoint {args.out.resolve()}"
             job.done(
                 f"Label space {space.name!r} ({len(space.classes)} classes) learned: {made}"
-                f"{', now active' if args.activate else ''}. Loss {first:.3f} -> {final:.3f}.",
+                f"{', now active' if args.activate else ''}. Loss {first:.3f} -> {final:.3f}. Domain: {domain_says}.",
                 {"checkpoint": str(args.out.resolve()), "model_version_id": version_id,
                  "parent_model_version_id": parent_id, "active": bool(args.activate), "space": space.name,
-                 "classes": space.class_names, "loss_first": info["loss_first"], "loss_final": info["loss_final"]},
+                 "classes": space.class_names, "loss_first": info["loss_first"], "loss_final": info["loss_final"],
+                 "domain": domain_info["domain"]},
             )
         return 0
     finally:

@@ -84,6 +84,7 @@ def save_checkpoint(
         "mask2former_config": model.mask2former.config.to_dict(),
         "git_commit": current_commit() if git_commit is _CURRENT else git_commit,
         "domain_spaces": list(model.domain_spaces),
+        "space_domains": dict(model.space_domains),
         "training": meta or {},
     }
     text = json.dumps(record, indent=2)
@@ -166,4 +167,13 @@ def load_checkpoint(
         model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError) as err:
         raise CheckpointError(f"{weights_path} does not match its metadata: {err}") from err
+    space_domains = meta.get("space_domains") or {}  # absent in checkpoints saved before finetune recorded it
+    if not isinstance(space_domains, dict) or not all(isinstance(d, str) for d in space_domains.values()):
+        raise CheckpointError(f"{folder / META_FILE} has invalid contents: space_domains must map label space "
+                              "names to domain names.")
+    try:
+        for space, domain in space_domains.items():
+            model.set_space_domain(space, domain)
+    except ValueError as err:
+        raise CheckpointError(f"{folder / META_FILE} has invalid contents: space_domains: {err}") from err
     return model.to(map_location)

@@ -94,6 +94,9 @@ class RESIModel(nn.Module):
         # higher score threshold. None until fitted; `domain_spaces` orders its outputs.
         self.domain_head: nn.Linear | None = None
         self.domain_spaces: list[str] = []
+        # Label spaces the head does not know (added later by `train finetune`) inherit the domain of the
+        # trained space whose images theirs look like: new space -> a name in `domain_spaces`.
+        self.space_domains: dict[str, str] = {}
 
     # ----- label spaces and class embeddings -------------------------------------------------------
     def _rebuild_union(self) -> None:
@@ -218,13 +221,34 @@ class RESIModel(nn.Module):
         head.requires_grad_(False)  # fitted afterwards (train/domain.py), never by the training loss
         self.domain_head = head
         self.domain_spaces = list(spaces)
+        # Inherited domains stay while they still name a domain of the head and the space has none of its own.
+        self.space_domains = {s: d for s, d in self.space_domains.items() if d in spaces and s not in spaces}
+
+    def set_space_domain(self, space: str, domain: str | None) -> None:
+        """Let label space `space`, which the domain head does not know, inherit `domain` (one of
+        `domain_spaces`) for domain-aware OMI; `None` removes its inherited domain."""
+        if space not in self.label_spaces:
+            raise ValueError(f"Unknown label space {space!r}; trained: {list(self.label_spaces)}.")
+        if domain is None:
+            self.space_domains.pop(space, None)
+            return
+        if space in self.domain_spaces:
+            raise ValueError(f"Label space {space!r} has a domain of its own in the domain head.")
+        if domain not in self.domain_spaces:
+            raise ValueError(f"Domain {domain!r} is not one of the domain head's: {self.domain_spaces or 'no head'}.")
+        self.space_domains[space] = domain
 
     def domain_probs(self, features: PixelFeatures, extent_fraction: tuple[float, float] = (1.0, 1.0)) -> Tensor:
         """[B, S] probability that each image comes from each of `domain_spaces`' training data."""
         if self.domain_head is None:
             raise ValueError("This model has no domain head; fit one with `python -m train domain-head`.")
-        pooled = self.pooled_features(features, extent_fraction).to(self.domain_head.weight)
-        return self.domain_head(pooled).softmax(-1)
+        return self.pooled_domain_probs(self.pooled_features(features, extent_fraction))
+
+    def pooled_domain_probs(self, pooled: Tensor) -> Tensor:
+        """[B, F] pooled features (`pooled_features`) -> [B, S] probabilities over `domain_spaces`."""
+        if self.domain_head is None:
+            raise ValueError("This model has no domain head; fit one with `python -m train domain-head`.")
+        return self.domain_head(pooled.to(self.domain_head.weight)).softmax(-1)
 
     def image_domain_probs(self, features: PixelFeatures, extent_fraction: tuple[float, float] = (1.0, 1.0)
                            ) -> dict[str, float]:

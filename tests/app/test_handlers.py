@@ -242,6 +242,9 @@ def test_domain_note_names_the_held_spaces_and_the_way_out() -> None:
     assert "0.98" in note and "--no-domain-aware" in note and "drive" not in note
     assert domain_note(probs, (), 0.98, asked) == "" and domain_note({}, ("street",), 0.98, asked) == ""
     assert domain_note(probs, ("street",), None, asked) == ""
+    # A fine-tuned space kept by the domain it inherited is named with that domain.
+    note = domain_note(probs, ("street",), 0.98, ("street", "helmets"), {"helmets": "drive"})
+    assert "most like 'drive' training data, the domain that 'helmets' inherited" in note and "0.91" in note
 
 
 def test_a_damaged_zip_member_is_rejected_and_the_rest_kept(svc: Services, tmp_path: Path) -> None:

@@ -162,6 +162,71 @@ def test_bad_domain_heads_are_refused(spaces, shape, message):
         model.set_domain_head(spaces, torch.zeros(rows, cols or model.pooled_dim()), torch.zeros(rows))
 
 
+def _with_drive_and_head():
+    """street, portrait (known to a hand-set head) and drive (added later, unknown to the head)."""
+    model = tiny_model().eval()
+    model.add_label_space(LabelSpace("drive", (ClassDef("pedestrian"), ClassDef("vehicle"))), TableEncoder())
+    model.set_domain_head(["street", "portrait"], torch.randn(2, model.pooled_dim()), torch.zeros(2))
+    return model
+
+
+def test_inherited_domains_survive_round_trip_and_old_checkpoints_have_none(saved, tmp_path):
+    model = _with_drive_and_head()
+    model.set_space_domain("drive", "street")
+    folder = save_checkpoint(tmp_path / "sd", model)
+    assert read_meta(folder)["space_domains"] == {"drive": "street"}
+    assert load_checkpoint(folder).space_domains == {"drive": "street"}
+    meta = json.loads((folder / "meta.json").read_text())
+    del meta["space_domains"]  # as saved before finetune recorded it
+    (folder / "meta.json").write_text(json.dumps(meta))
+    assert load_checkpoint(folder).space_domains == {}
+    assert load_checkpoint(saved[1]).space_domains == {}
+
+
+def test_setting_an_inherited_domain_is_checked_and_a_refit_head_drops_stale_ones():
+    model = _with_drive_and_head()
+    for space, domain, message in [("nowhere", "street", "Unknown label space"),
+                                   ("drive", "drive", "not one of the domain head's"),
+                                   ("portrait", "street", "domain of its own")]:
+        with pytest.raises(ValueError, match=message):
+            model.set_space_domain(space, domain)
+    assert model.space_domains == {}
+    model.set_space_domain("drive", "portrait")
+    model.set_domain_head(["street", "portrait"], torch.zeros(2, model.pooled_dim()), torch.zeros(2))
+    assert model.space_domains == {"drive": "portrait"}  # still a domain of the head: kept
+    model.set_domain_head(["street", "drive"], torch.zeros(2, model.pooled_dim()), torch.zeros(2))
+    assert model.space_domains == {}  # drive has its own domain now, and portrait is gone
+    model.set_space_domain("drive", None)  # removing none is fine
+    assert tiny_model().space_domains == {}
+
+
+@pytest.mark.parametrize("value,message", [
+    (["drive", "street"], "must map label space names"),
+    ({"drive": 3}, "must map label space names"),
+    ({"nowhere": "street"}, "Unknown label space 'nowhere'"),
+    ({"drive": "drive"}, "not one of the domain head's"),
+    ({"portrait": "street"}, "domain of its own"),
+])
+def test_bad_inherited_domains_in_meta_are_refused(tmp_path, value, message):
+    folder = save_checkpoint(tmp_path / "sd", _with_drive_and_head())
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["space_domains"] = value
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"invalid contents: space_domains.*{message}"):
+        load_checkpoint(folder)
+
+
+def test_inherited_domains_without_a_head_are_refused(tmp_path):
+    model = tiny_model()
+    model.add_label_space(LabelSpace("drive", (ClassDef("pedestrian"), ClassDef("vehicle"))), TableEncoder())
+    folder = save_checkpoint(tmp_path / "sd", model)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["space_domains"] = {"drive": "street"}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="space_domains.*no head"):
+        load_checkpoint(folder)
+
+
 def test_checkpoint_files_are_readable_by_the_team(saved):
     import stat
 

@@ -263,10 +263,11 @@ def test_trained_and_typed_classes_in_one_request_fuse_a_shared_name(model):
 class DomainModel(FakeModel):
     """FakeModel with a domain head that knows street and portrait and finds `likeliest` likeliest."""
 
-    def __init__(self, likeliest: str):
+    def __init__(self, likeliest: str, space_domains: dict[str, str] | None = None):
         super().__init__()
         self.domain_spaces = ["street", "portrait"]
         self.domain_head = nn.Identity()  # present; domain_probs below stands in for it
+        self.space_domains = dict(space_domains or {})  # inherited domains of spaces the head does not know
         self.likeliest = likeliest
 
     def domain_probs(self, features, extent_fraction=(1.0, 1.0)) -> torch.Tensor:
@@ -313,4 +314,54 @@ def test_typed_names_do_not_make_a_chosen_space_held():
     sources = {(s.class_name, src.query_set) for s in prediction.segments for src in s.sources}
     assert ("person", "street") in sources  # the chosen space's own pass is not held
     assert ("cat", "portrait") in sources and ("cat", "street") not in sources  # typed: likeliest set only
+    assert prediction.out_of_domain == ()
+
+
+def test_a_finetuned_space_is_held_on_other_domains_images_by_its_inherited_domain():
+    """drive, which the head does not know, inherited street's domain (as `train finetune` records it):
+    on a portrait-like image it is held like street; on a street-like image it is one domain with street,
+    so both are kept and only portrait is held. Unmapped, it is never held."""
+    from resi_core.predictor import MixedRequest
+
+    image = red_left_image(64, 64)
+    on_portrait = Predictor(DomainModel("portrait", {"drive": "street"}), FakeEncoder(), out_of_domain_threshold=1.0)
+    prediction = on_portrait.predict(image, SpacesRequest(("portrait", "drive")))
+    assert sorted(s.class_name for s in prediction.segments) == ["face"]
+    assert prediction.out_of_domain == ("drive",) and prediction.domain_probs["portrait"] > 0.5
+    # Typed names through drive's query set are held alike (and do not make the chosen space held).
+    mixed = on_portrait.predict(image, MixedRequest(("drive",), ("cat",), query_sets=("portrait", "drive")))
+    sources = {(s.class_name, src.query_set) for s in mixed.segments for src in s.sources}
+    assert ("pedestrian", "drive") in sources and ("cat", "portrait") in sources and ("cat", "drive") not in sources
+    assert mixed.out_of_domain == ()
+
+    on_street = Predictor(DomainModel("street", {"drive": "street"}), FakeEncoder(), out_of_domain_threshold=1.0)
+    prediction = on_street.predict(image, SpacesRequest(("street", "drive", "portrait")))
+    assert sorted(s.class_name for s in prediction.segments) == ["pedestrian", "person"]
+    assert prediction.out_of_domain == ("portrait",)
+    same_domain = on_street.predict(image, SpacesRequest(("street", "drive")))  # one domain: nothing contested
+    assert len(same_domain.segments) == 2 and same_domain.out_of_domain == () and same_domain.domain_probs == {}
+
+    unmapped = Predictor(DomainModel("portrait"), FakeEncoder(), out_of_domain_threshold=1.0)
+    prediction = unmapped.predict(image, SpacesRequest(("portrait", "drive")))
+    assert len(prediction.segments) == 2 and prediction.out_of_domain == ()
+
+
+@torch.no_grad()
+def test_a_real_model_holds_a_space_by_the_domain_it_inherited():
+    """The same on a tiny RESIModel with a hand-set head whose bias makes one domain certain."""
+    from tests.resi_core.test_model import TableEncoder, tiny_model
+
+    model = tiny_model()  # street and portrait
+    model.add_label_space(LabelSpace("drive", (ClassDef("pedestrian"), ClassDef("vehicle"))), TableEncoder())
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    for certain, asked, held in [("portrait", ("portrait", "drive"), ("drive",)),
+                                 ("street", ("street", "drive", "portrait"), ("portrait",)),
+                                 ("street", ("street", "drive"), ())]:
+        bias = torch.tensor([20.0, 0.0] if certain == "street" else [0.0, 20.0])
+        model.set_domain_head(["street", "portrait"], torch.zeros(2, model.pooled_dim()), bias)
+        model.set_space_domain("drive", "street")
+        prediction = Predictor(model, TableEncoder()).predict(image, SpacesRequest(asked), with_instances=False)
+        assert prediction.out_of_domain == held, (certain, asked)
+    model.set_space_domain("drive", None)
+    prediction = Predictor(model, TableEncoder()).predict(image, SpacesRequest(("portrait", "drive")))
     assert prediction.out_of_domain == ()

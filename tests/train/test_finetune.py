@@ -90,6 +90,7 @@ def test_coco_finetune_trains_only_the_new_lsqe(base, coco, encoder, tmp_path, c
     printed = capsys.readouterr().out
     assert f"LSQE of {NEW!r} initialized as a mix of: portrait" in printed  # the most similar space first
     assert "final" in printed
+    assert "domain: the base checkpoint has no domain head; never held back" in printed
 
     meta = read_meta(out)
     info = meta["training"]["finetune"]
@@ -98,6 +99,7 @@ def test_coco_finetune_trains_only_the_new_lsqe(base, coco, encoder, tmp_path, c
     assert info["source"]["kind"] == "coco" and info["iterations"] == 60
     assert info["base_checkpoint"] == str(base.resolve())
     assert info["init_weights"]["portrait"] > 0.9 > info["init_weights"]["street"]  # same class names win
+    assert info["domain"]["domain"] is None and meta["space_domains"] == {}
 
     tuned = load_checkpoint(out, text_encoder_id="minilm")
     assert tuned.label_spaces[NEW].class_names == ["face", "hair"]
@@ -120,6 +122,67 @@ def test_continue_refits_an_existing_space_only(base, coco, tmp_path):
     assert set(after) == set(before)
     assert [key for key in before if not torch.equal(before[key], after[key])] == ["query_sets.1"]
     assert read_meta(out)["training"]["finetune"]["continued"] is True
+
+
+# ----- the new space's domain (domain-aware OMI) --------------------------------------------------
+
+DOMAINS = ["street", "portrait", "drive"]
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory, encoder) -> Path:
+    """An untrained tiny RESI checkpoint with the label spaces street, portrait and drive, no domain head."""
+    config = RESIConfig.from_json(json.loads((ROOT / "configs" / "world_tiny.json").read_text())["model"])
+    spaces = [LabelSpace(name, tuple(ClassDef(c, t) for c, t in classes)) for name, classes in TINY_SPACES.items()]
+    spaces.append(LabelSpace("drive", (ClassDef("pedestrian"), ClassDef("vehicle"))))
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("three") / "three", build_model(config, spaces, encoder))
+
+
+def with_head(checkpoint: Path, bias: list[float], out: Path) -> Path:
+    """`checkpoint` with a hand-set domain head over DOMAINS: zero weights, so every image gets the
+    probabilities softmax(bias), whatever it shows."""
+    model = load_checkpoint(checkpoint)
+    model.set_domain_head(DOMAINS, torch.zeros(len(DOMAINS), model.pooled_dim()), torch.tensor(bias))
+    return save_checkpoint(out, model)
+
+
+@pytest.mark.parametrize("bias,domain,says", [
+    ([8.0, 0.0, 0.0], "street", "domain: looks like street's images (1.00); held back on other domains' images"),
+    # softmax([0.3, 0, 0]) = (0.40, 0.30, 0.30): the best domain's mean is under 0.5
+    ([0.3, 0.0, 0.0], None, "domain: no trained domain fits (best street 0.40); never held back"),
+])
+def test_finetune_records_the_domain_the_new_spaces_images_look_like(three, coco, tmp_path, capsys, bias, domain,
+                                                                     says):
+    base = with_head(three, bias, tmp_path / "base")
+    out = tmp_path / "tuned"
+    assert main(coco_args(base, coco, out, "--iterations", "1")) == 0
+    assert says in capsys.readouterr().out
+    meta = read_meta(out)
+    assert meta["space_domains"] == ({NEW: domain} if domain else {})
+    figures = meta["training"]["finetune"]["domain"]
+    assert figures["domain"] == domain and figures["best"] == "street" and figures["images"] == 3
+    assert figures["probability"] == pytest.approx(float(torch.tensor(bias).softmax(0)[0]), abs=1e-4)
+    assert set(figures["mean_probs"]) == set(DOMAINS) and figures["min_probability"] == 0.5
+    assert load_checkpoint(out).space_domains == meta["space_domains"]
+
+
+def test_continue_recomputes_the_domain_of_a_finetuned_space(three, coco, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(coco_args(with_head(three, [8.0, 0.0, 0.0], tmp_path / "base"), coco, first, "--iterations", "1")) == 0
+    assert load_checkpoint(first).space_domains == {NEW: "street"}
+    # The same checkpoint whose head now finds every image portrait-like: a refit places the space anew.
+    reheaded = with_head(first, [0.0, 8.0, 0.0], tmp_path / "reheaded")
+    assert load_checkpoint(reheaded).space_domains == {NEW: "street"}  # kept until recomputed
+    capsys.readouterr()
+    assert main(coco_args(reheaded, coco, tmp_path / "again", "--iterations", "1", "--continue")) == 0
+    assert "domain: looks like portrait's images (1.00)" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "again").space_domains == {NEW: "portrait"}
+    # A space the head knows keeps its own domain.
+    assert main(coco_args(reheaded, coco, tmp_path / "own", "--iterations", "1", "--continue", "--space",
+                          "portrait")) == 0
+    assert "domain: 'portrait' has a domain of its own in the domain head; unchanged" in capsys.readouterr().out
+    assert load_checkpoint(tmp_path / "own").space_domains == {NEW: "street"}
 
 
 # ----- from a project's accepted annotations ------------------------------------------------------
@@ -308,6 +371,19 @@ def test_job_id_marks_running_reports_progress_and_ends_done(base, project_db, t
     assert job.result["checkpoint"] == str(out.resolve()) and job.result["model_version_id"] == active.id
     assert job.result["space"] == "hydrants" and job.result["classes"] == ["hydrant", "sign"]
     assert job.message.startswith(f"Label space 'hydrants' (2 classes) learned: model version {active.id}, now active")
+    assert job.message.endswith("Domain: the base checkpoint has no domain head; never held back.")
+    assert job.result["domain"] is None
+
+
+def test_job_message_says_the_domain_of_the_accepted_images(three, project_db, tmp_path):
+    data_dir, sessions, project_id, _ = project_db
+    job_id = _new_job(sessions, project_id)
+    base = with_head(three, [0.0, 0.0, 8.0], tmp_path / "base")
+    assert main(project_args(base, data_dir, tmp_path / "hydrants", "--job-id", str(job_id))) == 0
+    job = _job(sessions, job_id)
+    assert job.status is JobStatus.DONE and job.result["domain"] == "drive"
+    assert job.message.endswith("Domain: looks like drive's images (1.00); held back on other domains' images.")
+    assert read_meta(tmp_path / "hydrants")["training"]["finetune"]["domain"]["images"] == 2
 
 
 def test_progress_is_written_at_most_about_once_a_second(project_db):
