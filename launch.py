@@ -14,6 +14,7 @@ from pathlib import Path
 
 from app.config import (
     DEFAULT_CHECKPOINT,
+    DEFAULT_CLAIM_MINUTES,
     DEFAULT_DATA_DIR,
     DEFAULT_MAX_UPLOAD_MB,
     DEFAULT_TEXT_ENCODER,
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"largest file accepted by the upload (default {DEFAULT_MAX_UPLOAD_MB} MB)")
     parser.add_argument("--allow-unauthenticated-remote", action="store_true",
                         help="allow a non-loopback --host without --auth (only on a trusted network)")
+    parser.add_argument("--claim-minutes", type=float, default=DEFAULT_CLAIM_MINUTES,
+                        help="how long an opened or edited image stays reserved for its user: Accept & next and "
+                        f"Skip send other users to other images meanwhile (default {DEFAULT_CLAIM_MINUTES:g})")
     parser.add_argument("--device", default="auto", help="torch device for the model (default: cuda if present)")
     parser.add_argument("--no-domain-aware", action="store_true",
                         help="propose with every chosen label space at the normal score threshold, even on images that "
@@ -76,6 +80,7 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
         allow_unauthenticated_remote=args.allow_unauthenticated_remote,
         max_upload_mb=args.max_upload_mb,
         device=args.device,
+        claim_minutes=args.claim_minutes,
         out_of_domain_threshold=None if args.no_domain_aware else 0.98,
     )
     check_config(config)

@@ -10,6 +10,7 @@ DEFAULT_DATA_DIR = Path("resi-data")
 DEFAULT_CHECKPOINT = Path("checkpoints/demo")
 DEFAULT_TEXT_ENCODER = "minilm"
 DEFAULT_MAX_UPLOAD_MB = 50
+DEFAULT_CLAIM_MINUTES = 15.0  # storage.repo.CLAIM_SECONDS / 60
 # 40 megapixels: a large photo still fits, a decompression bomb does not.
 DEFAULT_MAX_PIXELS = 40_000_000
 MAX_CLASSES = 500
@@ -37,6 +38,9 @@ class AppConfig:
     # Domain-aware OMI: query sets of a domain other than the image's likeliest need this score
     # (docs/MODEL.md); None shows every set's proposals at the normal threshold.
     out_of_domain_threshold: float | None = 0.98
+    # How long an image stays "being labeled" by the user who last opened or edited it (image claims:
+    # Accept & next and Skip send other users elsewhere meanwhile).
+    claim_minutes: float = DEFAULT_CLAIM_MINUTES
 
     @property
     def image_dir(self) -> Path:
@@ -45,6 +49,10 @@ class AppConfig:
     @property
     def export_dir(self) -> Path:
         return self.data_dir / "exports"
+
+    @property
+    def claim_seconds(self) -> float:
+        return self.claim_minutes * 60
 
     @property
     def max_upload_bytes(self) -> int:
@@ -73,6 +81,8 @@ def check_config(config: AppConfig) -> None:
         raise ConfigError(f"Port {config.port} is not between 1 and 65535.")
     if config.max_upload_mb <= 0:
         raise ConfigError("--max-upload-mb must be a positive number of megabytes.")
+    if not 0 < config.claim_minutes <= 24 * 60:
+        raise ConfigError(f"--claim-minutes must be more than 0 and at most 1440 (a day), not {config.claim_minutes:g}.")
 
 
 def parse_auth_pair(text: str) -> tuple[str, str]:

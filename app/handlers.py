@@ -94,7 +94,7 @@ class ImageView:
     segments: list[SegmentView]
     can_undo: bool
     can_redo: bool
-    # Another user who opened or edited this image in the last repo.CLAIM_SECONDS (set by open_image).
+    # Another user who opened or edited this image in the last --claim-minutes (set by open_image).
     other_labeler: str | None = None
 
 
@@ -162,7 +162,7 @@ def project_overview(svc: Services, state: UserState) -> ProjectOverview:
     with svc.sessions() as session:
         project = repo.get_project(session, project_id)
         counts = {s.value: n for s, n in repo.status_counts(session, project_id).items()}
-        claims = repo.active_claims(session, project_id)
+        claims = repo.active_claims(session, project_id, claim_seconds=svc.config.claim_seconds)
         rows = []
         page = 1
         while True:
@@ -546,7 +546,7 @@ def open_image(svc: Services, state: UserState, image_id: int | str, user: str |
     with svc.sessions.begin() as session:
         # The claim (a write) comes first: SQLite cannot turn a read transaction into a write one after
         # someone else committed. A refusal below rolls it back.
-        holder = repo.claim_image(session, image_id, user) if user is not None else None
+        holder = repo.claim_image(session, image_id, user, svc.config.claim_seconds) if user is not None else None
         if repo.get_image(session, image_id).project_id != project_id:
             raise UserError(f"Image {image_id} belongs to another project.")
     new_state, view = load_image(svc, UserState(project_id=project_id, image_id=image_id))
@@ -562,7 +562,7 @@ def delete_image(svc: Services, state: UserState, user: str, confirmed_image_id:
         raise UserError("Another image is open now than when you clicked Delete image…: nothing was deleted. "
                         "Click Delete image… again to delete the open one.")
     with svc.sessions.begin() as session:
-        name = repo.delete_image(session, image_id, state.version, user)
+        name = repo.delete_image(session, image_id, state.version, user, svc.config.claim_seconds)
     next_id = next_open_image(svc, project_id, None, user)
     message = f"Deleted {name} with its annotation, history and PIQ records."
     if next_id is None:
@@ -590,7 +590,7 @@ def next_open_image(svc: Services, project_id: int, after_id: int | None, user: 
     with svc.sessions() as session:
         ids = repo.image_ids(session, project_id, OPEN_STATUSES)
         if user is not None:
-            taken = {i for i, holder in repo.active_claims(session, project_id).items() if holder != user}
+            taken = {i for i, holder in repo.active_claims(session, project_id, claim_seconds=svc.config.claim_seconds).items() if holder != user}
             ids = [i for i in ids if i not in taken]
     if not ids:
         return None
@@ -906,7 +906,7 @@ def accept(svc: Services, state: UserState, user: str) -> AcceptResult:
     text += " Accepted by mistake? Open it again and Undo."
     if next_id is not None:
         with svc.sessions.begin() as session:
-            repo.claim_image(session, next_id, user)
+            repo.claim_image(session, next_id, user, svc.config.claim_seconds)
     elif next_open_image(svc, project_id, image_id) is not None:
         text += " The images still open are being labeled by others right now."
     else:

@@ -286,13 +286,14 @@ def list_images(
     return list(session.scalars(query))
 
 
-def delete_image(session: Session, image_id: int, expected_version: int, user: str | None = None) -> str:
+def delete_image(session: Session, image_id: int, expected_version: int, user: str | None = None,
+                 claim_seconds: float | None = None) -> str:
     """Delete an image with its annotation, history, proposals and PIQ records (the database cascades).
     Refused when the annotation changed since `expected_version` (the deleting user has not seen it)
     or, with `user`, while another user's claim on it is live. One conditional DELETE, so nothing can
     slip in between the check and the delete. Returns the image's original name. The file stays in
     the store (other projects may hold the same bytes); `db prune-files` removes files no image uses."""
-    cutoff = utcnow() - timedelta(seconds=CLAIM_SECONDS)
+    cutoff = utcnow() - timedelta(seconds=_claim_seconds(claim_seconds))
     free = or_(Image.claimed_by.is_(None), Image.claimed_by == user, Image.claimed_at < cutoff)
     deleted = session.execute(delete(Image)
                               .where(Image.id == image_id, Image.version == expected_version,
@@ -317,11 +318,20 @@ def image_ids(session: Session, project_id: int, statuses: Iterable[ImageStatus 
     return list(session.scalars(query.order_by(Image.id)))
 
 
-# A claim (who is labeling an image) lapses this long after the user last opened or edited the image.
+# A claim (who is labeling an image) lapses this long after the user last opened or edited the image,
+# unless the caller passes its own `claim_seconds` (the app's --claim-minutes).
 CLAIM_SECONDS = 15 * 60
 
 
-def claim_image(session: Session, image_id: int, user: str) -> str | None:
+def _claim_seconds(value: float | None) -> float:
+    if value is None:
+        return CLAIM_SECONDS
+    if not value > 0:
+        raise InvalidInput(f"A claim must last a positive time, not {value} seconds.")
+    return float(value)
+
+
+def claim_image(session: Session, image_id: int, user: str, claim_seconds: float | None = None) -> str | None:
     """Record that `user` is labeling the image now, and release their claim on any other image of
     the project (one image at a time). If another user's claim on it is still live, nothing changes
     and that user's name is returned; otherwise None. The annotation's version is not touched."""
@@ -331,7 +341,7 @@ def claim_image(session: Session, image_id: int, user: str) -> str | None:
     taken = session.execute(
         update(Image)
         .where(Image.id == image_id, or_(Image.claimed_by.is_(None), Image.claimed_by == user,
-                                         Image.claimed_at < now - timedelta(seconds=CLAIM_SECONDS)))
+                                         Image.claimed_at < now - timedelta(seconds=_claim_seconds(claim_seconds))))
         .values(claimed_by=user, claimed_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -346,9 +356,10 @@ def claim_image(session: Session, image_id: int, user: str) -> str | None:
     return None
 
 
-def active_claims(session: Session, project_id: int, now: datetime | None = None) -> dict[int, str]:
-    """{image id: user} of the project's live claims (younger than CLAIM_SECONDS)."""
-    cutoff = (now or utcnow()) - timedelta(seconds=CLAIM_SECONDS)
+def active_claims(session: Session, project_id: int, now: datetime | None = None,
+                  claim_seconds: float | None = None) -> dict[int, str]:
+    """{image id: user} of the project's live claims (younger than `claim_seconds`, default CLAIM_SECONDS)."""
+    cutoff = (now or utcnow()) - timedelta(seconds=_claim_seconds(claim_seconds))
     rows = session.execute(select(Image.id, Image.claimed_by).where(
         Image.project_id == project_id, Image.claimed_by.is_not(None), Image.claimed_at >= cutoff))
     return {image_id: user for image_id, user in rows}

@@ -324,6 +324,21 @@ def test_skip_opens_the_next_image_without_accepting(svc: Services, project: h.U
     assert not stuck.ok and stuck.state.image_id == project.image_id and "No other image" in stuck.message
 
 
+def test_claim_time_is_a_setting(svc: Services, project: h.UserState) -> None:
+    import time
+    from dataclasses import replace
+
+    other = h.next_open_image(svc, project.project_id, project.image_id)
+    h.open_image(svc, project, other, "bob")
+    h.open_image(svc, project, project.image_id, "ann")
+    assert not h.skip_image(svc, project, "ann").ok  # Bob's claim (15 minutes by default) is live
+    short = replace(svc, config=replace(svc.config, claim_minutes=0.001))  # 60 ms
+    time.sleep(0.1)
+    assert h.project_overview(short, project).rows[1][-1] == ""  # no one is labeling it now
+    skipped = h.skip_image(short, project, "ann")
+    assert skipped.ok and skipped.state.image_id == other
+
+
 def test_delete_image_opens_the_next_and_refuses_a_stale_tab(svc: Services, project: h.UserState) -> None:
     stale = project
     edited = h.propose(svc, project, "bob")  # Bob changed the image after the stale tab loaded it

@@ -40,6 +40,9 @@ def test_bad_values_are_clear_errors(tmp_path: Path) -> None:
         config(["--auth-file", str(tmp_path / "missing")])
     with pytest.raises(ConfigError, match="max-upload-mb"):
         config(["--max-upload-mb", "0"])
+    with pytest.raises(ConfigError, match="claim-minutes"):
+        config(["--claim-minutes", "0"])
+    assert config(["--claim-minutes", "2.5"]).claim_seconds == 150
     assert is_loopback("localhost") and is_loopback("::1") and not is_loopback("192.168.1.2")
 
 

@@ -283,6 +283,12 @@ def test_claims_lapse_and_do_not_touch_the_version(sessions: sessionmaker[Sessio
         assert repo.current_annotation(s, image_id).version == version
         later = utcnow() + timedelta(seconds=repo.CLAIM_SECONDS + 1)
         assert repo.active_claims(s, project_id, later) == {}
+        # A shorter claim time (the app's --claim-minutes) lapses sooner; a non-positive one is refused.
+        soon = utcnow() + timedelta(seconds=61)
+        assert repo.active_claims(s, project_id, soon) == {image_id: "ann"}
+        assert repo.active_claims(s, project_id, soon, claim_seconds=60) == {}
+        with pytest.raises(InvalidInput, match="positive time"):
+            repo.active_claims(s, project_id, claim_seconds=0)
         # An edit renews the editor's claim.
         ann = repo.current_annotation(s, image_id)
         repo.apply_correction(s, image_id, ann.version, "bob", Correction("delete", [ann.segments[0].to_json()], []))
