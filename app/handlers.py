@@ -42,6 +42,7 @@ from resi_core.labels import (
     check_class_names,
     mix,
     normalize_name,
+    space_domain,
 )
 from storage import repo
 from storage.db import DATABASE_URL_ENV
@@ -653,7 +654,7 @@ def domain_note(domain_probs: dict[str, float], held: Sequence[str], threshold: 
     spaces added by fine-tuning -> the trained space whose images theirs look like."""
     if not held or not domain_probs or threshold is None:
         return ""
-    domain_of = {s: s if s in domain_probs else (inherited or {}).get(s) for s in asked}
+    domain_of = {s: space_domain(s, domain_probs, inherited or {}) for s in asked}
     kept = [s for s in asked if domain_of[s] in domain_probs and s not in held]
     likeliest = max(kept, key=lambda s: domain_probs[domain_of[s]], default=None)
     looks = ""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 MAX_CLASS_NAME_LEN = 100
@@ -184,3 +184,10 @@ def mix(spaces: Sequence[LabelSpace], synonyms: Iterable[tuple[str, str]] = ()) 
             )
         )
     return MixedLabelSpace(spaces=tuple(spaces), classes=tuple(classes))
+
+
+def space_domain(space: str, domain_spaces: Collection[str], inherited: Mapping[str, str]) -> str | None:
+    """The domain of label space `space` for domain-aware OMI: itself when the domain head knows it
+    (`domain_spaces`), else the domain it inherited when it was fine-tuned (`inherited`, the model's
+    `space_domains`), else None (never held back)."""
+    return space if space in domain_spaces else inherited.get(space)

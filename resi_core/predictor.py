@@ -25,7 +25,7 @@ from resi_core.image_io import (
     to_pixel_values,
     to_rgb_uint8,
 )
-from resi_core.labels import LabelError, LabelSpace, MixedLabelSpace, adhoc_space, mix
+from resi_core.labels import LabelError, LabelSpace, MixedLabelSpace, adhoc_space, mix, space_domain
 from resi_core.postprocess import RawSegment, esf_fuse, instance_list, omi_panoptic
 from resi_core.segment import Segment, Source, segment_id
 
@@ -227,7 +227,7 @@ class Predictor:
         inherited = getattr(self.model, "space_domains", {})
         groups: dict[bool, list[tuple[int, str]]] = {True: [], False: []}  # trained / typed: (pass, domain)
         for i, p in enumerate(passes):
-            domain = p.query_set if p.query_set in head_sets else inherited.get(p.query_set)
+            domain = space_domain(p.query_set, head_sets, inherited)
             if domain in head_sets:
                 groups[p.adhoc_embeddings is None].append((i, domain))
         contested = [g for g in groups.values() if len({d for _, d in g}) > 1]
