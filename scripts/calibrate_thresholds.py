@@ -30,6 +30,7 @@ from train.bench import (  # noqa: E402
     METRICS,
     ROWS,
     BenchConfig,
+    Scores,
     ensure_world,
     evaluate_benchmark,
     margins,
@@ -82,8 +83,6 @@ def main(argv: list[str] | None = None) -> int:
         chosen[row] = max(args.grid, key=lambda t, r=row: sweep[r][t]["piq"])
     bar.close()
     # Rows whose chosen threshold is the bench's own are read from the bench's results.json.
-    from train.bench import Scores
-
     bench_results = json.loads((args.bench / "results.json").read_text(encoding="utf-8"))
     same_run = (bench_results["config"]["val_images"] == config.val_images
                 and bench_results["config"]["score_threshold"] == config.score_threshold)
