@@ -205,6 +205,78 @@ def overlapping_instances(
     return sorted(segments, key=lambda s: -s.score)
 
 
+def semantic_inference(
+    mask_logits: torch.Tensor,
+    class_probs: torch.Tensor,
+    out_hw: tuple[int, int],
+    valid_extent: tuple[float, float] | None = None,
+    pixel_threshold: float = 0.5,
+    min_score: float | None = None,
+) -> list[RawSegment]:
+    """Mask2Former semantic inference (its rule for mIoU), with an "unlabeled" outcome.
+
+    mask_logits [Q, h, w]; class_probs [Q, K + 1]. A pixel's score for class c is
+    S_c = Σ_q p_q(c)·σ(m_q) over all queries (∅ excluded), as in Mask2Former. The pixel takes
+    its best class when that score is at least `pixel_threshold`, else it stays unlabeled:
+    our addition, because a label space need not cover every pixel (portrait labels only
+    face and hair). `min_score`: only queries whose best class is not ∅ and scores above it
+    take part (domain-aware OMI's held passes); None = every query. One non-overlapping
+    segment per class, scored by the mean S_c over its pixels; its queries are the taking-part
+    queries whose best class it is (else the query most likely to be it). Sorted by score.
+    """
+    num_classes = class_probs.shape[-1] - 1
+    probs = class_probs[:, :num_classes].float()  # [Q, K]
+    scores, labels = class_probs.float().max(-1)  # [Q], [Q]
+    if min_score is not None:
+        taking_part = (labels != num_classes) & (scores > min_score)  # [Q]
+        probs = probs * taking_part[:, None]
+    else:
+        taking_part = torch.ones_like(labels, dtype=torch.bool)
+    label_map = np.full(out_hw, -1, dtype=np.int64)  # [H, W]
+    best_map = np.zeros(out_hw, dtype=np.float32)  # [H, W]
+    if not bool(taking_part.any()):
+        return []
+    for rows, band in upsampled_bands(mask_logits, out_hw, valid_extent):
+        per_class = torch.einsum("qk,qrw->rwk", probs, band.sigmoid().float())  # [rows, W, K]
+        best, cls = per_class.max(-1)  # [rows, W]
+        label_map[rows] = torch.where(best >= pixel_threshold, cls, -1).cpu().numpy()
+        best_map[rows] = best.cpu().numpy()
+    best_class = probs.argmax(-1)  # [Q]
+    segments = []
+    for c in np.unique(label_map):
+        if c < 0:
+            continue
+        mask = label_map == c
+        queries = tuple(int(q) for q in torch.nonzero(taking_part & (best_class == int(c)))[:, 0].tolist())
+        queries = queries or (int(probs[:, int(c)].argmax()),)  # won by a mixture: its likeliest query
+        segments.append(RawSegment(mask, int(c), float(best_map[mask].mean()), queries))
+    return sorted(segments, key=lambda s: -s.score)
+
+
+def semantic_union(segments_from_passes: Sequence[Sequence[Segment]], mixed: MixedLabelSpace) -> list[Segment]:
+    """The per-pass semantic maps as one multi-label map: for each class of `mixed`, the union of
+    the pixels every pass gave it (passes may overlap: "person" and "face"; "car" and "vehicle").
+    A class's segment keeps the id and score of its best-scoring part and gains the others'
+    sources and label spaces. Sorted by score, highest first."""
+    by_class: dict[int, Segment] = {}
+    for seg in sorted((s for segs in segments_from_passes for s in segs), key=lambda s: -s.score):
+        cls = mixed.class_of(seg.sources[0].label_space, seg.sources[0].class_name)
+        rep = by_class.get(cls)
+        if rep is None:
+            by_class[cls] = seg
+            continue
+        by_class[cls] = Segment(
+            id=rep.id,
+            mask=rep.mask | seg.mask,
+            class_name=rep.class_name,
+            label_spaces=tuple(dict.fromkeys((*rep.label_spaces, *seg.label_spaces))),
+            score=rep.score,
+            isthing=rep.isthing,
+            sources=(*rep.sources, *seg.sources),
+        )
+    return sorted(by_class.values(), key=lambda s: -s.score)
+
+
 def instance_list(
     mask_logits: torch.Tensor,
     class_probs: torch.Tensor,

@@ -26,7 +26,14 @@ from resi_core.image_io import (
     to_rgb_uint8,
 )
 from resi_core.labels import LabelError, LabelSpace, MixedLabelSpace, adhoc_space, mix, space_domain
-from resi_core.postprocess import RawSegment, esf_fuse, instance_list, omi_panoptic
+from resi_core.postprocess import (
+    RawSegment,
+    esf_fuse,
+    instance_list,
+    omi_panoptic,
+    semantic_inference,
+    semantic_union,
+)
 from resi_core.segment import Segment, Source, segment_id
 
 
@@ -81,6 +88,9 @@ class Prediction:
     # label spaces that were held to the out-of-domain threshold (both empty when it did not apply).
     domain_probs: dict[str, float] = dataclasses.field(default_factory=dict)
     out_of_domain: tuple[str, ...] = ()
+    # `predict(..., with_semantic=True)`: one segment per class, the union of every pass's semantic map
+    # (Mask2Former's semantic inference per pass; what mIoU is scored on). Empty otherwise.
+    semantic: list[Segment] = dataclasses.field(default_factory=list)
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,6 +126,7 @@ class Predictor:
         score_threshold: float = 0.5,
         overlap_threshold: float = 0.8,
         iou_threshold: float = 0.5,
+        semantic_threshold: float = 0.5,
         topk: int = 100,
         cache_size: int = 32,
         max_size: int | None = None,
@@ -133,6 +144,7 @@ class Predictor:
         self.score_threshold = score_threshold
         self.overlap_threshold = overlap_threshold
         self.iou_threshold = iou_threshold
+        self.semantic_threshold = semantic_threshold
         self.topk = topk
         self.cache_size = cache_size
         self.max_size = max_size if max_size is not None else int(model.config.max_size)
@@ -150,12 +162,17 @@ class Predictor:
             self._cache.clear()
 
     @torch.inference_mode()
-    def predict(self, image: ImageLike, request: Request, *, with_instances: bool = True) -> Prediction:
+    def predict(
+        self, image: ImageLike, request: Request, *, with_instances: bool = True, with_semantic: bool = False
+    ) -> Prediction:
         """Segment `image` (array or PIL image; see `image_io.to_rgb_uint8`) for `request`.
 
         Masks are bool HxW at the image's own resolution, whatever size the model ran at.
         `with_instances=False` skips the AP instance list (it holds up to `topk` full-size
-        masks per pass), leaving `Prediction.instances` empty.
+        masks per pass), leaving `Prediction.instances` empty. `with_semantic=True` also runs
+        Mask2Former's semantic inference in every pass (pixels whose best class scores below
+        `semantic_threshold` stay unlabeled; a pass held back by domain-aware OMI counts only its
+        queries above its threshold) and unions the passes per class into `Prediction.semantic`.
         Raises RequestError for a bad request and image_io.ImageError for a bad image.
         """
         start = time.perf_counter()
@@ -179,6 +196,7 @@ class Predictor:
         extent = info.valid_extent(tuple(mask_logits.shape[-2:]))
         per_pass: list[list[Segment]] = []
         instances: list[Segment] = []
+        semantic: list[list[Segment]] = []
         for i, p in enumerate(passes):
             if p.adhoc_embeddings is None:
                 logits = self.model.space_logits(hidden[i], p.space.name)  # [Q, K + 1]
@@ -199,11 +217,19 @@ class Predictor:
             if with_instances:
                 raw = instance_list(mask_logits[i], probs, info.original_hw, extent, self.topk, isthing)
                 instances.extend(self._name(raw, p, mixed, key, "instance"))
+            if with_semantic:
+                min_score = thresholds[i] if thresholds[i] > self.score_threshold else None  # held pass
+                raw = semantic_inference(
+                    mask_logits[i], probs, info.original_hw, extent, self.semantic_threshold, min_score
+                )
+                semantic.append(self._name(raw, p, mixed, key, "semantic"))
         segments = esf_fuse(per_pass, mixed, self.iou_threshold)
         instances.sort(key=lambda s: -s.score)
         timings["postprocess"] = time.perf_counter() - tick
         timings["total"] = time.perf_counter() - start
-        return Prediction(segments, instances, timings, mixed, key, cache_hit, domain_probs, held)
+        return Prediction(
+            segments, instances, timings, mixed, key, cache_hit, domain_probs, held, semantic_union(semantic, mixed)
+        )
 
     def _pass_thresholds(
         self, features: Any, info: ResizeInfo, passes: Sequence[_Pass]

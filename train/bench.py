@@ -2,11 +2,13 @@
 
 Every method is trained on the same generated source datasets with the same budget and seed
 (SPEC §6), then evaluated on each mixed benchmark with mIoU, PQ, AP and PIQ:
-- Merged-M2F and Text-M2F (one shared query set): evaluated with both fair inference rules,
-  (a) non-overlapping panoptic inference over the union and (b) overlapping instance-style
-  inference; each metric reports the better rule;
-- RESI with ESF-OMI;
-- RESI without ESF-OMI: the same RESI weights under rules (a) and (b), best of the two;
+- Merged-M2F and Text-M2F (one shared query set): evaluated with the two fair inference rules of
+  SPEC §6, (a) non-overlapping panoptic inference over the union and (b) overlapping instance-style
+  inference, plus (c) Mask2Former's semantic inference over the union (its own rule for mIoU), each
+  also in a domain-aware variant; each metric reports the best rule;
+- RESI with ESF-OMI: PQ and PIQ of its segments, AP of its per-pass instance lists, mIoU of its
+  per-pass semantic maps (Mask2Former scores each task on that task's inference);
+- RESI without ESF-OMI: the same RESI weights under the baselines' rules, best of them;
 - the ablation: RESI with a linear class head instead of text embeddings, with ESF-OMI.
 The table is written as Markdown and JSON.
 """
@@ -37,7 +39,13 @@ from resi_core.labels import MixedLabelSpace, normalize_name
 from resi_core.metrics import evaluate, mask_ap
 from resi_core.model import RESIModel, load_checkpoint
 from resi_core.model.config import known_fields
-from resi_core.postprocess import RawSegment, instance_list, overlapping_instances, standard_panoptic_union
+from resi_core.postprocess import (
+    RawSegment,
+    instance_list,
+    overlapping_instances,
+    semantic_inference,
+    standard_panoptic_union,
+)
 from resi_core.predictor import Predictor, SpacesRequest
 from resi_core.world import BENCHMARK_SYNONYMS, BENCHMARKS, DATASETS, benchmark_mix, generate
 from resi_core.world.export import prepare_out_dir, write_world
@@ -52,6 +60,7 @@ from train.pretrain import (
 
 METRICS = ("miou", "pq", "ap", "piq")
 TOPK = 100  # instances per decoder pass for AP, as in the Predictor
+SEMANTIC_THRESHOLD = 0.5  # semantic inference: a pixel's best class must score this, as in the Predictor
 BENCH_STAMP = "bench.json"  # in each run folder: the budget, data and config it was trained with
 # Rows of the table: (row name, trained method, inference).
 ROWS: tuple[tuple[str, str, str], ...] = (
@@ -222,15 +231,21 @@ class Scores:
         return dataclasses.asdict(self)
 
 
-def _scores(gt: GroundTruth, segments: list[Prediction], instances: list[Prediction] | None, rule: str) -> Scores:
+def _scores(
+    gt: GroundTruth, segments: list[Prediction], instances: list[Prediction] | None, rule: str,
+    semantic: list[Prediction] | None = None,
+) -> Scores:
+    """Scores of one rule: PQ and PIQ of `segments`, AP of `instances` and mIoU of `semantic`
+    (each defaults to `segments`)."""
     result = evaluate(gt, segments)
     ap = mask_ap(gt, instances) if instances is not None else result.ap
+    miou = evaluate(gt, semantic).miou if semantic is not None else result.miou
     return Scores(
-        miou=result.miou.miou,
+        miou=miou.miou,
         pq=result.pq.pq_mean,
         ap=ap.ap if ap is not None else float("nan"),
         piq=result.piq.piq,
-        rule=dict.fromkeys(METRICS, rule),
+        rule={**dict.fromkeys(METRICS, rule), **({"miou": f"{rule}_semantic"} if semantic is not None else {})},
     )
 
 
@@ -258,17 +273,19 @@ def evaluate_benchmark(
         predictor = Predictor(model, None, score_threshold=score_threshold, cache_size=1,
                               out_of_domain_threshold=out_of_domain_threshold)
         request = SpacesRequest(tuple(spaces), BENCHMARK_SYNONYMS.get(benchmark, ()))
-        segments, instances = [], []
+        segments, instances, semantic = [], [], []
         for image in gt.images.values():
-            pred = predictor.predict(load_rgb(data_dir / "images" / image.file_name), request)
-            segments += [Prediction(image.id, category_ids[s.class_name], s.to_rle(), s.score) for s in pred.segments]
-            instances += [Prediction(image.id, category_ids[s.class_name], s.to_rle(), s.score) for s in pred.instances]
+            pred = predictor.predict(load_rgb(data_dir / "images" / image.file_name), request, with_semantic=True)
+            for out, found in ((segments, pred.segments), (instances, pred.instances), (semantic, pred.semantic)):
+                out += [Prediction(image.id, category_ids[s.class_name], s.to_rle(), s.score) for s in found]
             if progress:
                 progress()
-        return _scores(gt, segments, instances, "esf_omi")
-    # Rules: panoptic union and overlapping, each as is and (with a domain head) domain-aware.
+        return _scores(gt, segments, instances, "esf_omi", semantic)
+    # Rules: panoptic union, overlapping and semantic union, each as is and (with a domain head)
+    # domain-aware.
     union: dict[str, list[Prediction]] = {"": []}
     overlap: dict[str, list[Prediction]] = {"": []}
+    semantic: dict[str, list[Prediction]] = {"": []}
     instances: list[Prediction] = []
     isthing = [c.isthing for c in mixed.classes]
     for image in gt.images.values():
@@ -285,6 +302,9 @@ def evaluate_benchmark(
             overlap.setdefault(name, []).extend(_raw_to_predictions(
                 overlapping_instances(masks, p, hw, extent, score_threshold), image.id, mixed, category_ids
             ))
+            semantic.setdefault(name, []).extend(_raw_to_predictions(
+                semantic_inference(masks, p, hw, extent, SEMANTIC_THRESHOLD), image.id, mixed, category_ids
+            ))
         # AP is scored on the same kind of top-k instance list that RESI's predictor gives, for every rule.
         per_pass = masks.shape[0] // (1 if model.config.query_mode == "shared" else len(spaces))
         for start in range(0, masks.shape[0], per_pass):  # top-k per decoder pass, as the Predictor does
@@ -296,7 +316,12 @@ def evaluate_benchmark(
             progress()
     best = None
     for name in union:
-        for rule, predictions in ((f"{name}panoptic_union", union[name]), (f"{name}overlapping", overlap[name])):
+        rules = (
+            (f"{name}panoptic_union", union[name]),
+            (f"{name}overlapping", overlap[name]),
+            (f"{name}semantic_union", semantic[name]),
+        )
+        for rule, predictions in rules:
             scores = _scores(gt, predictions, instances, rule)
             best = scores if best is None else _best(best, scores)
     return best

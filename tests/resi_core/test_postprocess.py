@@ -15,6 +15,8 @@ from resi_core.postprocess import (
     mask_iou,
     omi_panoptic,
     overlapping_instances,
+    semantic_inference,
+    semantic_union,
     standard_panoptic_union,
     upsample_masks,
 )
@@ -118,6 +120,35 @@ def test_instance_list_scores_topk_and_thing_filter():
     assert with_stuff[0].label == 2
 
 
+def test_semantic_inference_sums_queries_and_leaves_weak_pixels_unlabeled():
+    logits = box_logits(
+        (0, 4, 0, 4),  # q0 person 0.9
+        (0, 8, 0, 8),  # q1 sky 0.45: alone below the pixel threshold
+        (4, 8, 4, 8),  # q2 car 0.3
+        (0, 8, 0, 8),  # q3 car 0.25 (best is no-object): with q2, car scores 0.55 in q2's box
+    )
+    class_probs = probs((0, 0.9), (2, 0.45), (1, 0.3), (1, 0.25))
+    segments = semantic_inference(logits, class_probs, (H, W))
+    by_label = {s.label: s for s in segments}
+    assert set(by_label) == {0, 1}  # sky (0.45 + 0.25 car elsewhere) never reaches 0.5
+    assert np.array_equal(by_label[0].mask, box_logits((0, 4, 0, 4))[0].numpy() > 0)
+    assert np.array_equal(by_label[1].mask, box_logits((4, 8, 4, 8))[0].numpy() > 0)
+    assert by_label[0].score == pytest.approx(0.9, abs=1e-3) and by_label[1].score == pytest.approx(0.55, abs=1e-3)
+    assert by_label[1].queries == (2, 3) and [s.label for s in segments] == [0, 1]  # sorted by score
+    # A lower pixel threshold labels the rest as sky, which beats car's 0.25 there.
+    low = {s.label: s for s in semantic_inference(logits, class_probs, (H, W), pixel_threshold=0.4)}
+    assert low[2].mask.sum() == 64 - 16 - 16
+
+
+def test_semantic_inference_min_score_counts_only_confident_queries():
+    logits = box_logits((0, 4, 0, 4), (4, 8, 4, 8), (4, 8, 4, 8))
+    class_probs = probs((0, 0.99), (1, 0.6), (1, 0.3))
+    (only,) = semantic_inference(logits, class_probs, (H, W), min_score=0.98)
+    assert only.label == 0 and only.mask.sum() == 16 and only.queries == (0,)
+    assert semantic_inference(logits, class_probs, (H, W), min_score=0.995) == []
+    assert {s.label for s in semantic_inference(logits, class_probs, (H, W))} == {0, 1}
+
+
 def test_masks_map_back_through_resize_and_padding():
     # The model grid is 4x4; only its left 2 columns cover the image (the rest is padding).
     logits = torch.full((1, 4, 4), -10.0)
@@ -205,6 +236,19 @@ def test_esf_adhoc_passes_fuse_by_query_set():
     b = Segment("b", rect(0, 5, 0, 5), "dog", ("adhoc",), 0.7, True, (Source("adhoc", "dog", 4, "drive"),))
     (fused,) = esf_fuse([[a], [b]], mixed)
     assert fused.id == "b" and fused.query_sets == ("drive", "street")
+
+
+def test_semantic_union_unions_a_class_across_passes_and_keeps_other_classes_overlapping():
+    mixed = mix([STREET, DRIVE, PORTRAIT])
+    street = [seg("street", "road", 0.7, rect(5, 10, 0, 10)), seg("street", "person", 0.8, rect(0, 5, 0, 5))]
+    drive = [seg("drive", "road", 0.9, rect(0, 2, 0, 10), query=3)]  # IoU with street's road is 0: no matter
+    portrait = [seg("portrait", "face", 0.6, rect(0, 2, 0, 2))]  # inside the person
+    out = {s.class_name: s for s in semantic_union([street, drive, portrait], mixed)}
+    assert set(out) == {"road", "person", "face"}
+    assert np.array_equal(out["road"].mask, rect(5, 10, 0, 10) | rect(0, 2, 0, 10))
+    assert out["road"].score == 0.9 and out["road"].id == "drive-road-3"
+    assert set(out["road"].label_spaces) == {"street", "drive"}
+    assert (out["face"].mask & out["person"].mask).sum() == 4
 
 
 def test_segment_helpers():

@@ -365,3 +365,24 @@ def test_a_real_model_holds_a_space_by_the_domain_it_inherited():
     model.set_space_domain("drive", None)
     prediction = Predictor(model, TableEncoder()).predict(image, SpacesRequest(("portrait", "drive")))
     assert prediction.out_of_domain == ()
+
+
+def test_semantic_maps_per_pass_are_unioned_per_class_and_follow_domain_aware_omi(model):
+    image = red_left_image(48, 64)
+    predictor = Predictor(model, FakeEncoder())
+    assert predictor.predict(image, SpacesRequest(("street", "portrait"))).semantic == []  # opt-in
+    two = predictor.predict(image, SpacesRequest(("street", "portrait")), with_semantic=True)
+    # Query 0 of each pass is class 0 on the red half; the other queries are unsure and mask nothing,
+    # so the rest of the image stays unlabeled. Different classes overlap across passes.
+    assert sorted(s.class_name for s in two.semantic) == ["face", "person"]
+    for s in two.semantic:
+        assert s.mask.shape == (48, 64) and s.mask[:, :30].all() and not s.mask[:, 34:].any()  # bilinear edge
+    assert len({s.id for s in two.semantic}) == 2 and not {s.id for s in two.semantic} & {s.id for s in two.segments}
+    # Declared synonyms are one class: the two passes' maps become one segment from both spaces.
+    fused = predictor.predict(image, SpacesRequest(("street", "drive"), (("person", "pedestrian"),)), with_semantic=True)
+    (person,) = fused.semantic
+    assert set(person.label_spaces) == {"street", "drive"} and person.mask[:, :30].all()
+    # A pass held back by domain-aware OMI adds only queries above its threshold (here: none).
+    strict = Predictor(DomainModel("street"), FakeEncoder(), out_of_domain_threshold=1.0)
+    held = strict.predict(image, SpacesRequest(("street", "portrait")), with_semantic=True)
+    assert [s.class_name for s in held.semantic] == ["person"] and held.out_of_domain == ("portrait",)

@@ -54,7 +54,8 @@ def test_smoke_bench_writes_every_row_and_resi_learns(smoke):
         heads = load_checkpoint(bench.latest_checkpoint(out / "runs" / method)).domain_spaces
         assert heads == ["street", "portrait", "drive", "parts"], method
     rules = {r for per in results["Merged-M2F"].values() for r in per["rule"].values()}
-    assert rules and rules <= {f"{v}{r}" for v in ("", "domain_aware_") for r in ("panoptic_union", "overlapping")}
+    candidates = ("panoptic_union", "overlapping", "semantic_union")
+    assert rules and rules <= {f"{v}{r}" for v in ("", "domain_aware_") for r in candidates}
 
     # The floor: the same RESI architecture with random weights, evaluated the same way on M1.
     resi = load_checkpoint(bench.latest_checkpoint(out / "runs" / "resi"))
