@@ -377,21 +377,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="methods trained at once, each in its own process with a share of the CPU threads; "
                         "on a 2-core CPU two 1-thread runs get ~1.5x the throughput of one 2-thread run "
                         "(default: %(default)s)")
+    parser.add_argument("--val-seed", type=int,
+                        help="evaluate on validation images generated with this seed instead of the config's "
+                        "(a check of the same trained runs on another sample; writes results-val-seed<N>.*)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
 
+def val_folder(val_seed: int | None) -> str:
+    """A benchmark's validation folder: `val` for the training seed's images, `val-seed<N>` for another seed's."""
+    return "val" if val_seed is None else f"val-seed{val_seed}"
+
+
 def run(
-    config: BenchConfig, out: Path, methods: Sequence[str] | None, retrain: bool, progress: bool, jobs: int = 1
+    config: BenchConfig, out: Path, methods: Sequence[str] | None, retrain: bool, progress: bool, jobs: int = 1,
+    val_seed: int | None = None,
 ) -> dict:
+    """Train what is missing, then evaluate. `val_seed`: evaluate on validation images of this seed instead
+    of the training seed's (the same trained runs on another sample of images)."""
     from tqdm import tqdm
 
     start = time.perf_counter()
     data_root = out / "data"
     for name in DATASETS:
         ensure_world(name, "train", config.train_images, config.seed, data_root / name / "train")
+    val = val_folder(val_seed)
     for bench in config.benchmarks:
-        ensure_world(bench, "val", config.val_images, config.seed, data_root / bench / "val")
+        ensure_world(bench, "val", config.val_images, config.seed if val_seed is None else val_seed,
+                     data_root / bench / val)
     data_seconds = time.perf_counter() - start
 
     rows = [r for r in ROWS if methods is None or r[1] in methods]
@@ -459,13 +472,14 @@ def run(
         for bench in config.benchmarks:
             bar.set_postfix_str(f"{row} {bench}")
             results[row][bench] = evaluate_benchmark(
-                trained[method], inference, bench, data_root / bench / "val", config.score_threshold,
+                trained[method], inference, bench, data_root / bench / val, config.score_threshold,
                 progress=lambda: bar.update(1), out_of_domain_threshold=config.out_of_domain_threshold,
             )
     bar.close()
     eval_seconds = time.perf_counter() - tick
     report = {
         "config": dataclasses.asdict(config),
+        "val_seed": config.seed if val_seed is None else val_seed,
         "machine": machine_description(),
         "device": "cuda" if torch.cuda.is_available() and config.train.get("device", "auto") != "cpu" else "cpu",
         "seconds": {"data": data_seconds, "train": train_seconds, "evaluate": eval_seconds,
@@ -506,18 +520,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.iterations:
             config = dataclasses.replace(config, iterations=args.iterations)
         out = Path(args.out)
-        report = run(config, out, args.methods, args.retrain, progress=not args.no_progress, jobs=max(1, args.jobs))
+        if args.val_seed is not None and args.val_seed == config.seed:
+            raise ValueError(f"--val-seed {args.val_seed} is the training seed; the table already uses its images.")
+        report = run(config, out, args.methods, args.retrain, progress=not args.no_progress, jobs=max(1, args.jobs),
+                     val_seed=args.val_seed)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    (out / "results.md").write_text(report["markdown"] + "\n", encoding="utf-8")
+    stem = "results" if args.val_seed is None else f"results-val-seed{args.val_seed}"
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    (out / f"{stem}.md").write_text(report["markdown"] + "\n", encoding="utf-8")
     print(report["markdown"])
     if "resi_margin_points" in report:
         print("RESI minus best baseline, mean over benchmarks (points):",
               ", ".join(f"{k} {v:+.1f}" for k, v in report["resi_margin_points"].items()))
-    print(f"total {report['seconds']['total']:.0f} s; results in {out}/results.md and results.json")
+    print(f"total {report['seconds']['total']:.0f} s; results in {out}/{stem}.md and {stem}.json")
     return 0
 
 

@@ -72,6 +72,12 @@ def test_a_second_run_reuses_finished_training(smoke, capsys):
     report = bench.run(config, out, methods=["resi"], retrain=False, progress=False, jobs=1)
     assert list(report["results"]) == ["RESI w/o ESF-OMI", "RESI"]
     assert "== training" not in capsys.readouterr().out
+    # The same runs on another seed's validation images: new images, nothing trained again.
+    other = bench.run(config, out, methods=["resi"], retrain=False, progress=False, jobs=1, val_seed=7)
+    assert "== training" not in capsys.readouterr().out and other["val_seed"] == 7 and report["val_seed"] == 0
+    info = json.loads((out / "data" / "M1" / "val-seed7" / "instances.json").read_text())["info"]
+    assert bench._info_seed(info) == 7
+    assert other["results"]["RESI"] != report["results"]["RESI"]
 
 
 def test_a_finished_run_without_a_domain_head_gets_one_without_retraining(smoke, capsys):
@@ -120,6 +126,9 @@ def test_bad_config_is_one_clear_error(tmp_path, capsys):
     assert bench.main(["--config", str(path), "--out", str(tmp_path / "out")]) == 2
     assert "Unknown benchmarks ['M9']" in capsys.readouterr().err
     assert bench.main(["--config", str(tmp_path / "missing.json")]) == 2
+    capsys.readouterr()
+    assert bench.main(["--smoke", "--out", str(tmp_path / "out"), "--val-seed", "0"]) == 2
+    assert "--val-seed 0 is the training seed" in capsys.readouterr().err
 
 
 def test_a_run_with_another_budget_is_trained_again_not_reused(smoke, capsys):
