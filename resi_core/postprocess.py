@@ -13,6 +13,7 @@ names them. `esf_fuse` works on named `Segment`s of a mixed label space.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -232,10 +233,10 @@ def semantic_inference(
         probs = probs * taking_part[:, None]
     else:
         taking_part = torch.ones_like(labels, dtype=torch.bool)
-    label_map = np.full(out_hw, -1, dtype=np.int64)  # [H, W]
-    best_map = np.zeros(out_hw, dtype=np.float32)  # [H, W]
     if not bool(taking_part.any()):
         return []
+    label_map = np.full(out_hw, -1, dtype=np.int64)  # [H, W]
+    best_map = np.zeros(out_hw, dtype=np.float32)  # [H, W]
     for rows, band in upsampled_bands(mask_logits, out_hw, valid_extent):
         per_class = torch.einsum("qk,qrw->rwk", probs, band.sigmoid().float())  # [rows, W, K]
         best, cls = per_class.max(-1)  # [rows, W]
@@ -260,20 +261,12 @@ def semantic_union(segments_from_passes: Sequence[Sequence[Segment]], mixed: Mix
     sources and label spaces. Sorted by score, highest first."""
     by_class: dict[int, Segment] = {}
     for seg in sorted((s for segs in segments_from_passes for s in segs), key=lambda s: -s.score):
-        cls = mixed.class_of(seg.sources[0].label_space, seg.sources[0].class_name)
+        cls = _mixed_class(seg, mixed)
         rep = by_class.get(cls)
         if rep is None:
             by_class[cls] = seg
             continue
-        by_class[cls] = Segment(
-            id=rep.id,
-            mask=rep.mask | seg.mask,
-            class_name=rep.class_name,
-            label_spaces=tuple(dict.fromkeys((*rep.label_spaces, *seg.label_spaces))),
-            score=rep.score,
-            isthing=rep.isthing,
-            sources=(*rep.sources, *seg.sources),
-        )
+        by_class[cls] = _absorb(rep, seg, rep.mask | seg.mask)
     return sorted(by_class.values(), key=lambda s: -s.score)
 
 
@@ -324,6 +317,21 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
+def _mixed_class(segment: Segment, mixed: MixedLabelSpace) -> int:
+    """The class of `mixed` that a named segment's (first) source maps to."""
+    return mixed.class_of(segment.sources[0].label_space, segment.sources[0].class_name)
+
+
+def _absorb(kept: Segment, other: Segment, mask: np.ndarray) -> Segment:
+    """`kept` with `mask`, gaining `other`'s label spaces and sources; its id, class and score stay."""
+    return dataclasses.replace(
+        kept,
+        mask=mask,
+        label_spaces=tuple(dict.fromkeys((*kept.label_spaces, *other.label_spaces))),
+        sources=(*kept.sources, *other.sources),
+    )
+
+
 def _passes(segment: Segment) -> set[tuple[str, str]]:
     """The decoder passes a segment came from: (label space classified against, query set)."""
     return {(src.label_space, src.query_set) for src in segment.sources}
@@ -348,7 +356,7 @@ def esf_fuse(
     kept: list[Segment] = []
     kept_class: list[int] = []
     for seg in ordered:
-        cls = mixed.class_of(seg.sources[0].label_space, seg.sources[0].class_name)
+        cls = _mixed_class(seg, mixed)
         best, best_iou = -1, iou_threshold
         for i, other in enumerate(kept):
             if kept_class[i] != cls or _passes(other) & _passes(seg):
@@ -360,14 +368,5 @@ def esf_fuse(
             kept.append(seg)
             kept_class.append(cls)
             continue
-        rep = kept[best]
-        kept[best] = Segment(
-            id=rep.id,
-            mask=rep.mask,
-            class_name=rep.class_name,
-            label_spaces=tuple(dict.fromkeys((*rep.label_spaces, *seg.label_spaces))),
-            score=rep.score,
-            isthing=rep.isthing,
-            sources=(*rep.sources, *seg.sources),
-        )
+        kept[best] = _absorb(kept[best], seg, kept[best].mask)
     return kept

@@ -39,6 +39,7 @@ from PIL import Image
 from resi_core.coco import GroundTruth, Prediction, encode_mask, load_ground_truth
 from resi_core.labels import MixedLabelSpace, normalize_name
 from resi_core.metrics import evaluate, mask_ap
+from resi_core.metrics import miou as multi_label_miou
 from resi_core.model import RESIModel, load_checkpoint
 from resi_core.model.config import known_fields
 from resi_core.postprocess import (
@@ -244,7 +245,7 @@ def _scores(
     (each defaults to `segments`)."""
     result = evaluate(gt, segments)
     ap = mask_ap(gt, instances) if instances is not None else result.ap
-    miou = evaluate(gt, semantic).miou if semantic is not None else result.miou
+    miou = multi_label_miou(gt, semantic) if semantic is not None else result.miou
     return Scores(
         miou=miou.miou,
         pq=result.pq.pq_mean,
