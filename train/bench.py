@@ -38,7 +38,7 @@ from PIL import Image
 
 from resi_core.coco import GroundTruth, Prediction, encode_mask, load_ground_truth
 from resi_core.labels import MixedLabelSpace, normalize_name
-from resi_core.metrics import evaluate, mask_ap
+from resi_core.metrics import APResult, evaluate, mask_ap
 from resi_core.metrics import miou as multi_label_miou
 from resi_core.model import RESIModel, load_checkpoint
 from resi_core.model.config import known_fields
@@ -238,13 +238,13 @@ class Scores:
 
 
 def _scores(
-    gt: GroundTruth, segments: list[Prediction], instances: list[Prediction] | None, rule: str,
+    gt: GroundTruth, segments: list[Prediction], instances_ap: APResult | None, rule: str,
     semantic: list[Prediction] | None = None,
 ) -> Scores:
-    """Scores of one rule: PQ and PIQ of `segments`, AP of `instances` and mIoU of `semantic`
-    (each defaults to `segments`)."""
-    result = evaluate(gt, segments)
-    ap = mask_ap(gt, instances) if instances is not None else result.ap
+    """Scores of one rule: PQ and PIQ of `segments`, mIoU of `semantic` (default `segments`) and
+    the AP already computed on the rule's instance list (`mask_ap`; None when it has no thing class)."""
+    result = evaluate(gt, segments, with_ap=False)
+    ap = instances_ap
     miou = multi_label_miou(gt, semantic) if semantic is not None else result.miou
     return Scores(
         miou=miou.miou,
@@ -286,7 +286,7 @@ def evaluate_benchmark(
                 out += [Prediction(image.id, category_ids[s.class_name], s.to_rle(), s.score) for s in found]
             if progress:
                 progress()
-        return _scores(gt, segments, instances, "esf_omi", semantic)
+        return _scores(gt, segments, mask_ap(gt, instances), "esf_omi", semantic)
     # Rules: panoptic union, overlapping and semantic union, each as is and (with a domain head)
     # domain-aware.
     union: dict[str, list[Prediction]] = {"": []}
@@ -320,6 +320,7 @@ def evaluate_benchmark(
             )
         if progress:
             progress()
+    instances_ap = mask_ap(gt, instances)  # one list for every rule: score it once
     best = None
     for name in union:
         rules = (
@@ -328,7 +329,7 @@ def evaluate_benchmark(
             (f"{name}semantic_union", semantic[name]),
         )
         for rule, predictions in rules:
-            scores = _scores(gt, predictions, instances, rule)
+            scores = _scores(gt, predictions, instances_ap, rule)
             best = scores if best is None else _best(best, scores)
     return best
 

@@ -47,7 +47,7 @@ class EvalResult:
     piq: PIQResult
     miou: MIoUResult
     pq: PQResult
-    ap: APResult | None  # None when the ground truth has no thing annotation
+    ap: APResult | None  # None when the ground truth has no thing annotation, or with_ap=False
     num_images: int
     num_predictions: int
 
@@ -62,8 +62,9 @@ class EvalResult:
         }
 
 
-def evaluate(gt: GroundTruth, predictions: Sequence[Prediction]) -> EvalResult:
-    """All four metrics of validated predictions (coco.load_predictions) against the ground truth."""
+def evaluate(gt: GroundTruth, predictions: Sequence[Prediction], *, with_ap: bool = True) -> EvalResult:
+    """All four metrics of validated predictions (coco.load_predictions) against the ground truth.
+    `with_ap=False` skips mask AP (a pycocotools pass) for callers that score AP on another list."""
     isthing = {i: c.isthing for i, c in gt.categories.items()}
     spaces = {i: c.label_spaces for i, c in gt.categories.items()}
     quality = {i: QualityCounts() for i in gt.categories}
@@ -80,7 +81,7 @@ def evaluate(gt: GroundTruth, predictions: Sequence[Prediction]) -> EvalResult:
         piq=summarize(quality, names, isthing),
         miou=summarize_iou(iou, names),
         pq=pq_sums.result(),
-        ap=mask_ap(gt, predictions),
+        ap=mask_ap(gt, predictions) if with_ap else None,
         num_images=len(gt.images),
         num_predictions=len(predictions),
     )

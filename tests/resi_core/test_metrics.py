@@ -213,6 +213,11 @@ def test_evaluate_bundles_all_metrics():
     data = result.to_json()
     assert data["piq"]["per_class"]["vehicle"]["tp"] == 2
     assert set(data["pq"]["per_space"]) == {"street", "drive"}
+    # with_ap=False skips only AP
+    no_ap = evaluate(gt, preds, with_ap=False)
+    assert result.ap is not None and no_ap.ap is None
+    assert (no_ap.piq, no_ap.miou, no_ap.pq) == (result.piq, result.miou, result.pq)
+    assert no_ap.to_json()["ap"] is None
 
 
 def test_paste_by_score():
