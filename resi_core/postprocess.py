@@ -87,6 +87,16 @@ def upsample_masks(
     return masks
 
 
+def _confident_queries(
+    class_probs: torch.Tensor, score_threshold: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mask2Former's keep rule. class_probs [Q, K + 1] (last = ∅) -> each query's best class
+    probability [Q], best class [Q] (K = ∅) and whether it is kept [Q] bool: its best class
+    is not ∅ and scores above `score_threshold`."""
+    scores, labels = class_probs.max(-1)  # [Q], [Q]
+    return scores, labels, (labels != class_probs.shape[-1] - 1) & (scores > score_threshold)
+
+
 def panoptic_inference(
     mask_logits: torch.Tensor,
     class_probs: torch.Tensor,
@@ -109,8 +119,8 @@ def panoptic_inference(
     num_classes = class_probs.shape[-1] - 1
     if len(isthing) != num_classes:
         raise ValueError(f"isthing has {len(isthing)} entries for {num_classes} classes.")
-    scores, labels = class_probs.max(-1)  # [Q], [Q]
-    kept = torch.nonzero((labels != num_classes) & (scores > score_threshold))[:, 0]  # [N]
+    scores, labels, keep = _confident_queries(class_probs, score_threshold)  # [Q] each
+    kept = torch.nonzero(keep)[:, 0]  # [N]
     if kept.numel() == 0:
         return []
     kept_scores = scores[kept].float()  # [N]
@@ -192,9 +202,8 @@ def overlapping_instances(
 
     mask_logits [Q, h, w]; class_probs [Q, K + 1]. Empty masks are dropped. Sorted by score.
     """
-    num_classes = class_probs.shape[-1] - 1
-    scores, labels = class_probs.max(-1)  # [Q], [Q]
-    kept = torch.nonzero((labels != num_classes) & (scores > score_threshold))[:, 0]  # [N]
+    scores, labels, keep = _confident_queries(class_probs, score_threshold)  # [Q] each
+    kept = torch.nonzero(keep)[:, 0]  # [N]
     if kept.numel() == 0:
         return []
     masks = upsample_masks(mask_logits[kept], out_hw, valid_extent)  # [N, H, W]
@@ -227,14 +236,12 @@ def semantic_inference(
     """
     num_classes = class_probs.shape[-1] - 1
     probs = class_probs[:, :num_classes].float()  # [Q, K]
-    scores, labels = class_probs.float().max(-1)  # [Q], [Q]
+    taking_part = torch.ones(probs.shape[0], dtype=torch.bool, device=probs.device)  # [Q]
     if min_score is not None:
-        taking_part = (labels != num_classes) & (scores > min_score)  # [Q]
+        taking_part = _confident_queries(class_probs, min_score)[2]
+        if not bool(taking_part.any()):
+            return []
         probs = probs * taking_part[:, None]
-    else:
-        taking_part = torch.ones_like(labels, dtype=torch.bool)
-    if not bool(taking_part.any()):
-        return []
     label_map = np.full(out_hw, -1, dtype=np.int64)  # [H, W]
     best_map = np.zeros(out_hw, dtype=np.float32)  # [H, W]
     for rows, band in upsampled_bands(mask_logits, out_hw, valid_extent):
