@@ -244,12 +244,11 @@ def _scores(
     """Scores of one rule: PQ and PIQ of `segments`, mIoU of `semantic` (default `segments`) and
     the AP already computed on the rule's instance list (`mask_ap`; None when it has no thing class)."""
     result = evaluate(gt, segments, with_ap=False)
-    ap = instances_ap
     miou = multi_label_miou(gt, semantic) if semantic is not None else result.miou
     return Scores(
         miou=miou.miou,
         pq=result.pq.pq_mean,
-        ap=ap.ap if ap is not None else float("nan"),
+        ap=instances_ap.ap if instances_ap is not None else float("nan"),
         piq=result.piq.piq,
         rule={**dict.fromkeys(METRICS, rule), **({"miou": f"{rule}_semantic"} if semantic is not None else {})},
     )
@@ -408,10 +407,9 @@ def run(
     data_root = out / "data"
     for name in DATASETS:
         ensure_world(name, "train", config.train_images, config.seed, data_root / name / "train")
-    val = val_folder(val_seed)
+    val, val_images_seed = val_folder(val_seed), config.seed if val_seed is None else val_seed
     for bench in config.benchmarks:
-        ensure_world(bench, "val", config.val_images, config.seed if val_seed is None else val_seed,
-                     data_root / bench / val)
+        ensure_world(bench, "val", config.val_images, val_images_seed, data_root / bench / val)
     data_seconds = time.perf_counter() - start
 
     rows = [r for r in ROWS if methods is None or r[1] in methods]
@@ -486,7 +484,7 @@ def run(
     eval_seconds = time.perf_counter() - tick
     report = {
         "config": dataclasses.asdict(config),
-        "val_seed": config.seed if val_seed is None else val_seed,
+        "val_seed": val_images_seed,
         "machine": machine_description(),
         "device": "cuda" if torch.cuda.is_available() and config.train.get("device", "auto") != "cpu" else "cpu",
         "seconds": {"data": data_seconds, "train": train_seconds, "evaluate": eval_seconds,
