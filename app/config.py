@@ -6,13 +6,14 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from formats.images import MAX_PIXELS
+
 DEFAULT_DATA_DIR = Path("resi-data")
 DEFAULT_CHECKPOINT = Path("checkpoints/demo")
 DEFAULT_TEXT_ENCODER = "minilm"
 DEFAULT_MAX_UPLOAD_MB = 50
 DEFAULT_CLAIM_MINUTES = 15.0  # storage.repo.CLAIM_SECONDS / 60
-# 40 megapixels: a large photo still fits, a decompression bomb does not.
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_PIXELS = MAX_PIXELS
 MAX_CLASSES = 500
 
 

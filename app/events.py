@@ -19,7 +19,7 @@ from app import handlers as h
 from app.editing import editor_value
 from app.render import SEGMENT_COLUMNS, annotated_value, color_map, segment_label, segment_rows
 from app.services import UserError
-from resi_core.image_io import ImageError
+from formats.images import ImageError
 from resi_core.labels import LabelError
 from storage.errors import StorageError
 

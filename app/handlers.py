@@ -32,7 +32,7 @@ from app.config import MAX_CLASSES
 from app.editing import BrushMode, apply_strokes, merge_masks, stroke_mask
 from app.segments import SegmentView, find_segment
 from app.services import ModelInfo, Services, UserError, database_url
-from resi_core.coco import decode_rle, encode_mask
+from formats.rle import decode_rle, encode_mask
 from resi_core.labels import (
     ADHOC_SPACE,
     MAX_CLASS_NAME_LEN,
@@ -185,7 +185,9 @@ class ExportResult:
     n_images: int
     n_annotations: int
     panoptic_spaces: tuple[str, ...]
-    skipped: dict[str, list[str]]  # label space -> names of images left out of its panoptic set
+    # label space -> (pixels, segments, images): what masks overlapping inside that space gave up
+    # to the smaller mask in its panoptic set (listed one by one in panoptic/overlaps.json)
+    overlaps: dict[str, tuple[int, int, int]]
     not_accepted: int
 
     @property
@@ -193,10 +195,10 @@ class ExportResult:
         lines = [f"Exported {self.n_images} accepted image(s) with {self.n_annotations} segment(s): "
                  f"COCO instances (instances.json) and COCO panoptic per label space "
                  f"({', '.join(self.panoptic_spaces) or 'none'})."]
-        for space, names in self.skipped.items():
-            lines.append(f"Left out of panoptic {space} ({len(names)} image(s) whose {space} segments overlap; "
-                         "they are in instances.json): " + ", ".join(names[:20])
-                         + (" ..." if len(names) > 20 else ""))
+        for space, (pixels, segments, images) in self.overlaps.items():
+            lines.append(f"Panoptic {space}: segments overlap in {images} image(s); {pixels} shared pixel(s) of "
+                         f"{segments} segment(s) went to the smaller mask (listed in panoptic/overlaps.json; "
+                         "instances.json keeps every mask whole).")
         if self.not_accepted:
             lines.append(f"{self.not_accepted} image(s) not accepted yet are not in the export.")
         return "\n\n".join(lines)
@@ -229,8 +231,6 @@ def export_coco(svc: Services, state: UserState) -> ExportResult:
         folder = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=svc.config.export_dir))
         try:
             summary = write_coco(session, project_id, folder / "coco", svc.files)
-            skipped = {space: [repo.get_image(session, i).original_name for i in ids]
-                       for space, ids in summary.skipped.items()}
             zip_path = folder / f"{slug}-coco.zip"
             with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
                 for file in sorted(p for p in (folder / "coco").rglob("*") if p.is_file()):
@@ -244,8 +244,8 @@ def export_coco(svc: Services, state: UserState) -> ExportResult:
         n_images=summary.n_images,
         n_annotations=summary.n_annotations,
         panoptic_spaces=tuple(summary.panoptic),
-        skipped=skipped,
-        not_accepted=max(sum(counts.values()) - summary.n_images, 0),
+        overlaps=summary.overlaps(),
+        not_accepted=summary.n_not_accepted,
     )
 
 

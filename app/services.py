@@ -23,9 +23,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import AppConfig
+from formats.images import decode_image
 from resi_core.labels import LabelSpace
 from storage import db
-from storage.files import FileStore, load_rgb, path_sha256
+from storage.files import FileStore, path_sha256
 
 
 class UserError(Exception):
@@ -179,7 +180,7 @@ class ImageCache:
             if sha256 in self._items:
                 self._items.move_to_end(sha256)
                 return self._items[sha256]
-        array = np.asarray(load_rgb(self.files.read(sha256)))
+        array = decode_image(self.files.read(sha256))
         array.flags.writeable = False
         with self._lock:
             self._items[sha256] = array

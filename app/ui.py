@@ -265,8 +265,9 @@ def build_ui(svc: Services) -> gr.Blocks:
         @guarded
         def on_export(st: h.UserState) -> tuple[Any, ...]:
             result = h.export_coco(svc, st)
-            if result.skipped:
-                gr.Warning("Some images are left out of a panoptic set (overlapping segments); see the export report.")
+            if result.overlaps:
+                gr.Warning("Some segments overlap inside a label space; the panoptic sets gave the shared pixels "
+                           "to the smaller mask (see the export report).")
             return str(result.path), result.message
 
         export_btn.click(on_export, [state], [export_file, export_md], api_name="export_coco")

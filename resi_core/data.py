@@ -15,8 +15,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from resi_core.coco import decode_rles, load_ground_truth
-from resi_core.image_io import load_image, normalize
+from formats.coco import load_ground_truth
+from formats.images import decode_image
+from formats.rle import decode_rles
+from resi_core.image_io import normalize
 from resi_core.labels import ClassDef, LabelError, LabelSpace, normalize_name
 from resi_core.model.criterion import Target
 
@@ -87,7 +89,7 @@ class CocoDataset:
     def image(self, index: int) -> np.ndarray:
         """The RGB uint8 image alone (no masks decoded), checked against its recorded size."""
         info = self.images[index]
-        image = load_image(self.images_dir / info.file_name)
+        image = decode_image(self.images_dir / info.file_name)
         if image.shape[:2] != (info.height, info.width):
             raise DatasetError(f"Dataset {self.name!r}: {info.file_name} is not {info.height}x{info.width}.")
         return image

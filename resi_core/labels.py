@@ -7,12 +7,14 @@ synonym the user declared, are one class that remembers every label space it cam
 
 from __future__ import annotations
 
-import re
-import unicodedata
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-MAX_CLASS_NAME_LEN = 100
+from formats import names as name_rules
+from formats.errors import InvalidName
+from formats.names import normalize_name
+
+MAX_CLASS_NAME_LEN = name_rules.MAX_NAME_LEN
 ADHOC_SPACE = "adhoc"
 
 
@@ -20,31 +22,12 @@ class LabelError(ValueError):
     """A class name or label-space definition a user can get wrong."""
 
 
-def normalize_name(name: str) -> str:
-    """Case-fold, NFC-normalize, turn `_`/`-` into spaces and collapse whitespace."""
-    text = unicodedata.normalize("NFC", name).casefold()
-    text = re.sub(r"[_\-]+", " ", text)
-    return " ".join(text.split())
-
-
 def check_class_names(names: Sequence[str]) -> list[str]:
-    """Return the names stripped; raise LabelError on empty, too long or duplicated ones."""
-    if not names:
-        raise LabelError("The class list is empty: give at least one class name.")
-    cleaned: list[str] = []
-    seen: dict[str, str] = {}
-    for raw in names:
-        name = " ".join(str(raw).split())
-        if not name:
-            raise LabelError("A class name is empty or only whitespace.")
-        if len(name) > MAX_CLASS_NAME_LEN:
-            raise LabelError(f"Class name {name[:30]!r}... is longer than {MAX_CLASS_NAME_LEN} characters.")
-        key = normalize_name(name)
-        if key in seen:
-            raise LabelError(f"Class name {name!r} is given twice (same as {seen[key]!r}).")
-        seen[key] = name
-        cleaned.append(name)
-    return cleaned
+    """The names cleaned by formats.names' rules; LabelError on empty, too long or duplicated ones."""
+    try:
+        return name_rules.check_class_names(names)
+    except InvalidName as exc:
+        raise LabelError(str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,8 @@ from typing import Any
 
 import torch
 
-from resi_core.image_io import (
-    ImageLike,
-    ResizeInfo,
-    image_hash,
-    resize_for_model,
-    to_pixel_values,
-    to_rgb_uint8,
-)
+from formats.images import ImageLike, to_rgb_uint8
+from resi_core.image_io import ResizeInfo, image_hash, resize_for_model, to_pixel_values
 from resi_core.labels import LabelError, LabelSpace, MixedLabelSpace, adhoc_space, mix, space_domain
 from resi_core.postprocess import (
     RawSegment,
@@ -165,7 +159,7 @@ class Predictor:
     def predict(
         self, image: ImageLike, request: Request, *, with_instances: bool = True, with_semantic: bool = False
     ) -> Prediction:
-        """Segment `image` (array or PIL image; see `image_io.to_rgb_uint8`) for `request`.
+        """Segment `image` (array or PIL image; see `formats.images.to_rgb_uint8`) for `request`.
 
         Masks are bool HxW at the image's own resolution, whatever size the model ran at.
         `with_instances=False` skips the AP instance list (it holds up to `topk` full-size
@@ -173,7 +167,7 @@ class Predictor:
         Mask2Former's semantic inference in every pass (pixels whose best class scores below
         `semantic_threshold` stay unlabeled; a pass held back by domain-aware OMI counts only its
         queries above its threshold) and unions the passes per class into `Prediction.semantic`.
-        Raises RequestError for a bad request and image_io.ImageError for a bad image.
+        Raises RequestError for a bad request and formats.images.ImageError for a bad image.
         """
         start = time.perf_counter()
         passes, mixed = self._resolve(request)

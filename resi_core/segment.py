@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-from pycocotools import mask as mask_utils
+
+from formats.rle import encode_mask
 
 
 class Source(NamedTuple):
@@ -70,8 +71,7 @@ class Segment:
 
     def to_rle(self) -> dict:
         """COCO RLE {"size": [H, W], "counts": str} (pycocotools encoding, counts decoded to UTF-8)."""
-        rle = mask_utils.encode(np.asfortranarray(self.mask.astype(np.uint8)))
-        return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("utf-8")}
+        return encode_mask(self.mask)
 
 
 def segment_id(image_key: str, kind: str, sources: Iterable[Source]) -> str:

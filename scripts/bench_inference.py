@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resi_core.image_io import load_image  # noqa: E402
+from formats.images import decode_image as load_image  # noqa: E402
 from resi_core.labels import ClassDef, LabelSpace  # noqa: E402
 from resi_core.predictor import AdHocRequest, Predictor, SpacesRequest  # noqa: E402
 

@@ -22,13 +22,10 @@ from torchmetrics.detection import PanopticQuality
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from resi_core.coco import (  # noqa: E402
-    Prediction,
-    encode_mask,
-    load_ground_truth,
-    panoptic_to_instances,
-    read_panoptic_png,
-)
+from formats.coco import Prediction, load_ground_truth  # noqa: E402
+from formats.panoptic import panoptic_to_instances  # noqa: E402
+from formats.panoptic import read_png as read_panoptic_png  # noqa: E402
+from formats.rle import encode_mask  # noqa: E402
 from resi_core.metrics import piq, pq  # noqa: E402
 
 

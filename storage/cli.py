@@ -17,6 +17,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, select
 
+from formats.panoptic import DEFAULT_POLICY, OVERLAP_POLICIES
 from storage.db import (
     current_revision,
     database_url,
@@ -60,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--project", required=True, help="project name")
     export.add_argument("--out", type=Path, required=True, help="folder to write; it must not exist or be empty")
     export.add_argument("--no-images", action="store_true", help="annotations only, no image files")
+    export.add_argument("--overlap", choices=OVERLAP_POLICIES, default=DEFAULT_POLICY,
+                        help="which mask keeps a pixel that two masks of one label space share in the panoptic "
+                             "sets: the smaller one (default) or the later one saved; every pixel given up is "
+                             "listed in panoptic/overlaps.json")
     return parser
 
 
@@ -114,7 +119,8 @@ def list_projects(url: str) -> list[str]:
         engine.dispose()
 
 
-def export_project(url: str, data_dir: Path, name: str, out: Path, images: bool = True) -> str:
+def export_project(url: str, data_dir: Path, name: str, out: Path, images: bool = True,
+                   policy: str = DEFAULT_POLICY) -> str:
     """Export a project's accepted annotations into `out` (new or empty); returns a summary line."""
     from storage import repo
     from storage.export import export_coco
@@ -127,14 +133,18 @@ def export_project(url: str, data_dir: Path, name: str, out: Path, images: bool 
         with make_session_factory(engine)() as session:
             project = repo.get_project_by_name(session, name)
             store = FileStore(data_dir / "images") if images else None
-            summary = export_coco(session, project.id, out, store)
+            summary = export_coco(session, project.id, out, store, policy=policy)
     finally:
         engine.dispose()
     line = (f"exported {summary.n_images} accepted image(s), {summary.n_annotations} segment(s) of {name!r} to "
             f"{out}: instances.json, panoptic/ ({', '.join(summary.panoptic) or 'none'})"
             + (", images/" if images else ""))
-    for space, ids in summary.skipped.items():
-        line += f"\nleft out of panoptic {space} (overlapping masks): image id(s) {ids}"
+    for space, (pixels, segments, n_images) in summary.overlaps().items():
+        line += (f"\npanoptic {space}: masks overlap in {n_images} image(s); {pixels} pixel(s) of {segments} "
+                 f"segment(s) went to the {'smaller' if policy == 'smaller' else 'later'} mask "
+                 f"(each listed in {out / 'panoptic' / 'overlaps.json'})")
+    if summary.n_not_accepted:
+        line += f"\n{summary.n_not_accepted} image(s) not accepted yet are left out"
     return line
 
 
@@ -261,7 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "projects":
             print("\n".join(list_projects(url)) or "no projects yet")
         elif args.command == "export":
-            print(export_project(url, data_dir, args.project, args.out, images=not args.no_images))
+            print(export_project(url, data_dir, args.project, args.out, images=not args.no_images,
+                                 policy=args.overlap))
         else:
             problems = check(url, data_dir)
             for problem in problems:

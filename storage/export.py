@@ -1,31 +1,52 @@
 """COCO export of a project's accepted annotations (docs/FORMATS.md).
 
 - `images/<id>-<original name>`: the image files (when a file store is given).
-- `instances.json`: COCO instances with RLE masks; overlaps across label spaces are kept.
-  Categories carry the `isthing` and `label_spaces` extensions.
-- `panoptic/<label space>.json` + `panoptic/<label space>/<image>.png`: one COCO panoptic set
-  per label space (characters unsafe in a file name replaced, see `path_safe`). A segment fused
-  from several spaces ("street+adhoc") is in the set of each. Panoptic segments cannot overlap, so an image whose masks overlap within
-  that label space is left out of it and listed in the summary.
+- `instances.json`: COCO instances with RLE masks; overlaps are kept. One category per class name
+  and `isthing` (a typed thing `sky` and street's stuff `sky` are two categories), with the
+  `isthing` and `label_spaces` extensions.
+- `panoptic/<label space>.json` + `panoptic/<label space>/<sha256>.png`: one COCO panoptic set per
+  label space (characters unsafe in a file name replaced, see `formats.names.path_safe`). A segment
+  fused from several spaces ("street+adhoc") is in the set of each. Stuff is merged per class per
+  image. Where masks of one space overlap, the overlap policy (`formats.panoptic.OVERLAP_POLICIES`,
+  default: the smaller mask keeps the pixel) decides, and every pixel given up is listed in
+  `panoptic/overlaps.json`. No image is left out.
+Every file is written under a temporary name and renamed into place.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
-import numpy as np
 from PIL import Image as PILImage
-from pycocotools import mask as mask_utils
 from sqlalchemy.orm import Session
 
-from storage.files import FileStore, load_rgb
-from storage.names import label_spaces_of, normalize_name, path_safe
-from storage.repo import AcceptedImage, accepted_annotations
+from formats.coco import annotation_entry, write_json
+from formats.images import decode_image
+from formats.names import label_spaces_of, normalize_name, path_safe
+from formats.panoptic import DEFAULT_POLICY, Mask, paint, write_png
+from storage.files import FileStore
+from storage.models import ImageStatus
+from storage.repo import AcceptedImage, accepted_annotations, status_counts
+
+
+@dataclass(frozen=True)
+class GivenUp:
+    """Pixels of an accepted segment that the panoptic set of `label_space` gave to another segment."""
+
+    label_space: str
+    image_id: int
+    segment_id: str
+    class_name: str
+    pixels: int
+    whole: bool  # nothing was left of it, so it is not in that panoptic set
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label_space": self.label_space, "image_id": self.image_id, "segment_id": self.segment_id,
+                "class_name": self.class_name, "pixels": self.pixels, "whole": self.whole}
 
 
 @dataclass
@@ -33,29 +54,35 @@ class ExportSummary:
     instances_path: Path
     n_images: int
     n_annotations: int
+    n_not_accepted: int = 0  # images of the project left out because they are not accepted
+    policy: str = DEFAULT_POLICY
     panoptic: dict[str, Path] = field(default_factory=dict)  # label space -> JSON path
-    skipped: dict[str, list[int]] = field(default_factory=dict)  # label space -> image ids with overlaps
+    given_up: list[GivenUp] = field(default_factory=list)
+
+    def overlaps(self) -> dict[str, tuple[int, int, int]]:
+        """{label space: (pixels given up, segments that gave some up, images)} for spaces with overlaps."""
+        out: dict[str, tuple[int, int, int]] = {}
+        for space in dict.fromkeys(g.label_space for g in self.given_up):
+            rows = [g for g in self.given_up if g.label_space == space]
+            out[space] = (sum(g.pixels for g in rows), len(rows), len({g.image_id for g in rows}))
+        return out
 
 
-def _rle(segment_rle: dict[str, Any]) -> dict[str, Any]:
-    return {"size": segment_rle["size"], "counts": segment_rle["counts"].encode("ascii")}
+def category_key(class_name: str, isthing: bool) -> tuple[str, bool]:
+    """Segments of one category: same normalized class name and same thing/stuff kind."""
+    return normalize_name(class_name), bool(isthing)
 
 
-def _categories(images: Sequence[AcceptedImage]) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    by_key: dict[str, dict[str, Any]] = {}
+def _categories(images: Sequence[AcceptedImage]) -> list[dict[str, Any]]:
+    by_key: dict[tuple[str, bool], dict[str, Any]] = {}
     for image in images:
         for seg in image.segments:
-            cat = by_key.setdefault(normalize_name(seg.class_name),
+            cat = by_key.setdefault(category_key(seg.class_name, seg.isthing),
                                     {"name": seg.class_name, "isthing": int(seg.isthing), "label_spaces": []})
             for space in label_spaces_of(seg.label_space):  # a fused segment belongs to each of its spaces
                 if space not in cat["label_spaces"]:
                     cat["label_spaces"].append(space)
-    categories = []
-    ids: dict[str, int] = {}
-    for i, key in enumerate(sorted(by_key), start=1):
-        categories.append({"id": i, "supercategory": "", **by_key[key]})
-        ids[key] = i
-    return categories, ids
+    return [{"id": i, "supercategory": "", **by_key[key]} for i, key in enumerate(sorted(by_key), start=1)]
 
 
 def image_file_name(image: AcceptedImage) -> str:
@@ -78,88 +105,77 @@ def write_images(images: Sequence[AcceptedImage], store: FileStore, out_dir: Pat
     for image in images:
         data = store.read(image.sha256)
         target = out_dir / image_file_name(image)
+        tmp = target.with_name(f".{target.name}.tmp")
         if image.exif_orientation == 1:
-            target.write_bytes(data)
+            tmp.write_bytes(data)
         else:
-            load_rgb(data).save(target, format="PNG")
+            PILImage.fromarray(decode_image(data)).save(tmp, format="PNG")
+        tmp.replace(target)
 
 
 def coco_instances(images: Sequence[AcceptedImage]) -> dict[str, Any]:
     """COCO instances dict; image ids are the database ids, file names those of `image_file_name`."""
-    categories, cat_ids = _categories(images)
+    categories = _categories(images)
+    cat_ids = {category_key(c["name"], c["isthing"]): c["id"] for c in categories}
     coco_images, annotations = [], []
     for image in images:
         coco_images.append({"id": image.image_id, "file_name": image_file_name(image), "sha256": image.sha256,
                             "original_name": image.original_name, "width": image.width, "height": image.height})
         for seg in image.segments:
-            rle = _rle(seg.rle)
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": image.image_id,
-                "category_id": cat_ids[normalize_name(seg.class_name)],
-                "segmentation": seg.rle,
-                "area": int(mask_utils.area(rle)),
-                "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-                "iscrowd": 0,
-                "label_space": seg.label_space,
-            })
+            annotations.append(annotation_entry(len(annotations) + 1, image.image_id,
+                                                cat_ids[category_key(seg.class_name, seg.isthing)], seg.rle,
+                                                seg.iscrowd, label_space=seg.label_space))
     return {"info": {"description": "RESI accepted annotations"}, "images": coco_images,
             "annotations": annotations, "categories": categories}
 
 
-def _panoptic(images: Sequence[AcceptedImage], space: str, cat_ids: dict[str, int], png_dir: Path
-              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[int]]:
+def _panoptic(images: Sequence[AcceptedImage], space: str, cat_ids: dict[tuple[str, bool], int], png_dir: Path,
+              policy: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[GivenUp]]:
     png_dir.mkdir(parents=True, exist_ok=True)
-    coco_images, annotations, skipped = [], [], []
+    coco_images, annotations, given_up = [], [], []
     for image in images:
         segs = [s for s in image.segments if space in label_spaces_of(s.label_space)]
         if not segs:
             continue
-        ids = np.zeros((image.height, image.width), dtype=np.uint32)  # [H, W] panoptic segment id, 0 = void
-        info = []
-        overlaps = False
-        for k, seg in enumerate(segs, start=1):
-            mask = mask_utils.decode(_rle(seg.rle)).astype(bool)  # [H, W]
-            if (ids[mask] != 0).any():
-                overlaps = True
-                break
-            ids[mask] = k
-            rle = _rle(seg.rle)
-            info.append({"id": k, "category_id": cat_ids[normalize_name(seg.class_name)], "iscrowd": 0,
-                         "area": int(mask.sum()), "bbox": [float(v) for v in mask_utils.toBbox(rle)]})
-        if overlaps:
-            skipped.append(image.image_id)
-            continue
-        rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536 % 256], axis=-1).astype(np.uint8)  # [H, W, 3]
+        masks = [Mask(s.rle, cat_ids[category_key(s.class_name, s.isthing)], s.isthing, s.iscrowd, s.id)
+                 for s in segs]
+        ids, infos, lost = paint(masks, image.height, image.width, policy)
+        names = {s.id: s.class_name for s in segs}
+        given_up += [GivenUp(space, image.image_id, g.key, names[g.key], g.pixels, g.whole) for g in lost]
         name = f"{image.sha256}.png"
-        PILImage.fromarray(rgb).save(png_dir / name)
+        write_png(png_dir / name, ids)
         coco_images.append({"id": image.image_id, "file_name": image_file_name(image), "width": image.width,
                             "height": image.height})
-        annotations.append({"image_id": image.image_id, "file_name": name, "segments_info": info})
-    return coco_images, annotations, skipped
+        annotations.append({"image_id": image.image_id, "file_name": name, "segments_info": infos})
+    return coco_images, annotations, given_up
 
 
-def export_coco(session: Session, project_id: int, out_dir: Path, store: FileStore | None = None) -> ExportSummary:
+def export_coco(session: Session, project_id: int, out_dir: Path, store: FileStore | None = None,
+                policy: str = DEFAULT_POLICY) -> ExportSummary:
     """Write the project's accepted annotations as COCO instances and per-label-space panoptic; with
-    `store`, the image files too (under images/)."""
+    `store`, the image files too (under images/). `policy` resolves overlaps inside one label space."""
     images = accepted_annotations(session, project_id)
+    counts = status_counts(session, project_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     if store is not None:
         write_images(images, store, out_dir / "images")
     instances = coco_instances(images)
     instances_path = out_dir / "instances.json"
-    instances_path.write_text(json.dumps(instances))
-    summary = ExportSummary(instances_path, len(images), len(instances["annotations"]))
-    cat_ids = {normalize_name(c["name"]): c["id"] for c in instances["categories"]}
+    write_json(instances_path, instances, indent=None)
+    summary = ExportSummary(instances_path, len(images), len(instances["annotations"]), policy=policy,
+                            n_not_accepted=sum(n for s, n in counts.items() if s != ImageStatus.ACCEPTED))
+    cat_ids = {category_key(c["name"], c["isthing"]): c["id"] for c in instances["categories"]}
     spaces = sorted({space for image in images for seg in image.segments for space in label_spaces_of(seg.label_space)})
     for space in spaces:
-        space_categories = [c for c in instances["categories"] if space in c["label_spaces"]]
         folder = path_safe(space)
-        coco_images, annotations, skipped = _panoptic(images, space, cat_ids, out_dir / "panoptic" / folder)
+        coco_images, annotations, given_up = _panoptic(images, space, cat_ids, out_dir / "panoptic" / folder, policy)
         path = out_dir / "panoptic" / f"{folder}.json"
-        path.write_text(json.dumps({"images": coco_images, "annotations": annotations,
-                                    "categories": space_categories}))
+        write_json(path, {"images": coco_images, "annotations": annotations,
+                          "categories": [c for c in instances["categories"] if space in c["label_spaces"]]},
+                   indent=None)
         summary.panoptic[space] = path
-        if skipped:
-            summary.skipped[space] = skipped
+        summary.given_up += given_up
+    if summary.given_up:
+        write_json(out_dir / "panoptic" / "overlaps.json",
+                   {"policy": policy, "given_up": [g.to_json() for g in summary.given_up]})
     return summary

@@ -2,6 +2,7 @@
 
 Each image is stored once, as `<root>/<sha[:2]>/<sha>`, whatever its original name; the
 database keeps the hash, byte size, original name and EXIF orientation, never the pixels.
+Pixels are decoded by `formats.images.decode_image` (the one decoder), never here.
 """
 
 from __future__ import annotations
@@ -14,15 +15,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from formats.images import MAX_PIXELS, exif_orientation, upright_size
 from storage.errors import InvalidInput
 
-# Decompression-bomb cap. A 40 MP photo is larger than any camera image we label, yet its
-# decoded RGB copy (120 MB) is still safe to hold in memory.
-MAX_PIXELS = 40_000_000
 MAX_BYTES = 200 * 1024 * 1024
-EXIF_ORIENTATION_TAG = 0x0112
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"}
 
 
@@ -60,7 +58,7 @@ def inspect_image(data: bytes, max_pixels: int = MAX_PIXELS) -> ImageInfo:
                 img.verify()
             # verify() checks structure only; decoding every pixel catches truncated data.
             with Image.open(io.BytesIO(data)) as img:
-                orientation = int(img.getexif().get(EXIF_ORIENTATION_TAG, 1) or 1)
+                orientation = exif_orientation(img)
                 img.load()
     except InvalidInput:
         raise
@@ -72,10 +70,7 @@ def inspect_image(data: bytes, max_pixels: int = MAX_PIXELS) -> ImageInfo:
         raise InvalidInput(f"The image is damaged or truncated: {exc}") from exc
     if fmt not in ALLOWED_FORMATS:
         raise InvalidInput(f"Image format {fmt or 'unknown'} is not supported; use JPEG, PNG or WEBP.")
-    if orientation not in range(1, 9):
-        orientation = 1
-    if orientation in (5, 6, 7, 8):  # rotated by 90 or 270 degrees
-        width, height = height, width
+    width, height = upright_size(width, height, orientation)
     return ImageInfo(
         sha256=hashlib.sha256(data).hexdigest(),
         byte_size=len(data),
@@ -84,12 +79,6 @@ def inspect_image(data: bytes, max_pixels: int = MAX_PIXELS) -> ImageInfo:
         height=height,
         exif_orientation=orientation,
     )
-
-
-def load_rgb(data: bytes) -> Image.Image:
-    """Decode an image as RGB with its EXIF orientation applied (the frame masks are stored in)."""
-    with Image.open(io.BytesIO(data)) as img:
-        return ImageOps.exif_transpose(img).convert("RGB")
 
 
 class FileStore:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -185,6 +186,24 @@ class AnnotationSegment(Base):
     isthing: Mapped[bool] = mapped_column(Boolean)
     score: Mapped[float | None] = mapped_column(Float)
     rle: Mapped[str] = mapped_column(Text)  # COCO RLE JSON text
+    # A COCO crowd region (a group of objects labeled as one); imported datasets keep theirs (0005).
+    iscrowd: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class LabelSpaceDef(Base):
+    """A label space's classes as a project defines them (an imported dataset's categories, with
+    isthing). Segments name their label space and class; this keeps the order, the kind of each
+    class and the classes no segment uses yet (kept only when an import was asked to)."""
+
+    __tablename__ = "label_spaces"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(NAME_LEN))
+    classes: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # [{"name", "isthing"}, ...]
+    source: Mapped[dict[str, Any]] = mapped_column(JSON)  # where it came from: {"coco": path} etc.
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class AnnotationEvent(Base):

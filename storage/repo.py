@@ -19,6 +19,9 @@ from typing import Any, TypeVar
 from sqlalchemy import delete, func, insert, or_, select, true, update
 from sqlalchemy.orm import Session
 
+from formats import names as name_rules
+from formats.errors import InvalidName
+from formats.names import label_spaces_of, normalize_name
 from storage.errors import Conflict, Correction, InvalidInput, NotFound
 from storage.files import FileStore, inspect_image
 from storage.models import (
@@ -36,7 +39,6 @@ from storage.models import (
     Proposal,
     utcnow,
 )
-from storage.names import check_class_names, check_name, label_spaces_of, normalize_name
 
 MAX_PAGE_SIZE = 500
 MAX_JOB_KIND_LEN = 32
@@ -66,6 +68,7 @@ class Segment:
     isthing: bool
     rle: dict[str, Any]
     score: float | None = None
+    iscrowd: bool = False  # a COCO crowd region (imported datasets keep theirs)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +78,7 @@ class Segment:
             "isthing": self.isthing,
             "score": self.score,
             "rle": self.rle,
+            "iscrowd": self.iscrowd,
         }
 
     @classmethod
@@ -86,7 +90,24 @@ class Segment:
             isthing=bool(data["isthing"]),
             rle=data["rle"],
             score=data.get("score"),
+            iscrowd=bool(data.get("iscrowd", False)),
         )
+
+
+def check_name(raw: object, what: str = "class name") -> str:
+    """formats.names.check_name, its error raised as InvalidInput."""
+    try:
+        return name_rules.check_name(raw, what)
+    except InvalidName as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def check_class_names(names: Sequence[object], what: str = "class name", allow_empty: bool = False) -> list[str]:
+    """formats.names.check_class_names, its error raised as InvalidInput."""
+    try:
+        return name_rules.check_class_names(names, what, allow_empty)
+    except InvalidName as exc:
+        raise InvalidInput(str(exc)) from None
 
 
 def new_segment_id() -> str:
@@ -104,6 +125,7 @@ def _check_segment(raw: Segment | dict[str, Any], height: int, width: int, assig
     data["class_name"] = check_name(data.get("class_name"), "class name")
     data["label_space"] = check_name(data.get("label_space"), "label space name")
     data["isthing"] = bool(data.get("isthing", True))
+    data["iscrowd"] = bool(data.get("iscrowd", False))
     score = data.get("score")
     if score is not None:
         score = float(score)
@@ -124,7 +146,7 @@ def _check_segment(raw: Segment | dict[str, Any], height: int, width: int, assig
     if not isinstance(counts, str):
         raise InvalidInput(f"Segment {seg_id}: RLE counts must be the compressed string form.")
     data["rle"] = {"size": size, "counts": counts}
-    return {k: data[k] for k in ("id", "class_name", "label_space", "isthing", "score", "rle")}
+    return {k: data[k] for k in ("id", "class_name", "label_space", "isthing", "score", "rle", "iscrowd")}
 
 
 def _row_to_json(row: AnnotationSegment | Any) -> dict[str, Any]:
@@ -134,6 +156,7 @@ def _row_to_json(row: AnnotationSegment | Any) -> dict[str, Any]:
         "label_space": row.label_space,
         "isthing": row.isthing,
         "score": row.score,
+        "iscrowd": row.iscrowd,
         "rle": json.loads(row.rle),
     }
 
@@ -578,6 +601,7 @@ def _as_json(seg: Segment | dict[str, Any]) -> dict[str, Any]:
     rle["size"] = list(rle["size"])
     data["rle"] = rle
     data.setdefault("score", None)
+    data.setdefault("iscrowd", False)
     return data
 
 
@@ -754,6 +778,7 @@ def _apply(
                         "isthing": r["isthing"],
                         "score": r["score"],
                         "rle": _dumps(r["rle"]),
+                        "iscrowd": r["iscrowd"],
                     }
                     for r in after_rows
                 ],
@@ -928,13 +953,14 @@ def accepted_annotations(session: Session, project_id: int) -> list[AcceptedImag
     rows = session.execute(
         select(AnnotationSegment.image_id, AnnotationSegment.uid, AnnotationSegment.class_name,
                AnnotationSegment.label_space, AnnotationSegment.isthing, AnnotationSegment.score,
-               AnnotationSegment.rle)
+               AnnotationSegment.rle, AnnotationSegment.iscrowd)
         .join(Image, Image.id == AnnotationSegment.image_id)
         .where(accepted)
         .order_by(AnnotationSegment.image_id, AnnotationSegment.id)
     )
     for r in rows:
-        segments[r.image_id].append(Segment(r.uid, r.class_name, r.label_space, r.isthing, json.loads(r.rle), r.score))
+        segments[r.image_id].append(Segment(r.uid, r.class_name, r.label_space, r.isthing, json.loads(r.rle), r.score,
+                                                  r.iscrowd))
     return [AcceptedImage(r.id, r.sha256, r.original_name, r.width, r.height, segments[r.id], r.exif_orientation)
             for r in images]
 

@@ -34,9 +34,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from resi_core.coco import GroundTruth, Prediction, encode_mask, load_ground_truth
+from formats.coco import GroundTruth, Prediction, load_ground_truth
+from formats.images import decode_image
+from formats.rle import encode_mask
 from resi_core.labels import MixedLabelSpace, normalize_name
 from resi_core.metrics import APResult, evaluate, mask_ap
 from resi_core.metrics import miou as multi_label_miou
@@ -123,11 +124,6 @@ def ensure_world(name: str, split: str, n: int, seed: int, out: Path) -> Path:
 def _info_seed(info: dict) -> int | None:
     world = info.get("world", {})
     return world.get("seed", info.get("seed"))
-
-
-def load_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
 
 
 # ----- inference rules -----------------------------------------------------------------------------
@@ -280,7 +276,7 @@ def evaluate_benchmark(
         request = SpacesRequest(tuple(spaces), BENCHMARK_SYNONYMS.get(benchmark, ()))
         segments, instances, semantic = [], [], []
         for image in gt.images.values():
-            pred = predictor.predict(load_rgb(data_dir / "images" / image.file_name), request, with_semantic=True)
+            pred = predictor.predict(decode_image(data_dir / "images" / image.file_name), request, with_semantic=True)
             for out, found in ((segments, pred.segments), (instances, pred.instances), (semantic, pred.semantic)):
                 out += [Prediction(image.id, category_ids[s.class_name], s.to_rle(), s.score) for s in found]
             if progress:
@@ -295,7 +291,7 @@ def evaluate_benchmark(
     isthing = [c.isthing for c in mixed.classes]
     for image in gt.images.values():
         masks, probs, hw, extent, likeliest = rule_inputs(
-            model, load_rgb(data_dir / "images" / image.file_name), spaces, mixed
+            model, decode_image(data_dir / "images" / image.file_name), spaces, mixed
         )
         variants = {"": probs}
         if likeliest is not None and out_of_domain_threshold is not None:

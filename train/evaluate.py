@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from resi_core.coco import FormatError, load_ground_truth, load_predictions, write_json
+from formats.coco import FormatError, load_ground_truth, load_predictions, write_json
 from resi_core.metrics import EvalResult, evaluate
 
 DESCRIPTION = """\

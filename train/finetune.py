@@ -31,9 +31,10 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
-from resi_core.coco import decode_rles, encode_mask
+from formats.images import decode_image
+from formats.names import label_spaces_of
+from formats.rle import decode_rles, encode_mask
 from resi_core.data import CocoDataset, DatasetError, MixedSampler, TrainSample, class_names_match
-from resi_core.image_io import load_image
 from resi_core.labels import ADHOC_SPACE, ClassDef, LabelError, LabelSpace, normalize_name
 from resi_core.model import (
     CheckpointError,
@@ -50,7 +51,6 @@ from storage import db, repo
 from storage.cli import DATA_DIR_ENV, DEFAULT_DATA_DIR
 from storage.errors import InvalidInput, StorageError
 from storage.files import FileStore, path_sha256
-from storage.names import label_spaces_of
 from train.domain import mean_domain_probs
 from train.jobs import JobReporter
 from train.pretrain import latest_checkpoint, pick_device
@@ -178,7 +178,7 @@ class AcceptedDataset:
     def image(self, index: int) -> np.ndarray:
         """The RGB uint8 image alone (no masks decoded), checked against its recorded size."""
         info = self.images[index]
-        image = load_image(self.store.read(info.sha256))
+        image = decode_image(self.store.read(info.sha256))
         if image.shape[:2] != (info.height, info.width):
             raise DatasetError(f"Image {info.image_id} ({info.original_name}) is not {info.height}x{info.width}.")
         return image

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from resi_core.coco import GroundTruth, Prediction
+from formats.coco import GroundTruth, Prediction
 from resi_core.metrics.ap import APResult, mask_ap
 from resi_core.metrics.miou import MIoUResult, image_iou_counts, miou, summarize_iou
 from resi_core.metrics.piq import (

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from resi_core.coco import GroundTruth, Prediction
+from formats.coco import GroundTruth, Prediction
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from resi_core.coco import GroundTruth, Prediction
+from formats.coco import GroundTruth, Prediction
 from resi_core.metrics.segments import ImageSegments, class_names, iter_image_segments
 
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from resi_core.coco import DEFAULT_SPACE, GroundTruth, Prediction
+from formats.coco import DEFAULT_SPACE, GroundTruth, Prediction
 from resi_core.metrics.segments import ImageSegments, class_names, from_masks, iter_image_segments, overlap
 
 MATCH_IOU = 0.5

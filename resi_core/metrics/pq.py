@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from resi_core.coco import GroundTruth, Prediction
+from formats.coco import GroundTruth, Prediction
 from resi_core.metrics.piq import PIQResult, QualityCounts, image_quality_counts, summarize
 from resi_core.metrics.segments import ImageSegments, class_names, iter_image_segments
 

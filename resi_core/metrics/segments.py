@@ -11,7 +11,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from resi_core.coco import GroundTruth, GTAnnotation, ImageInfo, Prediction, decode_rles, rle_boxes
+from formats.coco import GroundTruth, GTAnnotation, ImageInfo, Prediction
+from formats.rle import decode_rles, rle_boxes
 
 # Pixel counts are summed with a float matmul (BLAS); float32 counts exactly up to 2**24.
 _FLOAT32_EXACT = 2**24

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from pycocotools import mask as mask_util
 
+from formats.panoptic import pack_ids
+from formats.rle import encode_mask, rle_bbox
 from resi_core.world.dataset import WorldSample
 from resi_core.world.spaces import (
     BENCHMARK_SYNONYMS,
@@ -63,18 +64,6 @@ def _category(cid: int, name: str, isthing: bool, spaces: list[str], synonyms: l
             "label_spaces": spaces, "synonyms": synonyms}
 
 
-def encode(mask: np.ndarray) -> dict:
-    """COCO RLE of a bool HxW mask, `counts` as a str."""
-    rle = mask_util.encode(np.asfortranarray(mask, dtype=np.uint8))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
-def _bbox(rle: dict) -> list[float]:
-    """XYWH."""
-    return [float(v) for v in mask_util.toBbox(rle)]
-
-
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     """Create `out_dir`; refuse a non-empty one unless `overwrite`, then remove only our own outputs."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -109,7 +98,7 @@ def write_world(samples: Iterable[WorldSample], name: str, out_dir: Path, *, spl
         entry = {"id": sample.image_id, "file_name": file_name, "height": height, "width": width,
                  "domain": sample.domain}
         if sample.void:
-            entry["void"] = {space: encode(mask) for space, mask in sample.void.items()}
+            entry["void"] = {space: encode_mask(mask) for space, mask in sample.void.items()}
         images.append(entry)
         instances += _instances(sample, cats, first_id=len(instances) + 1)
         for space in spaces:
@@ -135,9 +124,9 @@ def _instances(sample: WorldSample, cats: Categories, first_id: int) -> list[dic
             if key in seen:
                 continue
             seen.add(key)
-            rle = encode(seg.mask)
+            rle = encode_mask(seg.mask)
             out.append({"id": first_id + len(out), "image_id": sample.image_id, "category_id": cid,
-                        "segmentation": rle, "area": int(np.count_nonzero(seg.mask)), "bbox": _bbox(rle),
+                        "segmentation": rle, "area": int(np.count_nonzero(seg.mask)), "bbox": rle_bbox(rle),
                         "iscrowd": int(seg.iscrowd)})
     return out
 
@@ -148,11 +137,10 @@ def _write_panoptic_png(sample: WorldSample, space: str, cats: Categories, path:
     infos = []
     for k, seg in enumerate(sample.segments[space], start=1):
         ids[seg.mask] = k
-        rle = encode(seg.mask)
+        rle = encode_mask(seg.mask)
         infos.append({"id": k, "category_id": cats.ids[(space, seg.class_name)],
-                      "area": int(np.count_nonzero(seg.mask)), "bbox": _bbox(rle), "iscrowd": int(seg.iscrowd)})
-    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], axis=-1).astype(np.uint8)
-    Image.fromarray(rgb).save(path, compress_level=1)
+                      "area": int(np.count_nonzero(seg.mask)), "bbox": rle_bbox(rle), "iscrowd": int(seg.iscrowd)})
+    Image.fromarray(pack_ids(ids)).save(path, compress_level=1)
     return {"image_id": sample.image_id, "file_name": path.name, "segments_info": infos}
 
 

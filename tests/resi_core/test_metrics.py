@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from resi_core.coco import Prediction, encode_mask, load_ground_truth
+from formats.coco import Prediction, load_ground_truth
+from formats.rle import encode_mask
 from resi_core.metrics import evaluate, mask_ap, miou, paste_by_score, piq, piq_of_masks, pq
 
 H = W = 10

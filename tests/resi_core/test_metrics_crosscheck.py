@@ -14,13 +14,10 @@ from pycocotools.cocoeval import COCOeval
 from scipy import ndimage
 from torchmetrics.detection import PanopticQuality
 
-from resi_core.coco import (
-    Prediction,
-    encode_mask,
-    load_ground_truth,
-    panoptic_to_instances,
-    read_panoptic_png,
-)
+from formats.coco import Prediction, load_ground_truth
+from formats.panoptic import panoptic_to_instances
+from formats.panoptic import read_png as read_panoptic_png
+from formats.rle import encode_mask
 from resi_core.metrics import mask_ap, miou, piq, pq
 from tests.shared_data import COCO128
 
@@ -249,7 +246,7 @@ def test_piq_equals_panopticapi_pq_on_coco128():
 
 def perturbed_instances(rng, gt) -> list[Prediction]:
     """Predictions from the ground-truth instances: shifted, eroded, dropped, relabeled, plus noise."""
-    from resi_core.coco import decode_rle
+    from formats.rle import decode_rle
 
     cat_ids = sorted(gt.categories)
     predictions = []

@@ -193,7 +193,7 @@ def test_bad_requests_raise_request_error(model, request_, message):
 
 
 def test_bad_image_raises_image_error(model):
-    from resi_core.image_io import ImageError
+    from formats.images import ImageError
 
     with pytest.raises(ImageError):
         Predictor(model, FakeEncoder()).predict(

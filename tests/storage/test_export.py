@@ -36,14 +36,22 @@ def test_export_instances_and_panoptic(sessions: sessionmaker[Session], store: F
     assert sorted(c["name"] for c in coco.loadCats(coco.getCatIds())) == ["car", "face", "person"]
     ann = coco.loadAnns(coco.getAnnIds(imgIds=[ids[0]], catIds=coco.getCatIds(catNms=["person"])))[0]
     assert coco.annToMask(ann).sum() == 400 and ann["bbox"] == [0.0, 0.0, 20.0, 20.0]
-    assert summary.skipped == {"street": [ids[1]]}
+    # Image 1's person and car (20x20 each) share a 10x10 square in street: no image is left out, the
+    # tie in size goes to the later mask (car), and the 100 pixels the person gave up are reported.
+    assert [(g.label_space, g.image_id, g.segment_id, g.pixels, g.whole) for g in summary.given_up] == [
+        ("street", ids[1], "a", 100, False)]
+    assert summary.overlaps() == {"street": (100, 1, 1)}
+    report = json.loads((tmp_path / "out" / "panoptic" / "overlaps.json").read_text())
+    assert report["policy"] == "smaller" and report["given_up"][0]["class_name"] == "person"
     street = json.loads(summary.panoptic["street"].read_text())
-    assert [a["image_id"] for a in street["annotations"]] == [ids[0]]
-    png = np.asarray(PILImage.open(summary.panoptic["street"].parent / "street" / street["annotations"][0]["file_name"]))
-    png = png.astype(np.int64)
-    seg_ids = png[..., 0] + 256 * png[..., 1] + 65536 * png[..., 2]
-    assert {int(v) for v in np.unique(seg_ids)} == {0, 1, 2}
-    assert {s["area"] for s in street["annotations"][0]["segments_info"]} == {400, 100}
+    assert [a["image_id"] for a in street["annotations"]] == ids
+    for ann, areas in zip(street["annotations"], ({400, 100}, {300, 400}), strict=True):
+        png = np.asarray(PILImage.open(summary.panoptic["street"].parent / "street" / ann["file_name"]))
+        png = png.astype(np.int64)
+        seg_ids = png[..., 0] + 256 * png[..., 1] + 65536 * png[..., 2]
+        assert {int(v) for v in np.unique(seg_ids)} == {0} | {i["id"] for i in ann["segments_info"]}
+        assert {i["area"] for i in ann["segments_info"]} == areas
+        assert all(i["area"] == (seg_ids == i["id"]).sum() for i in ann["segments_info"])
 
 
 def test_fused_segment_is_in_each_of_its_spaces(sessions: sessionmaker[Session], store: FileStore,
@@ -72,7 +80,7 @@ def test_fused_segment_is_in_each_of_its_spaces(sessions: sessionmaker[Session],
 
 
 def test_label_space_names_become_safe_file_names() -> None:
-    from storage.names import path_safe
+    from formats.names import path_safe
 
     assert path_safe("street") == "street" and path_safe("my space_2.v1") == "my space_2.v1"
     unsafe = [path_safe(n) for n in ("../up", "a/b", "a\\b", ".hidden")]

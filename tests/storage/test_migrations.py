@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, select
 
 from storage.db import current_revision, head_revision, make_engine, upgrade
 from storage.models import Base
@@ -91,7 +91,7 @@ def test_claims_migration_down_and_up_keeps_annotations(empty_db_url: str, tmp_p
         command.downgrade(alembic_config(engine), "0002")
         assert "claimed_by" not in {c["name"] for c in inspect(engine).get_columns("images")}
         with engine.connect() as conn:
-            assert conn.execute(AnnotationSegment.__table__.select()).all() != []  # nothing cascaded away
+            assert conn.execute(select(AnnotationSegment.uid)).all() != []  # nothing cascaded away
         upgrade(engine)
         with sessions() as s:
             assert [x.id for x in repo.current_annotation(s, image.id).segments] == ["a"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resi_core.coco import encode_mask
+from formats.rle import encode_mask
 from train.evaluate import main
 
 ROOT = Path(__file__).resolve().parents[2]

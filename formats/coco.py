@@ -1,11 +1,9 @@
-"""COCO files for RESI: RLE helpers, loading and validating ground truth and predictions.
+"""COCO instances files: loading and validating ground truth and predictions, and writing them.
 
 The file contract is docs/FORMATS.md. Everything here converts at the edge: JSON in,
 plain frozen dataclasses with COCO RLE masks out (and back). A problem a user can cause
 with a file raises one `FormatError` whose message names the file, the entry and the fault.
-
-Mask conventions: a mask is a bool array of shape [H, W]; an RLE is the pycocotools dict
-`{"size": [H, W], "counts": str}` (compressed counts, UTF-8 string).
+Masks are COCO RLE (`formats.rle`).
 """
 
 from __future__ import annotations
@@ -19,133 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from pycocotools import mask as mask_utils
+from formats.errors import FormatError
+from formats.rle import RLE, rle_area, rle_bbox, segmentation_to_rle
 
-RLE = dict[str, Any]
 DEFAULT_SPACE = "default"
 
-
-class FormatError(ValueError):
-    """A ground-truth or prediction file that breaks the contract in docs/FORMATS.md."""
-
-
-# ---------------------------------------------------------------------------- RLE helpers
-
-
-def encode_mask(mask: np.ndarray) -> RLE:
-    """Bool/0-1 mask [H, W] -> COCO RLE with `counts` as a str (JSON-ready)."""
-    if mask.ndim != 2:
-        raise ValueError(f"encode_mask expects a [H, W] mask, got shape {mask.shape}")
-    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
-
-
-def decode_rle(rle: RLE) -> np.ndarray:
-    """COCO RLE -> bool mask [H, W]."""
-    return mask_utils.decode(_c_rle(rle)).astype(bool)
-
-
-def decode_rles(rles: Sequence[RLE], height: int, width: int) -> np.ndarray:
-    """Several RLEs of one image -> bool array [N, H, W]."""
-    if not rles:
-        return np.zeros((0, height, width), dtype=bool)
-    stacked = mask_utils.decode([_c_rle(r) for r in rles])  # [H, W, N] uint8
-    return stacked.transpose(2, 0, 1).astype(bool)
-
-
-def rle_area(rle: RLE) -> int:
-    """Number of foreground pixels."""
-    return int(mask_utils.area(_c_rle(rle)))
-
-
-def rle_bbox(rle: RLE) -> list[float]:
-    """Tight box around the foreground, XYWH."""
-    return [float(v) for v in mask_utils.toBbox(_c_rle(rle))]
-
-
-def rle_boxes(rles: Sequence[RLE]) -> np.ndarray:
-    """RLEs -> int64 boxes [N, 4] x0, y0, x1, y1 (exclusive), from pycocotools without decoding."""
-    if not rles:
-        return np.zeros((0, 4), dtype=np.int64)
-    xywh = np.atleast_2d(mask_utils.toBbox([_c_rle(r) for r in rles])).astype(np.int64)  # [N, 4]
-    return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-
-
-def _c_rle(rle: RLE) -> RLE:
-    """The form pycocotools' C layer wants: counts as bytes."""
-    counts = rle["counts"]
-    return {
-        "size": list(rle["size"]),
-        "counts": counts.encode("ascii") if isinstance(counts, str) else counts,
-    }
-
-
-def _compressed_total(counts: str) -> int:
-    """Sum of the run lengths in a compressed RLE string (pycocotools' rleFrString).
-
-    pycocotools decodes a too-short RLE into uninitialized memory instead of failing, so
-    the total is checked against H*W before any decode.
-    """
-    runs: list[int] = []
-    pos = 0
-    data = counts.encode("ascii")
-    while pos < len(data):
-        value, shift, more = 0, 0, True
-        while more:
-            if pos >= len(data):
-                raise ValueError("truncated RLE counts")
-            char = data[pos] - 48
-            value |= (char & 0x1F) << shift
-            more = bool(char & 0x20)
-            pos += 1
-            shift += 5
-            if not more and char & 0x10:
-                value |= -1 << shift
-        if len(runs) > 2:
-            value += runs[-2]
-        if value < 0:
-            raise ValueError("negative run length")
-        runs.append(value)
-    return sum(runs)
-
-
-def segmentation_to_rle(segmentation: Any, height: int, width: int, where: str) -> RLE:
-    """Polygons, uncompressed RLE or compressed RLE -> compressed RLE of size [height, width].
-
-    Raises FormatError (naming `where`) when the segmentation is malformed or its size is
-    not the image's size.
-    """
-    if isinstance(segmentation, list):
-        polys = [p for p in segmentation if isinstance(p, list)]
-        if len(polys) != len(segmentation) or any(len(p) < 6 or len(p) % 2 for p in polys):
-            raise FormatError(f"{where}: polygon segmentation must be lists of at least 3 x,y pairs")
-        merged = mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
-        return {"size": [height, width], "counts": merged["counts"].decode("ascii")}
-    if not isinstance(segmentation, Mapping) or "size" not in segmentation or "counts" not in segmentation:
-        raise FormatError(f"{where}: segmentation must be a COCO RLE {{'size', 'counts'}} or polygons")
-    size = segmentation["size"]
-    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) for v in size)):
-        raise FormatError(f"{where}: RLE size must be [height, width], got {size!r}")
-    if size != [height, width]:
-        raise FormatError(
-            f"{where}: mask size {size[0]}x{size[1]} differs from the image size {height}x{width}"
-        )
-    counts = segmentation["counts"]
-    if isinstance(counts, list):
-        if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != height * width:
-            raise FormatError(f"{where}: uncompressed RLE counts must be non-negative and sum to H*W")
-        rle = mask_utils.frPyObjects({"size": size, "counts": counts}, height, width)
-        return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
-    if not isinstance(counts, str):
-        raise FormatError(f"{where}: RLE counts must be a string or a list of ints")
-    try:
-        total = _compressed_total(counts)
-    except (ValueError, UnicodeEncodeError) as exc:
-        raise FormatError(f"{where}: RLE counts are corrupt ({exc})") from None
-    if total != height * width:
-        raise FormatError(f"{where}: RLE counts cover {total} pixels, the image has {height * width}")
-    return {"size": [height, width], "counts": counts}
+__all__ = ["DEFAULT_SPACE", "RLE", "Category", "FormatError", "GTAnnotation", "GroundTruth", "ImageInfo",
+           "Prediction", "annotation_entry", "load_ground_truth", "load_predictions", "read_json", "write_json"]
 
 
 # ---------------------------------------------------------------------------- data classes
@@ -237,14 +115,14 @@ def read_json(path: str | os.PathLike) -> Any:
         ) from None
 
 
-def write_json(path: str | os.PathLike, data: Any) -> None:
+def write_json(path: str | os.PathLike, data: Any, indent: int | None = 1) -> None:
     """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
+            json.dump(data, f, indent=indent, separators=None if indent else (",", ":"))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -385,48 +263,11 @@ def load_predictions(
     return preds
 
 
-# ---------------------------------------------------------------------------- panoptic
+# ---------------------------------------------------------------------------- writing
 
 
-def read_panoptic_png(path: str | os.PathLike) -> np.ndarray:
-    """COCO panoptic PNG -> int64 segment-id map [H, W] (id = R + 256·G + 256²·B, 0 = void)."""
-    from PIL import Image  # only panoptic conversion needs Pillow
-
-    rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.int64)
-    return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
-
-
-def panoptic_to_instances(
-    panoptic: Mapping[str, Any], png_dir: str | os.PathLike, label_space: str = DEFAULT_SPACE
-) -> dict[str, Any]:
-    """COCO panoptic JSON + PNG folder -> instances-format ground truth dict (docs/FORMATS.md).
-
-    Every segment becomes an RLE annotation; pixels with id 0 become `images[i].void[label_space]`.
-    Images without a panoptic annotation are left out.
-    """
-    categories = [
-        {"id": c["id"], "name": c["name"], "isthing": int(c.get("isthing", 1)), "label_spaces": [label_space]}
-        for c in panoptic["categories"]
-    ]
-    images_by_id = {img["id"]: img for img in panoptic["images"]}
-    images, annotations = [], []
-    for entry in panoptic["annotations"]:
-        img = images_by_id[entry["image_id"]]
-        ids = read_panoptic_png(Path(png_dir) / entry["file_name"])
-        void = encode_mask(ids == 0)
-        images.append({**img, "void": {label_space: void}})
-        for seg in entry["segments_info"]:
-            rle = encode_mask(ids == seg["id"])
-            annotations.append(
-                {
-                    # Panoptic segment ids are unique only within an image.
-                    "id": len(annotations) + 1,
-                    "image_id": img["id"],
-                    "category_id": seg["category_id"],
-                    "segmentation": rle,
-                    "area": rle_area(rle),
-                    "bbox": rle_bbox(rle),
-                    "iscrowd": int(seg.get("iscrowd", 0)),
-                }
-            )
-    return {"images": images, "annotations": annotations, "categories": categories}
+def annotation_entry(ann_id: int, image_id: int, category_id: int, rle: RLE, iscrowd: bool = False,
+                     **extra: Any) -> dict[str, Any]:
+    """One COCO instances annotation with its `area` and XYWH `bbox` computed from the RLE."""
+    return {"id": ann_id, "image_id": image_id, "category_id": category_id, "segmentation": rle,
+            "area": rle_area(rle), "bbox": rle_bbox(rle), "iscrowd": int(iscrowd), **extra}

@@ -8,18 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resi_core.coco import (
-    FormatError,
-    decode_rle,
-    encode_mask,
-    load_ground_truth,
-    load_predictions,
-    panoptic_to_instances,
-    read_json,
-    rle_area,
-    rle_bbox,
-    write_json,
-)
+from formats.coco import FormatError, load_ground_truth, load_predictions, read_json, write_json
+from formats.panoptic import panoptic_to_instances
+from formats.rle import decode_rle, encode_mask, rle_area, rle_bbox
 
 MASK = np.zeros((4, 6), dtype=bool)
 MASK[1:3, 2:5] = True  # 2x3 box at x=2, y=1
