@@ -1,5 +1,6 @@
 """`python -m train db <command>`: create, upgrade, back up, restore and check the database; list
-projects and export a project's accepted annotations (COCO instances + panoptic, with images).
+projects; import a COCO or COCO panoptic dataset into a project; export a project's accepted
+annotations (COCO instances + panoptic, with images).
 
 The database is `RESI_DATABASE_URL` when set, else `<data dir>/resi.db` (SQLite); the data
 directory is `--data-dir`, else `RESI_DATA_DIR`, else `./resi-data`.
@@ -65,7 +66,52 @@ def _parser() -> argparse.ArgumentParser:
                         help="which mask keeps a pixel that two masks of one label space share in the panoptic "
                              "sets: the smaller one (default) or the later one saved; every pixel given up is "
                              "listed in panoptic/overlaps.json")
+    imp = sub.add_parser("import", help="import a COCO instances or COCO panoptic dataset into a project (new or "
+                                        "existing) as accepted annotations of a label space; re-importing "
+                                        "changes nothing")
+    imp.add_argument("--project", required=True, help="project name (created when it does not exist)")
+    source = imp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--coco", type=Path, metavar="JSON", help="COCO instances file (polygons or RLE)")
+    source.add_argument("--panoptic", type=Path, metavar="JSON", help="COCO panoptic file (with --panoptic-dir)")
+    imp.add_argument("--panoptic-dir", type=Path, metavar="DIR", help="the panoptic PNG folder")
+    imp.add_argument("--images", type=Path, required=True, metavar="DIR", help="folder of the image files")
+    imp.add_argument("--label-space", help="label space to import into, new or existing (default: the file's name "
+                                           "without .json)")
+    imp.add_argument("--keep-empty-categories", action="store_true",
+                     help="make categories that no annotation uses classes too (default: warn and leave them out)")
     return parser
+
+
+def import_project(url: str, data_dir: Path, args: argparse.Namespace) -> list[str]:
+    """`db import`: one transaction, so a malformed record leaves the database as it was."""
+    from storage.files import FileStore
+    from storage.importer import import_coco, import_panoptic
+
+    if args.panoptic is not None and args.panoptic_dir is None:
+        raise InvalidInput("--panoptic needs --panoptic-dir, the folder of its PNGs.")
+    if args.coco is not None and args.panoptic_dir is not None:
+        raise InvalidInput("--panoptic-dir goes with --panoptic, not --coco.")
+    for flag, folder in (("--images", args.images), ("--panoptic-dir", args.panoptic_dir)):
+        if folder is not None and not folder.is_dir():
+            raise InvalidInput(f"{flag} {folder} is not a folder.")
+    engine = make_engine(url)
+    try:
+        verify_database(engine)
+        if current_revision(engine) is None:  # a new data dir: create the schema, as the app does
+            upgrade(engine)
+        engine.dispose()
+        engine = _engine_at_head(url)
+        store = FileStore(data_dir / "images")
+        options = {"label_space": args.label_space, "keep_empty": args.keep_empty_categories, "progress": True}
+        with make_session_factory(engine).begin() as session:
+            if args.coco is not None:
+                report = import_coco(session, store, args.project, args.coco, args.images, **options)
+            else:
+                report = import_panoptic(session, store, args.project, args.panoptic, args.panoptic_dir, args.images,
+                                         **options)
+    finally:
+        engine.dispose()
+    return report.lines()
 
 
 def _engine_at_head(url: str) -> Engine:
@@ -270,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{len(unused)} unused image file(s), {size / 2**20:.1f} MB; pass --delete to remove them")
         elif args.command == "projects":
             print("\n".join(list_projects(url)) or "no projects yet")
+        elif args.command == "import":
+            for line in import_project(url, data_dir, args):
+                print(line, file=sys.stderr if line.startswith("warning:") else sys.stdout)
         elif args.command == "export":
             print(export_project(url, data_dir, args.project, args.out, images=not args.no_images,
                                  policy=args.overlap))

@@ -9,6 +9,7 @@ inside a SAVEPOINT that is rolled back on error, so the caller's transaction sta
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Iterable, Sequence
@@ -33,6 +34,7 @@ from storage.models import (
     ImageStatus,
     Job,
     JobStatus,
+    LabelSpaceDef,
     ModelVersion,
     PiqRecord,
     Project,
@@ -251,6 +253,48 @@ def current_class_set(session: Session, project_id: int) -> ClassSet | None:
     )
 
 
+# --- label-space definitions -------------------------------------------------------------------
+
+
+def save_label_space(session: Session, project_id: int, name: str, classes: Sequence[dict[str, Any]],
+                     source: dict[str, Any] | None = None) -> LabelSpaceDef:
+    """Create or extend a project's label space: `classes` ([{"name", "isthing"}]) are added after the
+    ones it has. A class it has already must keep its kind (thing or stuff); InvalidInput otherwise."""
+    get_project(session, project_id)
+    name = check_name(name, "label space name")
+    row = session.scalar(select(LabelSpaceDef).where(LabelSpaceDef.project_id == project_id,
+                                                     LabelSpaceDef.name == name))
+    known = list(row.classes) if row is not None else []
+    by_key = {normalize_name(c["name"]): c for c in known}
+    check_class_names([c.get("name") for c in classes], allow_empty=True)
+    for cls in classes:
+        entry = {"name": check_name(cls["name"]), "isthing": bool(cls.get("isthing", True))}
+        old = by_key.get(normalize_name(entry["name"]))
+        if old is None:
+            known.append(entry)
+            by_key[normalize_name(entry["name"])] = entry
+        elif old["isthing"] != entry["isthing"]:
+            kind = {True: "a thing", False: "stuff"}
+            raise InvalidInput(f"Class {entry['name']!r} is {kind[old['isthing']]} in label space {name!r}, "
+                               f"not {kind[entry['isthing']]}.")
+    if row is None:
+        row = LabelSpaceDef(project_id=project_id, name=name, classes=known, source=source or {})
+        session.add(row)
+    else:
+        row.classes = known
+        if source:
+            row.source = {**row.source, **source}
+    session.flush()
+    return row
+
+
+def list_label_spaces(session: Session, project_id: int) -> list[LabelSpaceDef]:
+    """The project's label-space definitions, oldest first."""
+    get_project(session, project_id)
+    return list(session.scalars(select(LabelSpaceDef).where(LabelSpaceDef.project_id == project_id)
+                                .order_by(LabelSpaceDef.id)))
+
+
 # --- images ----------------------------------------------------------------------------------
 
 
@@ -265,10 +309,11 @@ def add_image(
     """
     lock_project(session, project_id)
     original_name = (original_name or "").strip()[:255] or "unnamed"
-    info = inspect_image(data)
-    existing = session.scalar(select(Image).where(Image.project_id == project_id, Image.sha256 == info.sha256))
-    if existing is not None:
+    sha256 = hashlib.sha256(data).hexdigest()
+    existing = session.scalar(select(Image).where(Image.project_id == project_id, Image.sha256 == sha256))
+    if existing is not None:  # checked when it was added; a re-import need not decode it again
         return existing, True
+    info = inspect_image(data)
     store.put(data, info.sha256)
     image = Image(
         project_id=project_id,
