@@ -30,7 +30,7 @@ from formats.names import label_spaces_of, normalize_name, path_safe
 from formats.panoptic import DEFAULT_POLICY, Mask, paint, write_png
 from storage.files import FileStore
 from storage.models import ImageStatus
-from storage.repo import AcceptedImage, accepted_annotations, status_counts
+from storage.repo import AcceptedImage, accepted_annotations, list_label_spaces, status_counts
 
 
 @dataclass(frozen=True)
@@ -73,15 +73,17 @@ def category_key(class_name: str, isthing: bool) -> tuple[str, bool]:
     return normalize_name(class_name), bool(isthing)
 
 
-def _categories(images: Sequence[AcceptedImage]) -> list[dict[str, Any]]:
+def _categories(images: Sequence[AcceptedImage], defined: Sequence[tuple[str, str, bool]] = ()
+                ) -> list[dict[str, Any]]:
+    """One category per (class name, isthing) of the segments, plus the defined (space, class, isthing)
+    of the project's label spaces (an import's classes that no segment uses yet, when it kept them)."""
     by_key: dict[tuple[str, bool], dict[str, Any]] = {}
-    for image in images:
-        for seg in image.segments:
-            cat = by_key.setdefault(category_key(seg.class_name, seg.isthing),
-                                    {"name": seg.class_name, "isthing": int(seg.isthing), "label_spaces": []})
-            for space in label_spaces_of(seg.label_space):  # a fused segment belongs to each of its spaces
-                if space not in cat["label_spaces"]:
-                    cat["label_spaces"].append(space)
+    used = [(space, seg.class_name, seg.isthing) for image in images for seg in image.segments
+            for space in label_spaces_of(seg.label_space)]  # a fused segment belongs to each of its spaces
+    for space, name, isthing in [*used, *defined]:
+        cat = by_key.setdefault(category_key(name, isthing), {"name": name, "isthing": int(isthing), "label_spaces": []})
+        if space not in cat["label_spaces"]:
+            cat["label_spaces"].append(space)
     return [{"id": i, "supercategory": "", **by_key[key]} for i, key in enumerate(sorted(by_key), start=1)]
 
 
@@ -113,9 +115,10 @@ def write_images(images: Sequence[AcceptedImage], store: FileStore, out_dir: Pat
         tmp.replace(target)
 
 
-def coco_instances(images: Sequence[AcceptedImage]) -> dict[str, Any]:
+def coco_instances(images: Sequence[AcceptedImage], defined: Sequence[tuple[str, str, bool]] = ()
+                   ) -> dict[str, Any]:
     """COCO instances dict; image ids are the database ids, file names those of `image_file_name`."""
-    categories = _categories(images)
+    categories = _categories(images, defined)
     cat_ids = {category_key(c["name"], c["isthing"]): c["id"] for c in categories}
     coco_images, annotations = [], []
     for image in images:
@@ -159,7 +162,9 @@ def export_coco(session: Session, project_id: int, out_dir: Path, store: FileSto
     out_dir.mkdir(parents=True, exist_ok=True)
     if store is not None:
         write_images(images, store, out_dir / "images")
-    instances = coco_instances(images)
+    defined = [(space.name, c["name"], bool(c["isthing"])) for space in list_label_spaces(session, project_id)
+               for c in space.classes]
+    instances = coco_instances(images, defined)
     instances_path = out_dir / "instances.json"
     write_json(instances_path, instances, indent=None)
     summary = ExportSummary(instances_path, len(images), len(instances["annotations"]), policy=policy,

@@ -125,3 +125,32 @@ def test_image_file_names_keep_their_extension_and_script() -> None:
     assert name("../../etc/passwd") == "7-passwd" and name("a\\\\b:c.png") == "7-b_c.png"
     assert name(".hidden.png") == "7-hidden.png" and name("photo.jpg", orientation=6) == "7-photo.png"
     assert name("no extension") == "7-no extension" and name("") == "7-image"
+
+
+def test_panoptic_merges_stuff_per_class_and_keeps_thing_and_stuff_of_one_name_apart(
+        sessions: sessionmaker[Session], store: FileStore, tmp_path: Path) -> None:
+    """Two road bands are one road segment (a merged prediction then scores 1.0, not 0.0); a typed `sky`
+    (a thing) and street's `sky` (stuff) are two categories, each with its own isthing."""
+    with sessions.begin() as s:
+        project = repo.create_project(s, "p")
+        class_set = repo.set_class_set(s, project.id, ["street"], ["sky"])
+        model = repo.register_model_version(s, project.id, "v1", "/c", "0" * 64, [])
+        image, _ = repo.add_image(s, store, project.id, png_bytes(W, H, 0), "0.png")
+        segs = [segment("r1", H, W, (30, 0, 36, 64), "road", "street", isthing=False),
+                segment("r2", H, W, (40, 0, 46, 64), "road", "street", isthing=False),
+                segment("s1", H, W, (0, 0, 10, 64), "sky", "street", isthing=False),
+                segment("s2", H, W, (0, 0, 5, 5), "sky", "adhoc", isthing=True)]
+        repo.save_proposal(s, image.id, model.id, class_set.id, segs, 1.0)
+        repo.accept(s, image.id, 1, "ann")
+        summary = export_coco(s, project.id, tmp_path / "out")
+    cats = json.loads(summary.instances_path.read_text())["categories"]
+    assert sorted((c["name"], c["isthing"], c["label_spaces"]) for c in cats) == [
+        ("road", 0, ["street"]), ("sky", 0, ["street"]), ("sky", 1, ["adhoc"])]
+    street = json.loads(summary.panoptic["street"].read_text())
+    assert {c["name"]: c["isthing"] for c in street["categories"]} == {"road": 0, "sky": 0}
+    infos = street["annotations"][0]["segments_info"]
+    names = {c["id"]: c["name"] for c in street["categories"]}
+    assert sorted((names[i["category_id"]], i["area"]) for i in infos) == [("road", 2 * 6 * 64), ("sky", 10 * 64)]
+    adhoc = json.loads(summary.panoptic["adhoc"].read_text())
+    assert [(c["name"], c["isthing"]) for c in adhoc["categories"]] == [("sky", 1)]
+    assert summary.given_up == []  # the sky thing and the sky stuff are in different spaces

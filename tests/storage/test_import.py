@@ -182,3 +182,14 @@ def test_cli_import_then_export(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["--data-dir", str(data), "export", "--project", "p", "--out", str(tmp_path / "out")]) == 0
     exported = json.loads((tmp_path / "out" / "instances.json").read_text())
     assert sorted(a["iscrowd"] for a in exported["annotations"]) == [0, 0, 1]
+
+
+def test_kept_empty_categories_are_exported(sessions: sessionmaker[Session], store: FileStore, tmp_path: Path) -> None:
+    from storage.export import export_coco
+
+    path, images = _dataset(tmp_path)
+    _import(sessions, store, path, images, label_space="gt", keep_empty=True)
+    with sessions.begin() as s:
+        summary = export_coco(s, repo.get_project_by_name(s, "p").id, tmp_path / "out")
+    names = {c["name"]: c["label_spaces"] for c in json.loads(summary.instances_path.read_text())["categories"]}
+    assert names == {"person": ["gt"], "car": ["gt"], "dog": ["gt"]}
