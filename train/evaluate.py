@@ -21,7 +21,10 @@ definitions, not formulas from the RESI paper, which were not available):
   mIoU  multi-label: IoU of each class's union of masks, summed over the dataset, so a
         pixel may be "person" and "face" at once. Mean over classes seen on either side.
   PQ    COCO panoptic quality per label space, after pasting that space's predictions
-        into a non-overlapping map by score; "mixed PQ" is the mean over spaces.
+        into a non-overlapping map by score; "mixed PQ" is the mean over spaces. Where
+        ground-truth masks of one label space overlap (COCO instances files often do;
+        panopticapi's converter refuses them), the pixels they share are void for that
+        space's PQ, and the output says so; --gt-overlaps refuse refuses instead.
   AP    COCO mask AP (pycocotools) on thing classes, IoU 0.50:0.95; also AP50 and AP75.
 Void pixels (images[i].void) and crowd regions count as in COCO panoptic.
 """
@@ -37,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pred", required=True, help="predictions, COCO results JSON list")
     parser.add_argument("--out", help="write the full result (per class, per space) to this JSON file")
     parser.add_argument("--per-class", action="store_true", help="also print PIQ and IoU of every class")
+    parser.add_argument("--gt-overlaps", choices=("void", "refuse"), default="void",
+                        help="ground-truth masks of one label space that overlap: their shared pixels are void "
+                             "for that space's PQ (default), or refuse the file as panopticapi's converter does")
     return parser
 
 
@@ -71,12 +77,26 @@ def summary_table(result: EvalResult, per_class: bool = False) -> str:
     return "\n".join(lines)
 
 
+def overlap_note(overlaps: dict[str, tuple[int, int]]) -> str:
+    """What was done with ground truth that overlaps inside a label space, for the user."""
+    parts = [f"label space {space!r} in {images} image(s), {pixels} pixel(s)"
+             for space, (images, pixels) in overlaps.items()]
+    return ("note: ground-truth masks overlap inside one label space: " + "; ".join(parts)
+            + "; for PQ those pixels are void in that space (panopticapi's converter would refuse the file; "
+              "pass --gt-overlaps refuse to do the same). PIQ, mIoU and AP allow overlaps.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         gt = load_ground_truth(args.gt)
         predictions = load_predictions(args.pred, gt)
         result = evaluate(gt, predictions)
+        overlaps = result.pq.gt_overlaps
+        if overlaps and args.gt_overlaps == "refuse":
+            spaces = ", ".join(f"{space!r} ({images} image(s))" for space, (images, _) in overlaps.items())
+            raise FormatError(f"{args.gt}: ground-truth masks overlap inside label space {spaces}; refused "
+                              "(--gt-overlaps refuse), as panopticapi's converter refuses them")
         if args.out:
             write_json(args.out, result.to_json())
     except FormatError as exc:
@@ -86,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     print(summary_table(result, args.per_class))
+    if result.pq.gt_overlaps:
+        print("\n" + overlap_note(result.pq.gt_overlaps))
     if args.out:
         print(f"\nwrote {args.out}")
     return 0

@@ -98,3 +98,69 @@ def test_module_entry_point_help_and_error(tmp_path):
         [*run, "--gt", str(gt_path), "--pred", str(pred_path)], cwd=ROOT, capture_output=True, text=True
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+
+
+# ----- ground truth that overlaps inside one label space (coco128's own files) -------------------------
+
+
+def _perfect(gt: dict, path: Path) -> Path:
+    """Every ground-truth annotation (crowd regions too) as a prediction with score 1."""
+    preds = [{"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": a["segmentation"],
+              "score": 1.0} for a in gt["annotations"]]
+    path.write_text(json.dumps(preds))
+    return path
+
+
+def _all_scores(out: Path) -> list[float]:
+    result = json.loads(out.read_text())
+    values = [result["piq"]["piq"], result["piq"]["sq"], result["piq"]["rq"], result["miou"]["miou"],
+              result["pq"]["pq_mean"], *(s["piq"] for s in result["pq"]["per_space"].values()),
+              result["ap"]["ap"], result["ap"]["ap50"], result["ap"]["ap75"]]
+    return [v for v in values if v is not None]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["instances", "panoptic"])
+def test_a_perfect_prediction_scores_100_on_coco128s_own_files(tmp_path: Path, source: str, capsys) -> None:
+    from formats.panoptic import panoptic_to_instances
+    from tests.shared_data import COCO128
+
+    if not COCO128.is_dir():
+        pytest.skip(f"coco128 is not at {COCO128}: set RESI_COCO128 to its folder")
+    if source == "instances":
+        gt_path = COCO128 / "annotations_instances" / "instances_train2017.json"
+        gt = json.loads(gt_path.read_text())
+    else:
+        panoptic = json.loads((COCO128 / "panoptic" / "panoptic_train2017.json").read_text())
+        gt = panoptic_to_instances(panoptic, COCO128 / "panoptic" / "panoptic_train2017")
+        gt_path = tmp_path / "gt.json"
+        gt_path.write_text(json.dumps(gt))
+    pred_path, out = _perfect(gt, tmp_path / "pred.json"), tmp_path / "out.json"
+    assert main(["--gt", str(gt_path), "--pred", str(pred_path), "--out", str(out)]) == 0
+    scores = _all_scores(out)
+    assert len(scores) >= 9 and scores == pytest.approx([1.0] * len(scores), abs=1e-12)
+    printed = capsys.readouterr().out
+    overlaps = json.loads(out.read_text())["pq"]["gt_overlaps"]
+    if source == "instances":  # 91 images touch, plus crowds over people: said, and resolved
+        assert overlaps["default"]["images"] > 90 and "for PQ those pixels are void" in printed
+        assert main(["--gt", str(gt_path), "--pred", str(pred_path), "--gt-overlaps", "refuse"]) == 2
+        assert "overlap inside label space 'default'" in capsys.readouterr().err
+    else:  # a panoptic file cannot overlap
+        assert overlaps == {} and "overlap" not in printed
+
+
+def test_overlapping_ground_truth_is_void_for_pq_not_a_lost_segment(tmp_path: Path) -> None:
+    """Two cars sharing a column: a prediction equal to the ground truth used to lose PQ when pasted by
+    score; the shared pixels are now void for PQ, so it scores 1."""
+    a, b = np.zeros((8, 8), dtype=bool), np.zeros((8, 8), dtype=bool)
+    a[1:5, 1:5], b[1:5, 4:8] = True, True
+    gt = {"images": [{"id": 1, "height": 8, "width": 8}], "categories": [{"id": 1, "name": "car"}],
+          "annotations": [{"id": i, "image_id": 1, "category_id": 1, "segmentation": encode_mask(m), "iscrowd": 0}
+                          for i, m in ((1, a), (2, b))]}
+    gt_path = tmp_path / "gt.json"
+    gt_path.write_text(json.dumps(gt))
+    pred_path, out = _perfect(gt, tmp_path / "pred.json"), tmp_path / "out.json"
+    assert main(["--gt", str(gt_path), "--pred", str(pred_path), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["pq"]["per_space"]["default"]["piq"] == pytest.approx(1.0, abs=1e-12)
+    assert result["pq"]["gt_overlaps"] == {"default": {"images": 1, "pixels": 4}}
