@@ -45,27 +45,34 @@ class Batch:
         return [t.space for t in self.targets]
 
 
-def _space_from_file(name: str, data: dict, categories) -> LabelSpace:
-    """The label space `name` from `info.label_spaces`, else from the categories that list it."""
+def _space_from_file(name: str, data: dict, categories, used: set[int], keep_empty: bool
+                     ) -> tuple[LabelSpace, list[str]]:
+    """The label space `name` from `info.label_spaces`, else from the categories that list it; and the
+    categories left out because no annotation uses them (unless `keep_empty`: a `_background_`
+    category must not become a class to learn)."""
     for entry in (data.get("info") or {}).get("label_spaces", []) or []:
         if entry.get("name") == name:
-            return LabelSpace.from_json(entry)
+            return LabelSpace.from_json(entry), []
     cats = [c for c in categories.values() if name in c.label_spaces]
     if not cats:  # a single-space file whose categories do not name their space
         cats = list(categories.values())
-    return LabelSpace(name, tuple(ClassDef(c.name, c.isthing, c.synonyms) for c in cats))
+    empty = [c.name for c in cats if c.id not in used]
+    if not keep_empty:
+        cats = [c for c in cats if c.id in used]
+    return LabelSpace(name, tuple(ClassDef(c.name, c.isthing, c.synonyms) for c in cats)), empty
 
 
 class CocoDataset:
     """One COCO instances file + image folder, read as label space `name`."""
 
-    def __init__(self, name: str, images_dir: str | Path, instances: str | Path):
+    def __init__(self, name: str, images_dir: str | Path, instances: str | Path, keep_empty: bool = False):
         self.name = name
         self.images_dir = Path(images_dir)
         if not Path(instances).is_file():
             raise DatasetError(f"Dataset {name!r}: no instances file at {instances}.")
         gt = load_ground_truth(instances)
-        self.label_space = _space_from_file(name, dict(gt.raw), gt.categories)
+        self.label_space, self.empty_categories = _space_from_file(
+            name, dict(gt.raw), gt.categories, {a.category_id for a in gt.annotations}, keep_empty)
         self.category_to_class: dict[int, int] = {}
         for cat in gt.categories.values():
             for candidate in (cat.name, *cat.synonyms):

@@ -83,6 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     coco = parser.add_argument_group("data from a COCO instances file")
     coco.add_argument("--instances", type=Path, help="COCO instances JSON; its categories are the new classes")
     coco.add_argument("--images", type=Path, help="folder holding the images it names")
+    coco.add_argument("--keep-empty-categories", action="store_true",
+                      help="make categories that no annotation uses classes too (default: warn and leave them out)")
     project = parser.add_argument_group("data from a project's accepted annotations")
     project.add_argument("--project", help="project name; its ACCEPTED images are the training data")
     project.add_argument("--from-space", default=ADHOC_SPACE,
@@ -203,11 +205,16 @@ class Source:
 
 def coco_source(args: argparse.Namespace) -> Source:
     try:
-        dataset = CocoDataset(args.space, args.images, args.instances)
+        dataset = CocoDataset(args.space, args.images, args.instances, keep_empty=args.keep_empty_categories)
     except LabelError as err:  # its categories are the new space's classes
         raise DatasetError(f"{args.instances}: its categories make no valid label space: {err}") from None
     if not any(dataset.annotations):
         raise DatasetError(f"{args.instances} has no annotations of its categories {dataset.label_space.class_names}.")
+    if dataset.empty_categories:
+        print(f"warning: {args.instances}: categories without annotations "
+              + ", ".join(repr(n) for n in dataset.empty_categories)
+              + (" are kept as classes (--keep-empty-categories)" if args.keep_empty_categories else
+                 " are not made classes (pass --keep-empty-categories to keep them)"), file=sys.stderr)
     info = {"kind": "coco", "instances": str(args.instances.resolve()), "images": str(args.images.resolve())}
     return Source(dataset, info)
 

@@ -139,3 +139,17 @@ def test_augment_drops_masks_that_erasing_covers_whole():
     sample = TrainSample(image=image, masks=masks, labels=np.array([0]), space="s")
     kept = [len(augment(sample, 32, rng, scale_range=(1, 1), flip=False, erase_prob=1.0).labels) for _ in range(200)]
     assert 0 < kept.count(0) < 200  # sometimes covered (and dropped with its label), sometimes not
+
+
+def test_a_category_without_annotations_is_no_class_unless_kept(tmp_path: Path):
+    """Car-Parts ships a `_background_` category that no annotation uses: it must not become a class."""
+    folder = write_tiny_coco(tmp_path / "street", "street")
+    data = json.loads((folder / "instances.json").read_text())
+    del data["info"]  # a plain COCO file: the classes come from its categories
+    data["categories"].append({"id": 99, "name": "_background_", "isthing": 1, "label_spaces": ["street"]})
+    (folder / "instances.json").write_text(json.dumps(data))
+    ds = CocoDataset("street", folder / "images", folder / "instances.json")
+    assert "_background_" not in ds.label_space.class_names and ds.empty_categories == ["_background_"]
+    assert len(ds.label_space.class_names) == len(TINY_SPACES["street"])
+    kept = CocoDataset("street", folder / "images", folder / "instances.json", keep_empty=True)
+    assert kept.label_space.class_names[-1] == "_background_"
