@@ -18,7 +18,7 @@ one label space (docs/STORAGE.md, "Import").
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from formats.rle import RLE
 from storage import repo
 from storage.errors import Correction, InvalidInput, NotFound
 from storage.files import FileStore
-from storage.models import EventType, ImageStatus
+from storage.models import EventType, Image, ImageStatus
 
 IMPORT_USER = "import"
 
@@ -139,6 +139,30 @@ def _content(segments: Iterable[dict[str, Any]]) -> list[tuple[str, bool, bool, 
                    s["rle"]["counts"]) for s in segments)
 
 
+def write_accepted(session: Session, store: FileStore, project_id: int, space: str, data: bytes, name: str,
+                   segments: Sequence[tuple[str, bool, RLE, bool]], user: str = IMPORT_USER,
+                   size: tuple[int, int] | None = None) -> tuple[Image, bool, bool]:
+    """Store an image (or find it in the project) and make `segments` ((class, isthing, RLE, iscrowd))
+    its accepted annotation of label space `space`; other spaces' segments stay. Returns (image,
+    it was in the project already, something was written). `size` (h, w), when given, must be the
+    image's upright size."""
+    image, duplicate = repo.add_image(session, store, project_id, data, name)
+    if size is not None and (image.height, image.width) != tuple(size):
+        raise InvalidInput(f"the file is {image.width}x{image.height} (upright), the dataset says {size[1]}x{size[0]}.")
+    after = [{"id": _segment_id(space, image.sha256, k), "class_name": cls, "label_space": space,
+              "isthing": isthing, "score": None, "rle": rle, "iscrowd": crowd}
+             for k, (cls, isthing, rle, crowd) in enumerate(segments)]
+    current = repo.current_annotation(session, image.id)
+    before = [s.to_json() for s in current.segments if s.label_space == space]
+    if _content(before) == _content(after) and current.status == ImageStatus.ACCEPTED:
+        return image, duplicate, False
+    version = current.version
+    if before or after:
+        version = repo.apply_correction(session, image.id, version, user, Correction(EventType.EDIT, before, after))
+    repo.accept(session, image.id, version, user)
+    return image, duplicate, True
+
+
 def import_dataset(session: Session, store: FileStore, project_name: str, label_space: str,
                    categories: dict[int, Category], used: set[int], items: Iterable[Item], images_dir: Path,
                    *, total: int, keep_empty: bool = False, source: dict[str, Any] | None = None,
@@ -172,31 +196,18 @@ def import_dataset(session: Session, store: FileStore, project_name: str, label_
             data = path.read_bytes()
         except OSError as exc:
             raise InvalidInput(f"{item.where}: the image file {path} cannot be read ({exc.strerror or exc}).") from None
+        segments = [(kept[cid].name, kept[cid].isthing, rle, crowd) for cid, rle, crowd in item.segments]
         try:
-            image, duplicate = repo.add_image(session, store, project.id, data, item.file_name)
+            image, duplicate, changed = write_accepted(session, store, project.id, space, data, item.file_name,
+                                                       segments, size=(item.height, item.width))
         except InvalidInput as exc:
             raise InvalidInput(f"{item.where}: {path}: {exc}") from None
-        if (image.height, image.width) != (item.height, item.width):
-            raise InvalidInput(f"{item.where}: the file {path} is {image.width}x{image.height} (upright), the dataset "
-                               f"says {item.width}x{item.height}.")
-        after = [{"id": _segment_id(space, image.sha256, k), "class_name": kept[cid].name, "label_space": space,
-                  "isthing": kept[cid].isthing, "score": None, "rle": rle, "iscrowd": crowd}
-                 for k, (cid, rle, crowd) in enumerate(item.segments)]
         report.images += 1
         report.new_images += not duplicate
-        report.segments += len(after)
-        report.crowd += sum(s["iscrowd"] for s in after)
-        current = repo.current_annotation(session, image.id)
-        before = [s.to_json() for s in current.segments if s.label_space == space]
-        if _content(before) == _content(after) and current.status == ImageStatus.ACCEPTED:
-            report.unchanged += 1
-            continue
-        version = current.version
-        if before or after:
-            version = repo.apply_correction(session, image.id, version, IMPORT_USER,
-                                            Correction(EventType.EDIT, before, after))
-        repo.accept(session, image.id, version, IMPORT_USER)
-        report.changed += 1
+        report.segments += len(segments)
+        report.crowd += sum(crowd for *_, crowd in segments)
+        report.changed += changed
+        report.unchanged += not changed
     return report
 
 

@@ -108,7 +108,7 @@ def _broken(tmp_path: Path, change) -> tuple[Path, Path]:
     (lambda d, _: d["annotations"][2].update(segmentation=rle_box(H + 1, W, 0, 0, 2, 2)),
      r"annotations\[2\]: mask size 13x16 differs from the image size 12x16"),
     (lambda d, _: (d["images"][1].update(height=H + 2), d["annotations"].pop()),
-     r"image id 2 \(2.png\): the file .* is 16x12 \(upright\), the dataset says 16x14"),
+     r"image id 2 \(2.png\): .*2.png: the file is 16x12 \(upright\), the dataset says 16x14"),
 ])
 def test_each_malformed_record_is_named_and_nothing_is_written(sessions: sessionmaker[Session], store: FileStore,
                                                                 tmp_path: Path, change, message: str) -> None:
