@@ -33,8 +33,8 @@ DEFAULT_POLICY = "smaller"
 
 def pack_ids(ids: np.ndarray) -> np.ndarray:
     """Segment ids [H, W] (0 = void, < 256³) -> RGB uint8 [H, W, 3]."""
-    ids = ids.astype(np.uint32, copy=False)
-    return np.stack([ids & 255, (ids >> 8) & 255, (ids >> 16) & 255], axis=-1).astype(np.uint8)
+    little = np.ascontiguousarray(ids, dtype="<u4")  # bytes R, G, B, 0 of each id
+    return np.ascontiguousarray(little.view(np.uint8).reshape(*ids.shape, 4)[..., :3])
 
 
 def unpack_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -211,11 +211,11 @@ def paint(masks: Sequence[Mask], height: int, width: int, policy: str = DEFAULT_
             stuff_index[m.category_id] = len(merged)
         merged.append((m, mask))
         boxes.append(box)
-    areas = [int(mask.sum()) for _, mask in merged]
+    areas = [int(np.count_nonzero(mask)) for _, mask in merged]
     order = list(range(len(merged)))  # painted first to last: the last one keeps a shared pixel
     if policy == "smaller":
         order.sort(key=lambda k: (-areas[k], k))
-    ids = np.zeros((height, width), dtype=np.uint32)  # [H, W]
+    ids = np.zeros((height, width), dtype=np.uint32, order="F")  # [H, W], column-major as pycocotools decodes
     for k in order:
         ids[merged[k][1]] = k + 1
     kept = np.bincount(ids.ravel(), minlength=len(merged) + 1)

@@ -8,6 +8,7 @@ export GRADIO_ANALYTICS_ENABLED=False HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 echo "== world rendering speed";         $BIN/python scripts/bench_world.py
 echo "== metrics on coco128 panoptic";   $BIN/python scripts/bench_metrics.py
 echo "== storage latency";               $BIN/python scripts/bench_storage.py
+echo "== dataset import and export";     $BIN/python scripts/bench_formats.py
 echo "== RESI vs Mask2Former speed";     $BIN/python scripts/bench_speed.py
 echo "== predictor stages";              $BIN/python scripts/bench_inference.py --checkpoint checkpoints/demo
 echo "== app handlers";                  $BIN/python scripts/bench_app.py --checkpoint checkpoints/demo

@@ -169,18 +169,26 @@ def export_coco(session: Session, project_id: int, out_dir: Path, store: FileSto
     write_json(instances_path, instances, indent=None)
     summary = ExportSummary(instances_path, len(images), len(instances["annotations"]), policy=policy,
                             n_not_accepted=sum(n for s, n in counts.items() if s != ImageStatus.ACCEPTED))
-    cat_ids = {category_key(c["name"], c["isthing"]): c["id"] for c in instances["categories"]}
+    summary.panoptic, summary.given_up = write_panoptic(images, instances["categories"], out_dir / "panoptic", policy)
+    return summary
+
+
+def write_panoptic(images: Sequence[AcceptedImage], categories: Sequence[dict[str, Any]], out_dir: Path,
+                   policy: str = DEFAULT_POLICY) -> tuple[dict[str, Path], list[GivenUp]]:
+    """One COCO panoptic set per label space under `out_dir` (`<space>.json` + `<space>/`), with the
+    instances file's `categories`; every pixel given up to the overlap policy is also listed in
+    `overlaps.json`. Returns {space: JSON path} and what was given up."""
+    cat_ids = {category_key(c["name"], c["isthing"]): c["id"] for c in categories}
     spaces = sorted({space for image in images for seg in image.segments for space in label_spaces_of(seg.label_space)})
+    paths: dict[str, Path] = {}
+    given_up: list[GivenUp] = []
     for space in spaces:
         folder = path_safe(space)
-        coco_images, annotations, given_up = _panoptic(images, space, cat_ids, out_dir / "panoptic" / folder, policy)
-        path = out_dir / "panoptic" / f"{folder}.json"
-        write_json(path, {"images": coco_images, "annotations": annotations,
-                          "categories": [c for c in instances["categories"] if space in c["label_spaces"]]},
-                   indent=None)
-        summary.panoptic[space] = path
-        summary.given_up += given_up
-    if summary.given_up:
-        write_json(out_dir / "panoptic" / "overlaps.json",
-                   {"policy": policy, "given_up": [g.to_json() for g in summary.given_up]})
-    return summary
+        coco_images, annotations, lost = _panoptic(images, space, cat_ids, out_dir / folder, policy)
+        paths[space] = out_dir / f"{folder}.json"
+        write_json(paths[space], {"images": coco_images, "annotations": annotations,
+                                  "categories": [c for c in categories if space in c["label_spaces"]]}, indent=None)
+        given_up += lost
+    if given_up:
+        write_json(out_dir / "overlaps.json", {"policy": policy, "given_up": [g.to_json() for g in given_up]})
+    return paths, given_up
