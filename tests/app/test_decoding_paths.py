@@ -17,7 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app import handlers as h
+from app.class_sets.handlers import save_class_set
+from app.labeling.accept import accept
+from app.labeling.images import load_image
+from app.labeling.propose import propose
+from app.projects.handlers import create_project
+from app.projects.upload import upload_images
 from app.services import Services
 from formats.images import decode_image, to_rgb_uint8
 from resi_core.data import CocoDataset
@@ -105,25 +110,25 @@ def test_upload_propose_finetune_and_export_see_the_same_pixels(svc: Services, t
     assert np.array_equal(decode_image(data), expected)
 
     # upload (storage), and what the labeler is shown
-    state = h.create_project(svc, "p")
-    report = h.upload_images(svc, state, [path])
+    state = create_project(svc, "p")
+    report = upload_images(svc, state, [path])
     assert report.added == [name], report.rejected
     state = replace(state, image_id=report.first_image_id)
-    h.save_class_set(svc, state, ["street"], "", [])
+    save_class_set(svc, state, ["street"], "", [])
     with svc.sessions() as s:
         image = repo.get_image(s, state.image_id)
         assert (image.height, image.width) == expected.shape[:2]
-    shown = h.load_image(svc, state)[1].image
+    shown = load_image(svc, state)[1].image
     assert np.array_equal(shown, expected)
 
     # propose: what the model is given
     recorder = RecordingPredictor(svc.model.predictor())
     svc.model._predictors[svc.model.checkpoint.resolve()] = recorder
-    proposed = h.propose(svc, state, "ann")
+    proposed = propose(svc, state, "ann")
     assert proposed.ok and len(recorder.seen) == 1 and np.array_equal(recorder.seen[0], expected)
 
     # fine-tune on the accepted annotation, and export it
-    assert h.accept(svc, proposed.state, "ann").ok
+    assert accept(svc, proposed.state, "ann").ok
     with svc.sessions() as s:
         accepted = repo.accepted_annotations(s, state.project_id)
         export_coco(s, state.project_id, tmp_path / "out", svc.files)
