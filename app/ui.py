@@ -75,7 +75,8 @@ def build_ui(svc: Services) -> gr.Blocks:
         for opened in projects.opened:
             opened.success(classes.show_project, [state], classes.project_outputs)
             opened.success(label.show_project, [state], label.project_outputs)
-        projects.uploaded.success(label.refresh_images, [state], [label.image_dd])
+        for added in (projects.uploaded, projects.imported):
+            added.success(label.refresh_images, [state], [label.image_dd])
         classes.saved.success(label.refresh_classes, [state], [label.class_dd])
         for changed in label.changed:  # the image's status may be different: the Projects tab follows
             changed.success(projects.on_overview, [state], projects.overview_outputs)

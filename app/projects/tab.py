@@ -1,4 +1,4 @@
-"""The Projects tab: create or open a project, see its images, upload, export COCO."""
+"""The Projects tab: create or open a project, see its images, upload, import a COCO dataset, export COCO."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pandas as pd
 
 from app.context import UserState
 from app.events import guarded
+from app.projects.dataset_import import import_dataset
 from app.projects.export import export_coco
 from app.projects.handlers import (
     IMAGE_COLUMNS,
@@ -51,6 +52,22 @@ class ProjectsTab:
                 self.export_btn = gr.Button("Export COCO (instances + panoptic, zip)", elem_id="export-btn", scale=1)
                 self.export_file = gr.File(label="COCO export", interactive=False, elem_id="export-file", scale=2)
             self.export_md = gr.Markdown(elem_id="export-report")
+            with gr.Accordion("Import a COCO or COCO panoptic dataset (as accepted annotations of a label space)",
+                              open=False):
+                with gr.Row():
+                    self.import_json = gr.File(label="Annotations: COCO instances or panoptic JSON",
+                                               file_types=[".json"], elem_id="import-json")
+                    self.import_images = gr.File(label="Its images (files or a zip)", file_count="multiple",
+                                                 file_types=["image", ".zip"], elem_id="import-images")
+                    self.import_pngs = gr.File(label="Panoptic only: its PNGs (files or a zip)", file_count="multiple",
+                                               file_types=[".png", ".zip"], elem_id="import-pngs")
+                with gr.Row():
+                    self.import_space = gr.Textbox(label="Label space (new or existing; empty: the JSON's name)",
+                                                   elem_id="import-space", scale=3)
+                    self.import_keep = gr.Checkbox(label="Keep categories without annotations as classes",
+                                                   elem_id="import-keep-empty", scale=2)
+                    self.import_btn = gr.Button("Import", elem_id="import-btn", scale=1)
+                self.import_md = gr.Markdown(elem_id="import-report")
         self.overview_outputs = [self.summary, self.images_df]
 
     def overview(self, st: UserState) -> tuple[Any, ...]:
@@ -68,6 +85,9 @@ class ProjectsTab:
         self.uploaded = self.upload_btn.click(self.on_upload, [self.state, self.files],
                                               [self.upload_md, *self.overview_outputs, self.files], api_name="upload")
         self.export_btn.click(self.on_export, [self.state], [self.export_file, self.export_md], api_name="export_coco")
+        self.imported = self.import_btn.click(
+            self.on_import, [self.state, self.import_json, self.import_images, self.import_pngs, self.import_space,
+                             self.import_keep], [self.import_md, *self.overview_outputs], api_name="import_dataset")
 
     @guarded
     def on_load(self) -> Any:
@@ -98,6 +118,12 @@ class ProjectsTab:
             gr.Warning("Some segments overlap inside a label space; the panoptic sets gave the shared pixels "
                        "to the smaller mask (see the export report).")
         return str(result.path), result.message
+
+    @guarded
+    def on_import(self, st: UserState, annotations: str | None, images: list[str] | None, pngs: list[str] | None,
+                  space: str, keep_empty: bool) -> tuple[Any, ...]:
+        result = import_dataset(self.svc, st, annotations, images, pngs, space or "", bool(keep_empty))
+        return (result.message, *self.overview(st))
 
     @guarded
     def on_overview(self, st: UserState) -> tuple[Any, ...]:

@@ -69,7 +69,8 @@ def _zip_members(path: Path, max_bytes: int) -> Iterable[tuple[str, bytes | str]
                 yield name, data
 
 
-def _upload_items(paths: Sequence[str | Path], max_bytes: int) -> Iterable[tuple[str, bytes | str]]:
+def upload_items(paths: Sequence[str | Path], max_bytes: int) -> Iterable[tuple[str, bytes | str]]:
+    """(name, bytes) per uploaded image file or zip member, or (name, reason) for one that is refused."""
     for raw in paths:
         path = Path(raw)
         if path.suffix.lower() == ".zip":
@@ -100,7 +101,7 @@ def upload_images(svc: Services, state: UserState, paths: Sequence[str | Path] |
     if not paths:
         raise UserError("Choose one or more image files, or a zip of images, to upload.")
     report = UploadReport()
-    for name, data in _upload_items(paths, svc.config.max_upload_bytes):
+    for name, data in upload_items(paths, svc.config.max_upload_bytes):
         if isinstance(data, str):
             report.rejected.append((name, data))
             continue
