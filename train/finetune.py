@@ -355,10 +355,9 @@ def register(sessions: sessionmaker[Session], project_id: int, base: Path, base_
     """
     base_sha, out_sha = path_sha256(base), path_sha256(out)
     with sessions.begin() as session:
-        parent = repo.model_version_by_checkpoint(session, project_id, base_sha) or repo.register_model_version(
-            session, project_id, f"{base.name}-{base_sha[:8]}", str(base.resolve()), base_sha,
-            base_meta["label_spaces"], {"text_encoder": base_meta["text_encoder"]},
-        )
+        parent = repo.ensure_model_version(session, project_id, f"{base.name}-{base_sha[:8]}", str(base.resolve()),
+                                           base_sha, base_meta["label_spaces"],
+                                           {"text_encoder": base_meta["text_encoder"]})
         version = repo.register_model_version(
             session, project_id, f"{out.name}-{out_sha[:8]}", str(out.resolve()), out_sha,
             [s.to_json() for s in model.label_spaces.values()], training, parent_id=parent.id, active=activate,
