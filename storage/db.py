@@ -192,4 +192,26 @@ def verify_database(engine: Engine) -> None:
         path = sqlite_path(engine)
         if path is not None and "not a database" in str(exc.orig):
             raise InvalidInput(f"{path} is not a SQLite database (or it is encrypted or damaged).") from None
+        if path is not None and "malformed" in str(exc.orig):
+            raise InvalidInput(damaged_message(path, exc.orig)) from None
         raise InvalidInput(f"Cannot open the database {engine.url.render_as_string()}: {exc.orig}") from None
+
+
+def damaged_message(path: Path, reason: object) -> str:
+    return (f"The database {path} is damaged ({reason}). Restore the latest backup: "
+            "`python -m train db restore BACKUP --force`.")
+
+
+def check_url(url: str) -> str:
+    """`url` if SQLAlchemy can parse it and has a driver for it; otherwise one clear InvalidInput."""
+    from sqlalchemy.exc import ArgumentError
+
+    from storage.errors import InvalidInput
+
+    try:
+        make_url(url).get_dialect().import_dbapi()
+    except ArgumentError as exc:  # also NoSuchModuleError: an unknown database kind
+        raise InvalidInput(f"{url!r} is not a database URL we can use: {exc}") from None
+    except ImportError as exc:
+        raise InvalidInput(f"The database driver for {url!r} is not installed: {exc}") from None
+    return url

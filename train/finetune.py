@@ -45,7 +45,7 @@ from resi_core.model import (
     save_checkpoint,
 )
 from resi_core.model.checkpoint import META_FILE
-from resi_core.text import get_text_encoder
+from resi_core.text import TextEncoderError, check_encoder_spec, get_text_encoder
 from storage import db, repo
 from storage.cli import DATA_DIR_ENV, DEFAULT_DATA_DIR
 from storage.errors import InvalidInput, StorageError
@@ -256,6 +256,12 @@ def check_base(base: Path, meta: dict[str, Any], space: str, refit: bool) -> Non
             f"{base} uses the {config.get('classifier')!r} classifier with {config.get('query_mode')!r} queries; "
             "fitting an LSQE needs the text classifier and per-space queries (method 'resi')."
         )
+    spec = str(config.get("text_encoder") or meta.get("text_encoder"))
+    try:  # the checkpoint's own file names the encoder: nothing may be downloaded or unpickled for it
+        check_encoder_spec(spec)
+    except TextEncoderError as err:
+        raise CheckpointError(f"{base / META_FILE} names the text encoder {spec!r}, which cannot be used: {err}"
+                              ) from None
     trained = [s["name"] for s in meta["label_spaces"]]
     if space in trained and not refit:
         raise ValueError(f"{base} already has a label space {space!r}; pick a new --space name, or pass "
