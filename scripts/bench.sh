@@ -10,5 +10,6 @@ echo "== metrics on coco128 panoptic";   $BIN/python scripts/bench_metrics.py
 echo "== storage latency";               $BIN/python scripts/bench_storage.py
 echo "== RESI vs Mask2Former speed";     $BIN/python scripts/bench_speed.py
 echo "== predictor stages";              $BIN/python scripts/bench_inference.py --checkpoint checkpoints/demo
+echo "== a 24 MP photo: propose time and memory"; $BIN/python scripts/bench_large_photo.py --compare
 echo "== app handlers";                  $BIN/python scripts/bench_app.py --checkpoint checkpoints/demo
 echo "== method comparison (SPEC §6)";   $BIN/python -m train bench --config configs/bench.json
