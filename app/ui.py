@@ -6,12 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from app.class_sets.tab import ClassSetTab
 from app.config import AppConfig
 from app.context import UserState
 from app.finetune.tab import FinetuneTab
 from app.labeling.tab import LabelTab
+from app.login import LoginThrottle
 from app.projects.tab import ProjectsTab
 from app.quality.tab import QualityTab
 from app.services import Services
@@ -46,8 +48,11 @@ HELP = (
 
 
 def launch_kwargs(config: AppConfig) -> dict[str, Any]:
-    """Arguments of `Blocks.launch` that follow from the config (launch.py adds the rest)."""
+    """Arguments of `Blocks.launch` that follow from the config (launch.py adds the rest). With logins,
+    failed ones are throttled per user and per address (app/login.py)."""
+    middleware = [Middleware(LoginThrottle)] if config.auth else []
     return {
+        "app_kwargs": {"middleware": middleware},
         "server_name": config.host,
         "server_port": config.port,
         "auth": list(config.auth) or None,
@@ -59,8 +64,13 @@ def launch_kwargs(config: AppConfig) -> dict[str, Any]:
     }
 
 
+# Gradio's temporary files (uploads never sent with Upload, drawn brush layers, rendered overlays) older
+# than an hour are deleted every 10 minutes; the Upload button deletes its own at once.
+DELETE_CACHE = (600, 3600)
+
+
 def build_ui(svc: Services) -> gr.Blocks:
-    with gr.Blocks(title="RESI labeling") as demo:
+    with gr.Blocks(title="RESI labeling", delete_cache=DELETE_CACHE) as demo:
         state = gr.State(UserState())
         gr.Markdown("# RESI: model-assisted segmentation labeling\n" + HELP)
         with gr.Tabs():

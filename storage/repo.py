@@ -877,8 +877,8 @@ def create_job(session: Session, project_id: int, kind: str, args: dict[str, Any
                                .order_by(Job.id)).all()
         clash = next((j for j in busy if normalize_name(str(j.args.get(unique_by, ""))) == value), None)
         if clash is not None:
-            raise InvalidInput(f"Job {clash.id} ({kind}) of {unique_by} {clash.args.get(unique_by)!r} is running "
-                               "already; wait for it, or pick another name.")
+            raise InvalidInput(f"Job {clash.id} ({kind}, {unique_by} {clash.args.get(unique_by)!r}) has not finished "
+                               f"yet; wait for it, or pick another {unique_by}.")
     job = Job(project_id=project_id, kind=kind, status=JobStatus.QUEUED, progress=0.0, message="",
               args=dict(args or {}), result={}, pid=None)
     session.add(job)

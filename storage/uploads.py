@@ -76,15 +76,14 @@ def upload_items(paths: Sequence[str | Path], max_bytes: int) -> Iterable[tuple[
     """Each uploaded file (each image of a zip) as (name, bytes), or (name, why it is refused)."""
     for raw in paths:
         path = Path(raw)
-        if path.suffix.lower() == ".zip":
-            yield from zip_members(path, max_bytes)
-            continue
         try:
             size = path.stat().st_size
         except OSError:
             yield path.name, "the uploaded file is gone (upload it again)."
             continue
-        if size > max_bytes:
+        if path.suffix.lower() == ".zip":
+            yield from zip_members(path, max_bytes)
+        elif size > max_bytes:
             yield path.name, f"{_limit(max_bytes)}."
         else:
             yield path.name, path.read_bytes()

@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -79,10 +80,13 @@ class LiveApp:
 
 
 @contextmanager
-def live_app(data_dir: Path, *extra: str, timeout_s: float = 180) -> Iterator[LiveApp]:
-    """`python launch.py --data-dir DATA_DIR` on a free port (no checkpoint needed); stopped after."""
+def live_app(data_dir: Path, *extra: str, timeout_s: float = 180, env: dict[str, str] | None = None
+             ) -> Iterator[LiveApp]:
+    """`python launch.py --data-dir DATA_DIR` on a free port (no checkpoint needed); stopped after.
+    `env`: more environment variables for it."""
     port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           **(env or {})}
     command = [sys.executable, str(ROOT / "launch.py"), "--port", str(port), "--data-dir", str(data_dir),
                "--checkpoint", str(data_dir / "no-checkpoint"), *extra]
     process = subprocess.Popen(command, cwd=data_dir.parent, env=env, stdout=subprocess.PIPE,
@@ -101,6 +105,8 @@ def live_app(data_dir: Path, *extra: str, timeout_s: float = 180) -> Iterator[Li
             raise TimeoutError("the app did not start in time:\n" + "".join(log))
         if process.poll() is not None:
             raise RuntimeError("the app stopped:\n" + "".join(log))
+        # Keep reading what it prints, so that a full pipe never blocks the server.
+        threading.Thread(target=lambda: log.extend(iter(process.stdout.readline, "")), daemon=True).start()
         yield LiveApp(f"http://127.0.0.1:{port}/", process, data_dir, log)
     finally:
         process.terminate()

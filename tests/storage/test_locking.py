@@ -10,65 +10,24 @@ A wait longer than the timeout is `Busy` ("try again"), never a driver error.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from storage import cli, repo
-from storage.db import Sessions, make_engine, make_session_factory, sqlite_path, upgrade
+from storage.db import Sessions, make_engine, make_session_factory, upgrade
 from storage.errors import Busy, Correction
 from storage.files import FileStore
 from storage.models import JobStatus
-from tests.storage.helpers import png_bytes, segment
+from tests.storage.helpers import HOLD_S, lock_held, png_bytes, segment
 
-HOLD_S = 1.0
 H, W = 12, 16
-PG_TABLES = "projects, class_sets, model_versions, images, proposals, annotation_events, annotation_segments, " \
-            "piq_records, jobs"
-
-
-@contextlib.contextmanager
-def lock_held(url: str, seconds: float = HOLD_S) -> Iterator[dict[str, float]]:
-    """Another connection takes the write lock (and, on SQLite, writes a row), holds it `seconds`, then
-    commits. Yields once the lock is held; `times["released"]` is when it committed."""
-    held, times = threading.Event(), {}
-    path = sqlite_path(url)
-
-    def holder() -> None:
-        if path is not None:
-            conn = sqlite3.connect(path, isolation_level=None)
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("INSERT INTO projects (name, created_at) VALUES ('the other writer', '2026-01-01')")
-            held.set()
-            time.sleep(seconds)
-            times["released"] = time.monotonic()
-            conn.execute("COMMIT")
-            conn.close()
-            return
-        engine = create_engine(url)
-        with engine.begin() as conn:
-            conn.execute(text(f"LOCK TABLE {PG_TABLES} IN EXCLUSIVE MODE"))
-            held.set()
-            time.sleep(seconds)
-            times["released"] = time.monotonic()
-        engine.dispose()
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    assert held.wait(10), "the other writer never got the lock"
-    try:
-        yield times
-    finally:
-        thread.join()
 
 
 def _prepare(sessions: Sessions, store: FileStore) -> dict[str, Any]:
