@@ -31,6 +31,9 @@ class UserState:
     selected_id: str | None = None
     # An edit a save conflict rejected, kept until the user saves it anyway or drops it.
     pending: Correction | None = None
+    # (legend label, color) pairs the Label tab's annotated image was last given as its color map
+    # (labeling/view.py): while the segments shown need no other, edits send the image alone.
+    legend: frozenset[tuple[str, str]] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -64,9 +64,12 @@ def launch_kwargs(config: AppConfig) -> dict[str, Any]:
     }
 
 
-# Gradio's temporary files (uploads never sent with Upload, drawn brush layers, rendered overlays) older
-# than an hour are deleted every 10 minutes; the Upload button deletes its own at once.
-DELETE_CACHE = (600, 3600)
+# Gradio's temporary files (uploads never sent with Upload, drawn brush layers, and the images of every
+# Label tab update: a photo and a PNG per segment, each save) older than 15 minutes are deleted every 5;
+# the Upload button deletes its own at once.
+DELETE_CACHE = (300, 900)
+# Requests of one event (e.g. 20 users' saves) that run at once; more wait in Gradio's queue.
+EVENT_CONCURRENCY = 8
 
 
 def build_ui(svc: Services) -> gr.Blocks:
@@ -90,4 +93,8 @@ def build_ui(svc: Services) -> gr.Blocks:
         for changed in label.changed:  # the image's status may be different: the Projects tab follows
             changed.success(projects.on_overview, [state], projects.overview_outputs)
         finetune.model_changed.change(classes.refresh_spaces, [state, classes.spaces_cb], [classes.spaces_cb])
+    # Gradio runs each event one request at a time unless told otherwise: with 20 annotators, every save
+    # waited for everyone else's. Saves and views now run side by side (SQLite takes the writes in turn);
+    # proposals keep their own queue of one (labeling/tab.py, MODEL_QUEUE).
+    demo.queue(default_concurrency_limit=EVENT_CONCURRENCY)
     return demo

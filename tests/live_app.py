@@ -42,8 +42,10 @@ def _png(seed: int, size: int = 64) -> bytes:
     return buf.getvalue()
 
 
-def seed_project(data_dir: Path, n_images: int, name: str = "live") -> list[int]:
-    """A project with an ad-hoc class set and `n_images` images holding one 'cat' segment each; their ids."""
+def seed_project(data_dir: Path, n_images: int, name: str = "live", photos: list[Path] | None = None,
+                 segments: int = 1) -> list[int]:
+    """A project with an ad-hoc class set and `n_images` images; their ids. Each image holds a 'cat' segment
+    (id SEGMENT_ID) and `segments - 1` more boxes. The images are 64x64 noise, or `photos` (cycled)."""
     from pycocotools import mask as mask_utils
 
     from storage import repo
@@ -59,13 +61,21 @@ def seed_project(data_dir: Path, n_images: int, name: str = "live") -> list[int]
         project = repo.create_project(s, name)
         repo.set_class_set(s, project.id, [], list(CLASSES))
         for i in range(n_images):
-            image, _ = repo.add_image(s, store, project.id, _png(i), f"{i}.png")
-            mask = np.zeros((64, 64), dtype=np.uint8)
-            mask[8:40, 8:40] = 1
-            rle = mask_utils.encode(np.asfortranarray(mask))
-            segment = {"id": SEGMENT_ID, "class_name": CLASSES[0], "label_space": "adhoc", "isthing": True,
-                       "score": None, "rle": {"size": [64, 64], "counts": rle["counts"].decode("ascii")}}
-            repo.apply_correction(s, image.id, 0, "setup", Correction("add", [], [segment]))
+            data = photos[i % len(photos)].read_bytes() if photos else _png(i)
+            image, duplicate = repo.add_image(s, store, project.id, data, f"{i}.png")
+            if duplicate:
+                raise ValueError(f"image {i} is a duplicate: give at least {n_images} photos")
+            h, w = image.height, image.width
+            added = []
+            for k in range(segments):
+                mask = np.zeros((h, w), dtype=np.uint8)
+                top, left = (k * h) // (2 * segments), (k * w) // (2 * segments)
+                mask[top:top + h // 2, left:left + w // 2] = 1
+                rle = mask_utils.encode(np.asfortranarray(mask))
+                added.append({"id": SEGMENT_ID if k == 0 else f"box{k}", "class_name": CLASSES[k % 2],
+                              "label_space": "adhoc", "isthing": True, "score": None,
+                              "rle": {"size": [h, w], "counts": rle["counts"].decode("ascii")}})
+            repo.apply_correction(s, image.id, 0, "setup", Correction("add", [], added))
             ids.append(image.id)
     engine.dispose()
     return ids
@@ -80,15 +90,15 @@ class LiveApp:
 
 
 @contextmanager
-def live_app(data_dir: Path, *extra: str, timeout_s: float = 180, env: dict[str, str] | None = None
-             ) -> Iterator[LiveApp]:
-    """`python launch.py --data-dir DATA_DIR` on a free port (no checkpoint needed); stopped after.
-    `env`: more environment variables for it."""
+def live_app(data_dir: Path, *extra: str, timeout_s: float = 180, env: dict[str, str] | None = None,
+             checkpoint: Path | None = None) -> Iterator[LiveApp]:
+    """`python launch.py --data-dir DATA_DIR` on a free port, stopped after. No checkpoint unless one is
+    given (it is not needed to save edits). `env`: more environment variables for it."""
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            **(env or {})}
     command = [sys.executable, str(ROOT / "launch.py"), "--port", str(port), "--data-dir", str(data_dir),
-               "--checkpoint", str(data_dir / "no-checkpoint"), *extra]
+               "--checkpoint", str(checkpoint or data_dir / "no-checkpoint"), *extra]
     process = subprocess.Popen(command, cwd=data_dir.parent, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     log: list[str] = []
