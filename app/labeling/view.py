@@ -35,6 +35,7 @@ def shown(view: ImageView, visible: Sequence[str] | None) -> list[SegmentView]:
 
 
 LABEL_OUTPUTS = 11  # how many values `label_tab` returns
+MAX_LEGEND = 200  # legend entries a session's annotated image keeps colors for (UserState.legend)
 
 
 def label_tab(
@@ -60,9 +61,10 @@ def label_tab(
     selected = next((s for s in view.segments if s.id == state.selected_id), None)
     annotated: Any = annotated_value(view.image, segs)
     colors = set(color_map(segs).items())
-    if not colors <= state.legend:
-        state = replace(state, legend=state.legend | colors)
-        annotated = gr.update(value=annotated, color_map=dict(state.legend))
+    if not colors <= state.legend:  # the map grows with the labels shown, up to MAX_LEGEND, then starts over
+        legend = state.legend | colors if len(state.legend | colors) <= MAX_LEGEND else colors
+        state = replace(state, legend=frozenset(legend))
+        annotated = gr.update(value=annotated, color_map=dict(legend))
     return (
         state,
         annotated,
