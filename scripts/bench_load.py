@@ -51,7 +51,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
         raise SystemExit(MISSING or f"need {needed} photos under {COCO128_IMAGES}")
     ids = seed_project(data, needed, photos=photos[:needed], segments=args.segments)
     user_images, propose_images = ids[: args.users], ids[args.users:]
-    checkpoint = Path(args.checkpoint) if args.proposers else None
+    checkpoint = Path(args.checkpoint).resolve() if args.proposers else None
     latencies: list[float] = []
     errors: list[str] = []
     acknowledged: dict[int, list[str]] = {image_id: [] for image_id in user_images}

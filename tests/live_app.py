@@ -134,6 +134,9 @@ class Editor:
     def __init__(self, url: str, project: str, image_id: int, **client_kwargs: Any):
         from gradio_client import Client
 
+        # Not downloading the images each save returns (a browser fetches them on its own machine; here
+        # the client would take CPU from the server it measures).
+        client_kwargs.setdefault("download_files", False)
         self.client = Client(url, verbose=False, **client_kwargs)
         self.image_id = image_id
         self.client.predict(project, api_name="/open_project")
