@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from app.config import (
+    AUTH_ENV,
+    AUTH_FLAG_REFUSED,
     DEFAULT_CHECKPOINT,
     DEFAULT_CLAIM_MINUTES,
     DEFAULT_DATA_DIR,
@@ -20,8 +22,9 @@ from app.config import (
     DEFAULT_TEXT_ENCODER,
     AppConfig,
     ConfigError,
+    auth_file_warning,
     check_config,
-    parse_auth_pair,
+    parse_auth_lines,
     read_auth_file,
 )
 
@@ -46,14 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"RESI model checkpoint used for proposals (default {DEFAULT_CHECKPOINT})")
     parser.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER,
                         help=f"text encoder for class names and synonym suggestions (default {DEFAULT_TEXT_ENCODER})")
-    parser.add_argument("--auth", action="append", default=[], metavar="USER:PASSWORD",
-                        help="require this login; repeat for several users")
+    # Refused with a message saying why (the password would show in `ps`); not listed in --help.
+    parser.add_argument("--auth", action="append", default=[], help=argparse.SUPPRESS)
     parser.add_argument("--auth-file", type=Path, default=None,
-                        help="file with one user:password per line ('#' starts a comment)")
+                        help="require a login: a file with one user:password per line ('#' starts a comment); "
+                        f"or set {AUTH_ENV} to such lines. Failed logins are throttled per user and per address")
     parser.add_argument("--max-upload-mb", type=int, default=DEFAULT_MAX_UPLOAD_MB,
                         help=f"largest file accepted by the upload (default {DEFAULT_MAX_UPLOAD_MB} MB)")
     parser.add_argument("--allow-unauthenticated-remote", action="store_true",
-                        help="allow a non-loopback --host without --auth (only on a trusted network)")
+                        help="allow a non-loopback --host without logins (only on a trusted network)")
     parser.add_argument("--claim-minutes", type=float, default=DEFAULT_CLAIM_MINUTES,
                         help="how long an opened or edited image stays reserved for its user: Accept & next and "
                         f"Skip send other users to other images meanwhile (default {DEFAULT_CLAIM_MINUTES:g})")
@@ -66,9 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> AppConfig:
     """Turn parsed arguments into an AppConfig; raise ConfigError on anything unusable."""
-    auth = tuple(parse_auth_pair(a) for a in args.auth)
+    if args.auth:
+        raise ConfigError(AUTH_FLAG_REFUSED)
+    auth: tuple[tuple[str, str], ...] = ()
     if args.auth_file is not None:
         auth += read_auth_file(args.auth_file)
+    if os.environ.get(AUTH_ENV, "").strip():
+        auth += parse_auth_lines(os.environ[AUTH_ENV], f"${AUTH_ENV}")
     config = AppConfig(
         host=args.host,
         port=args.port,
@@ -94,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.auth_file is not None and (warning := auth_file_warning(args.auth_file)):
+        print(warning, file=sys.stderr)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

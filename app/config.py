@@ -75,8 +75,8 @@ def check_config(config: AppConfig) -> None:
     if not is_loopback(config.host) and not config.auth and not config.allow_unauthenticated_remote:
         raise ConfigError(
             f"Refusing to listen on {config.host!r} without a login: anyone on the network could read and "
-            "change your annotations. Add --auth user:password (or --auth-file), or pass "
-            "--allow-unauthenticated-remote if the network is trusted."
+            f"change your annotations. Add logins with --auth-file FILE (user:password lines) or ${AUTH_ENV}, "
+            "or pass --allow-unauthenticated-remote if the network is trusted."
         )
     if not 0 < config.port < 65536:
         raise ConfigError(f"Port {config.port} is not between 1 and 65535.")
@@ -94,13 +94,41 @@ def parse_auth_pair(text: str) -> tuple[str, str]:
     return user, password
 
 
-def read_auth_file(path: Path) -> tuple[tuple[str, str], ...]:
+def parse_auth_lines(text: str, where: str) -> tuple[tuple[str, str], ...]:
     """One `user:password` per line; blank lines and lines starting with '#' are skipped."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"Cannot read the auth file {path}: {exc.strerror or exc}.") from exc
+    lines = text.splitlines()
     pairs = tuple(parse_auth_pair(line) for line in lines if line.strip() and not line.lstrip().startswith("#"))
     if not pairs:
-        raise ConfigError(f"The auth file {path} lists no user:password line.")
+        raise ConfigError(f"{where} lists no user:password line.")
     return pairs
+
+
+def read_auth_file(path: Path) -> tuple[tuple[str, str], ...]:
+    """The logins of an auth file: one `user:password` per line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Cannot read the auth file {path}: {getattr(exc, 'strerror', None) or exc}.") from exc
+    return parse_auth_lines(text, f"The auth file {path}")
+
+
+def auth_file_warning(path: Path) -> str | None:
+    """A warning when others on this machine may read the auth file (its mode allows group or others)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if mode & 0o077:
+        return (f"warning: {path} can be read by other users of this machine (mode {mode & 0o777:o}); "
+                f"`chmod 600 {path}` keeps the passwords to you.")
+    return None
+
+
+# Logins from the environment: one `user:password` per line (a process's environment is readable only by
+# its user and root, unlike its command line, which `ps` shows to everyone).
+AUTH_ENV = "RESI_AUTH"
+AUTH_FLAG_REFUSED = (
+    "--auth USER:PASSWORD is no longer accepted: a password on the command line is visible to every user "
+    "of the machine (ps, /proc). Put user:password lines in a file only you can read (chmod 600) and pass "
+    f"--auth-file FILE, or set {AUTH_ENV}=user:password (one login per line)."
+)

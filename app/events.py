@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import gradio as gr
@@ -46,3 +47,22 @@ def guarded(fn: F) -> F:
 
 def user_name(request: gr.Request | None) -> str:
     return (getattr(request, "username", None) or "local") if request is not None else "local"
+
+
+def remove_uploads(paths: Sequence[str | Path] | None, upload_root: str | Path) -> None:
+    """Delete Gradio's temporary copies of uploaded files once they are stored or refused, with the
+    folders Gradio made for them when those are left empty. Only files inside `upload_root` (the
+    app's `Blocks.GRADIO_CACHE`) are touched: a path from anywhere else is left alone."""
+    root = Path(upload_root).resolve()
+    for raw in paths or ():
+        path = Path(raw).absolute()
+        if not path.resolve().is_relative_to(root) or path.resolve() == root or path.is_dir():
+            continue
+        path.unlink(missing_ok=True)
+        folder = path.parent.resolve()
+        while folder != root and folder.is_relative_to(root):
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
+            folder = folder.parent

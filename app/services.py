@@ -298,8 +298,6 @@ class Services:
     files: FileStore
     images: ImageCache
     model: ModelProvider
-    # Serializes model registration so two users' first proposals don't both register it.
-    register_lock: threading.Lock = field(default_factory=threading.Lock)
     jobs: JobProcesses = field(default_factory=JobProcesses)
 
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from app.class_sets.tab import ClassSetTab
 from app.config import AppConfig
 from app.context import UserState
 from app.finetune.tab import FinetuneTab
 from app.labeling.tab import LabelTab
+from app.login import LoginThrottle
 from app.projects.tab import ProjectsTab
 from app.quality.tab import QualityTab
 from app.services import Services
@@ -46,8 +48,11 @@ HELP = (
 
 
 def launch_kwargs(config: AppConfig) -> dict[str, Any]:
-    """Arguments of `Blocks.launch` that follow from the config (launch.py adds the rest)."""
+    """Arguments of `Blocks.launch` that follow from the config (launch.py adds the rest). With logins,
+    failed ones are throttled per user and per address (app/login.py)."""
+    middleware = [Middleware(LoginThrottle)] if config.auth else []
     return {
+        "app_kwargs": {"middleware": middleware},
         "server_name": config.host,
         "server_port": config.port,
         "auth": list(config.auth) or None,
@@ -59,8 +64,16 @@ def launch_kwargs(config: AppConfig) -> dict[str, Any]:
     }
 
 
+# Gradio's temporary files (uploads never sent with Upload, drawn brush layers, and the images of every
+# Label tab update: a photo and a PNG per segment, each save) older than 15 minutes are deleted every 5;
+# the Upload button deletes its own at once.
+DELETE_CACHE = (300, 900)
+# Requests of one event (e.g. 20 users' saves) that run at once; more wait in Gradio's queue.
+EVENT_CONCURRENCY = 8
+
+
 def build_ui(svc: Services) -> gr.Blocks:
-    with gr.Blocks(title="RESI labeling") as demo:
+    with gr.Blocks(title="RESI labeling", delete_cache=DELETE_CACHE) as demo:
         state = gr.State(UserState())
         gr.Markdown("# RESI: model-assisted segmentation labeling\n" + HELP)
         with gr.Tabs():
@@ -81,4 +94,8 @@ def build_ui(svc: Services) -> gr.Blocks:
         for changed in label.changed:  # the image's status may be different: the Projects tab follows
             changed.success(projects.on_overview, [state], projects.overview_outputs)
         finetune.model_changed.change(classes.refresh_spaces, [state, classes.spaces_cb], [classes.spaces_cb])
+    # Gradio runs each event one request at a time unless told otherwise: with 20 annotators, every save
+    # waited for everyone else's. Saves and views now run side by side (SQLite takes the writes in turn);
+    # proposals keep their own queue of one (labeling/tab.py, MODEL_QUEUE).
+    demo.queue(default_concurrency_limit=EVENT_CONCURRENCY)
     return demo

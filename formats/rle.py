@@ -22,6 +22,8 @@ def encode_mask(mask: np.ndarray) -> RLE:
     """Bool/0-1 mask [H, W] -> COCO RLE with `counts` as a str (JSON-ready)."""
     if mask.ndim != 2:
         raise ValueError(f"encode_mask expects a [H, W] mask, got shape {mask.shape}")
+    if mask.dtype == np.bool_ and mask.flags.f_contiguous:
+        mask = mask.view(np.uint8)  # no copy: already in the column-major order RLE runs in
     rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 

@@ -9,6 +9,12 @@ grid to H×W and thresholded at 0 (σ ≥ 0.5). When the model saw a resized, pa
 
 Functions return `RawSegment`s (class indices of the pass's class list); the predictor
 names them. `esf_fuse` works on named `Segment`s of a mixed label space.
+
+Large photos: the predictor runs all of this at a working resolution whose long side is at most
+`Predictor.postprocess_max_side` (an image that fits is worked on at its own size, unchanged), then
+`upscale_segments` brings the final masks to the photo's size with nearest-neighbour sampling. The
+model's own mask grid is far coarser than the working resolution, so this moves boundaries by at most
+half a working pixel.
 """
 
 from __future__ import annotations
@@ -316,6 +322,45 @@ def instance_list(
         if areas[u] > 0
     ]
     return sorted(segments, key=lambda s: -s.score)
+
+
+def working_size(out_hw: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """`out_hw` scaled down so its long side is at most `max_side` (never up; None: unchanged)."""
+    h, w = out_hw
+    if max_side is None or max(h, w) <= max_side:
+        return out_hw
+    scale = max_side / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def nearest_index(out_size: int, in_size: int) -> np.ndarray:
+    """[out_size] source index of each output pixel for nearest-neighbour resampling: the source pixel
+    whose span holds the output pixel's centre (the sampling grid of `interp_matrix`)."""
+    centres = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size)
+    return np.minimum(centres.astype(np.int64), in_size - 1)
+
+
+def upscale_masks(masks: Sequence[np.ndarray], out_hw: tuple[int, int]) -> list[np.ndarray]:
+    """Bool masks [h, w] → bool [H, W] by nearest-neighbour sampling (`nearest_index` on both axes).
+
+    The output is column-major (Fortran order), the order COCO RLE runs in, so encoding it needs no
+    transposing copy. Rows are sampled at [w, H], then each source column is repeated as often as
+    output columns sample it."""
+    if not masks:
+        return []
+    h, w = masks[0].shape
+    out_h, out_w = out_hw
+    rows = nearest_index(out_h, h)  # [H]
+    repeats = np.bincount(nearest_index(out_w, w), minlength=w)  # [w] output columns per source column
+    return [np.repeat(np.take(mask.T, rows, axis=1), repeats, axis=0).T for mask in masks]
+
+
+def upscale_segments(segments: Sequence[Segment], out_hw: tuple[int, int]) -> list[Segment]:
+    """`segments` with their masks brought to `out_hw` (`upscale_masks`); everything else unchanged."""
+    if not segments or segments[0].mask.shape == tuple(out_hw):
+        return list(segments)
+    masks = upscale_masks([s.mask for s in segments], out_hw)
+    return [dataclasses.replace(s, mask=m) for s, m in zip(segments, masks, strict=True)]
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -27,8 +27,14 @@ from resi_core.postprocess import (
     omi_panoptic,
     semantic_inference,
     semantic_union,
+    upscale_segments,
+    working_size,
 )
 from resi_core.segment import Segment, Source, segment_id
+
+# Post-processing's working resolution (long side): more than 5x the mask grid of a model run at 1,024
+# pixels, so upsampling its result moves a boundary by under a pixel of that grid.
+POSTPROCESS_MAX_SIDE = 1536
 
 
 class RequestError(ValueError):
@@ -109,6 +115,10 @@ class Predictor:
     The model is moved to `device` and put in eval mode. Features of the last `cache_size`
     images are kept, keyed by the image's hash, so asking the same image again with other
     classes skips the backbone and pixel decoder. Call `clear_cache` after changing weights.
+    Post-processing works at a long side of at most `postprocess_max_side` pixels (None: the
+    image's own size) and the final masks are upsampled once (`postprocess.upscale_segments`):
+    an image that fits is worked on at its own size, exactly as before; a 24 MP photo costs a
+    fraction of what full-resolution post-processing did.
     """
 
     def __init__(
@@ -126,6 +136,7 @@ class Predictor:
         max_size: int | None = None,
         size_divisor: int = 32,
         out_of_domain_threshold: float | None = 0.98,
+        postprocess_max_side: int | None = POSTPROCESS_MAX_SIDE,
     ) -> None:
         trained_with = getattr(model.config, "text_encoder", None)
         if text_encoder is not None and trained_with is not None and text_encoder.id != trained_with:
@@ -144,6 +155,7 @@ class Predictor:
         self.max_size = max_size if max_size is not None else int(model.config.max_size)
         self.size_divisor = size_divisor
         self.out_of_domain_threshold = out_of_domain_threshold
+        self.postprocess_max_side = postprocess_max_side
         self._cache: OrderedDict[str, tuple[Any, ResizeInfo]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -188,6 +200,7 @@ class Predictor:
         tick = time.perf_counter()
         domain_probs, thresholds, held = self._pass_thresholds(features, info, passes)
         extent = info.valid_extent(tuple(mask_logits.shape[-2:]))
+        work_hw = working_size(info.original_hw, self.postprocess_max_side)
         per_pass: list[list[Segment]] = []
         instances: list[Segment] = []
         semantic: list[list[Segment]] = []
@@ -202,28 +215,33 @@ class Predictor:
                 mask_logits[i],
                 probs,
                 isthing,
-                info.original_hw,
+                work_hw,
                 extent,
                 thresholds[i],
                 self.overlap_threshold,
             )
             per_pass.append(self._name(raw, p, mixed, key, "segment"))
             if with_instances:
-                raw = instance_list(mask_logits[i], probs, info.original_hw, extent, self.topk, isthing)
+                raw = instance_list(mask_logits[i], probs, work_hw, extent, self.topk, isthing)
                 instances.extend(self._name(raw, p, mixed, key, "instance"))
             if with_semantic:
                 min_score = thresholds[i] if thresholds[i] > self.score_threshold else None  # held pass
                 raw = semantic_inference(
-                    mask_logits[i], probs, info.original_hw, extent, self.semantic_threshold, min_score
+                    mask_logits[i], probs, work_hw, extent, self.semantic_threshold, min_score
                 )
                 semantic.append(self._name(raw, p, mixed, key, "semantic"))
         segments = esf_fuse(per_pass, mixed, self.iou_threshold)
         instances.sort(key=lambda s: -s.score)
+        union = semantic_union(semantic, mixed)
         timings["postprocess"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()  # one upsampling of the final masks (nothing to do when work_hw is the image's)
+        segments = upscale_segments(segments, info.original_hw)
+        instances = upscale_segments(instances, info.original_hw)
+        union = upscale_segments(union, info.original_hw)
+        timings["upsample"] = time.perf_counter() - tick
         timings["total"] = time.perf_counter() - start
-        return Prediction(
-            segments, instances, timings, mixed, key, cache_hit, domain_probs, held, semantic_union(semantic, mixed)
-        )
+        return Prediction(segments, instances, timings, mixed, key, cache_hit, domain_probs, held, union)
 
     def _pass_thresholds(
         self, features: Any, info: ResizeInfo, passes: Sequence[_Pass]

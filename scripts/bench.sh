@@ -11,5 +11,7 @@ echo "== storage latency";               $BIN/python scripts/bench_storage.py
 echo "== dataset import and export";     $BIN/python scripts/bench_formats.py
 echo "== RESI vs Mask2Former speed";     $BIN/python scripts/bench_speed.py
 echo "== predictor stages";              $BIN/python scripts/bench_inference.py --checkpoint checkpoints/demo
+echo "== a 24 MP photo: propose time and memory"; $BIN/python scripts/bench_large_photo.py --compare
 echo "== app handlers";                  $BIN/python scripts/bench_app.py --checkpoint checkpoints/demo
+echo "== 20 annotators saving at once (HTTP)"; $BIN/python scripts/bench_load.py
 echo "== method comparison (SPEC §6)";   $BIN/python -m train bench --config configs/bench.json

@@ -11,6 +11,13 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null && [ "$(id -u)" =
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "chromium could not be installed: the browser tests skip (and fail when CI=true)"
 fi
+# The reverse-proxy test starts Debian's nginx with deploy/nginx-resi.conf; installed the same way, skipped
+# without it.
+if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "== installing nginx-light (apt-get)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null) \
+    || echo "nginx could not be installed: the reverse-proxy test skips"
+fi
 echo "== ruff"; $BIN/ruff check .
 echo "== import contract"; $BIN/lint-imports
 echo "== pytest"; $BIN/python -m pytest -q --timeout=900 "$@"

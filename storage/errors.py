@@ -18,6 +18,15 @@ class InvalidInput(StorageError, ValueError):
     """Input that cannot be stored: not an image, a bad class name, a mask of the wrong size..."""
 
 
+class Busy(StorageError):
+    """Another writer held the database's lock for longer than we wait (SQLite's busy timeout,
+    PostgreSQL's lock timeout). Nothing of this transaction was saved; trying again is safe."""
+
+    def __init__(self, message: str = "The database is busy (another save is taking long); nothing was saved. "
+                                      "Try again in a moment."):
+        super().__init__(message)
+
+
 @dataclass(frozen=True)
 class Correction:
     """One edit as an annotator made it: the segments it replaces and the segments it writes.

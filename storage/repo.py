@@ -5,6 +5,11 @@
 
 When a function raises a StorageError it has written nothing: the writes of a correction run
 inside a SAVEPOINT that is rolled back on error, so the caller's transaction stays usable.
+
+Write with `sessions.begin()` (storage.db.Sessions): on SQLite its transaction holds the write lock
+from its first statement. A function that checks, then writes, also locks the row it depends on
+first (`lock_project`, `lock_image`, a conditional UPDATE, `FOR UPDATE`), so that on PostgreSQL two
+callers cannot both pass the check either.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import delete, func, insert, or_, select, true, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from formats import names as name_rules
@@ -168,11 +174,16 @@ def _row_to_json(row: AnnotationSegment | Any) -> dict[str, Any]:
 
 def create_project(session: Session, name: str) -> Project:
     name = check_name(name, "project name")
+    taken = InvalidInput(f"A project named {name!r} exists already.")
     if session.scalar(select(Project.id).where(Project.name == name)) is not None:
-        raise InvalidInput(f"A project named {name!r} exists already.")
+        raise taken
     project = Project(name=name)
-    session.add(project)
-    session.flush()
+    try:  # someone creating the same name at the same moment (PostgreSQL) hits the unique constraint
+        with session.begin_nested():
+            session.add(project)
+            session.flush()
+    except IntegrityError:
+        raise taken from None
     return project
 
 
@@ -465,7 +476,7 @@ def register_model_version(
     active: bool = False,
 ) -> ModelVersion:
     """Record a checkpoint. `label_spaces`: [{"name", "classes", "lsqe"}, ...] as the checkpoint holds."""
-    get_project(session, project_id)
+    lock_project(session, project_id)  # the name check and the insert, one at a time
     name = check_name(name, "model version name")
     if session.scalar(select(ModelVersion.id).where(ModelVersion.project_id == project_id,
                                                     ModelVersion.name == name)) is not None:
@@ -490,6 +501,26 @@ def register_model_version(
     return version
 
 
+def ensure_model_version(
+    session: Session,
+    project_id: int,
+    name: str,
+    checkpoint_path: str,
+    checkpoint_sha256: str,
+    label_spaces: list[dict[str, Any]],
+    training: dict[str, Any] | None = None,
+    active: bool = False,
+) -> ModelVersion:
+    """The project's model version of this checkpoint (found by hash), registered first if there is none
+    (active when `active`). Two users' first proposals with a new model register it once."""
+    lock_project(session, project_id)
+    found = model_version_by_checkpoint(session, project_id, checkpoint_sha256)
+    if found is not None:
+        return found
+    return register_model_version(session, project_id, name, checkpoint_path, checkpoint_sha256, label_spaces,
+                                  training, active=active)
+
+
 def get_model_version(session: Session, model_version_id: int) -> ModelVersion:
     return _get(session, ModelVersion, model_version_id, "model version")
 
@@ -511,6 +542,7 @@ def list_model_versions(session: Session, project_id: int) -> list[ModelVersion]
 def set_active_model(session: Session, model_version_id: int) -> ModelVersion:
     """Make this version the project's one active model."""
     version = get_model_version(session, model_version_id)
+    lock_project(session, version.project_id)
     session.execute(
         update(ModelVersion)
         .where(ModelVersion.project_id == version.project_id, ModelVersion.id != version.id)
@@ -898,12 +930,25 @@ def accepted_image_piq(session: Session, project_id: int) -> list[PiqRecord]:
 # --- jobs ------------------------------------------------------------------------------------
 
 
-def create_job(session: Session, project_id: int, kind: str, args: dict[str, Any] | None = None) -> Job:
-    """Record a queued job of a project; its process then reports through `update_job`."""
-    get_project(session, project_id)
+def create_job(session: Session, project_id: int, kind: str, args: dict[str, Any] | None = None,
+               unique_by: str | None = None) -> Job:
+    """Record a queued job of a project; its process then reports through `update_job`.
+
+    With `unique_by` (a key of `args`), it is refused while an unfinished job of the same kind has the
+    same value there (compared as names: case and spaces aside), e.g. two fine-tunings of one space."""
+    lock_project(session, project_id)  # the check below and the insert, one at a time
     kind = check_name(kind, "job kind")
     if len(kind) > MAX_JOB_KIND_LEN:
         raise InvalidInput(f"The job kind {kind[:20]!r}... is longer than {MAX_JOB_KIND_LEN} characters.")
+    if unique_by is not None:
+        value = normalize_name(str((args or {}).get(unique_by, "")))
+        busy = session.scalars(select(Job).where(Job.project_id == project_id, Job.kind == kind,
+                                                 Job.status.not_in(list(FINISHED_JOB_STATUSES)))
+                               .order_by(Job.id)).all()
+        clash = next((j for j in busy if normalize_name(str(j.args.get(unique_by, ""))) == value), None)
+        if clash is not None:
+            raise InvalidInput(f"Job {clash.id} ({kind}, {unique_by} {clash.args.get(unique_by)!r}) has not finished "
+                               f"yet; wait for it, or pick another {unique_by}.")
     job = Job(project_id=project_id, kind=kind, status=JobStatus.QUEUED, progress=0.0, message="",
               args=dict(args or {}), result={}, pid=None)
     session.add(job)
@@ -935,7 +980,11 @@ def update_job(
 
     Finishing sets `finished_at`; finishing as done without a progress sets it to 1.
     """
-    job = get_job(session, job_id)
+    # FOR UPDATE (PostgreSQL; SQLite's write transaction holds the lock already): a cancel and the job's
+    # own "done" cannot both find the job unfinished.
+    job = session.get(Job, job_id, with_for_update=True, populate_existing=True)
+    if job is None:
+        raise NotFound(f"There is no job with id {job_id}.")
     if job.status in FINISHED_JOB_STATUSES:
         raise InvalidInput(f"Job {job_id} is {job.status.value} already; a finished job does not change.")
     if status is not None:

@@ -19,6 +19,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -113,9 +114,19 @@ def fit_domain_head(
     return accuracy
 
 
+def read_json(path: str | Path) -> Any:
+    """A JSON file's content; a file that is not JSON is a ValueError naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+
+
 def datasets_from_config(path: str | Path, data_root: str | None = None) -> list[CocoDataset]:
     """The datasets of a pretrain config (configs/world_demo.json's shape)."""
-    config = json.loads(Path(path).read_text(encoding="utf-8"))
+    config = read_json(path)
+    if not isinstance(config, dict):
+        raise DatasetError(f"{path} is not a pretrain config (a JSON object).")
     root = Path(data_root if data_root is not None else config.get("data_root", "."))
     specs = config.get("datasets") or []
     if not specs:

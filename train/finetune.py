@@ -46,7 +46,7 @@ from resi_core.model import (
     save_checkpoint,
 )
 from resi_core.model.checkpoint import META_FILE
-from resi_core.text import get_text_encoder
+from resi_core.text import TextEncoderError, check_encoder_spec, get_text_encoder
 from storage import db, repo
 from storage.cli import DATA_DIR_ENV, DEFAULT_DATA_DIR
 from storage.errors import InvalidInput, StorageError
@@ -263,6 +263,12 @@ def check_base(base: Path, meta: dict[str, Any], space: str, refit: bool) -> Non
             f"{base} uses the {config.get('classifier')!r} classifier with {config.get('query_mode')!r} queries; "
             "fitting an LSQE needs the text classifier and per-space queries (method 'resi')."
         )
+    spec = str(config.get("text_encoder") or meta.get("text_encoder"))
+    try:  # the checkpoint's own file names the encoder: nothing may be downloaded or unpickled for it
+        check_encoder_spec(spec)
+    except TextEncoderError as err:
+        raise CheckpointError(f"{base / META_FILE} names the text encoder {spec!r}, which cannot be used: {err}"
+                              ) from None
     trained = [s["name"] for s in meta["label_spaces"]]
     if space in trained and not refit:
         raise ValueError(f"{base} already has a label space {space!r}; pick a new --space name, or pass "
@@ -362,10 +368,9 @@ def register(sessions: sessionmaker[Session], project_id: int, base: Path, base_
     """
     base_sha, out_sha = path_sha256(base), path_sha256(out)
     with sessions.begin() as session:
-        parent = repo.model_version_by_checkpoint(session, project_id, base_sha) or repo.register_model_version(
-            session, project_id, f"{base.name}-{base_sha[:8]}", str(base.resolve()), base_sha,
-            base_meta["label_spaces"], {"text_encoder": base_meta["text_encoder"]},
-        )
+        parent = repo.ensure_model_version(session, project_id, f"{base.name}-{base_sha[:8]}", str(base.resolve()),
+                                           base_sha, base_meta["label_spaces"],
+                                           {"text_encoder": base_meta["text_encoder"]})
         version = repo.register_model_version(
             session, project_id, f"{out.name}-{out_sha[:8]}", str(out.resolve()), out_sha,
             [s.to_json() for s in model.label_spaces.values()], training, parent_id=parent.id, active=activate,

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import repo
-from storage.errors import InvalidInput
+from storage.errors import Busy, InvalidInput
 from storage.models import JobStatus
 
 PROGRESS_INTERVAL_S = 1.0
@@ -60,7 +60,7 @@ class JobReporter:
         try:
             with self.sessions.begin() as session:
                 repo.update_job(session, self.job_id, progress=min(max(fraction, 0.0), 1.0), message=message)
-        except SQLAlchemyError as err:
+        except (SQLAlchemyError, Busy) as err:
             print(f"warning: could not record the job's progress: {one_line(err)}", file=sys.stderr)
         self._last_write = now
 

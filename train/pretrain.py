@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -45,7 +44,7 @@ from resi_core.model import (
 from resi_core.model.checkpoint import read_meta
 from resi_core.model.config import known_fields
 from resi_core.text import encoder_id, get_text_encoder
-from train.domain import add_domain_head
+from train.domain import add_domain_head, read_json
 
 TRAINER_FILE = "trainer.pt"
 LATEST_FILE = "latest"
@@ -151,7 +150,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load_config(args: argparse.Namespace) -> TrainConfig:
-    config = TrainConfig.from_json(json.loads(Path(args.config).read_text(encoding="utf-8")))
+    config = TrainConfig.from_json(read_json(args.config))
     overrides = {
         "out": args.out,
         "data_root": args.data_root,

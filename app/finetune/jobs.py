@@ -152,14 +152,9 @@ def start_finetune(svc: Services, state: UserState, space: str | None, from_spac
                         "images first (Label tab), or pick other segments to learn from.")
     info = svc.model.info(ctx.checkpoint)  # a missing or unreadable checkpoint is one message
     name = _new_space_name(space, [s.name for s in info.label_spaces])
-    with svc.register_lock, svc.sessions.begin() as session:  # two clicks never start the same space twice
-        busy = next((j for j in repo.list_jobs(session, project_id) if j.kind == FINETUNE_KIND
-                     and j.status not in repo.FINISHED_JOB_STATUSES
-                     and normalize_name(str(j.args.get("space", ""))) == normalize_name(name)), None)
-        if busy is not None:
-            raise UserError(f"Job {busy.id} is learning label space {busy.args['space']!r} already; wait for it, "
-                            "or pick another name.")
-        job = repo.create_job(session, project_id, FINETUNE_KIND, {})
+    with svc.sessions.begin() as session:
+        # It locks the project first: two clicks (or two app hosts) never start the same space twice.
+        job = repo.create_job(session, project_id, FINETUNE_KIND, {"space": name}, unique_by="space")
         out = job_folder(svc, name, job.id)
         # --flag=value: a name that starts with '-' stays a value.
         command = [

@@ -66,21 +66,33 @@ def _selected(svc: Services, state: UserState, segment_id: str | None) -> Segmen
         raise UserError("That segment is no longer in the image (someone removed it?). Reload.") from None
 
 
+def _stored(svc: Services, state: UserState, segment_id: str | None) -> repo.Segment:
+    """The selected segment as stored (its RLE, not decoded): all that a relabel or a delete needs."""
+    if not segment_id:
+        raise UserError("Select a segment first: click it in the image or its row in the table.")
+    with svc.sessions() as session:
+        segments = repo.current_annotation(session, require_image(state)).segments
+    found = next((s for s in segments if s.id == segment_id), None)
+    if found is None:
+        raise UserError("That segment is no longer in the image (someone removed it?). Reload.")
+    return found
+
+
 def select_segment(svc: Services, state: UserState, segment_id: str | None) -> UserState:
     seg = _selected(svc, state, segment_id)
     return replace(state, selected_id=seg.id)
 
 
 def relabel(svc: Services, state: UserState, user: str, segment_id: str | None, option: ClassOption) -> EditResult:
-    seg = _selected(svc, state, segment_id)
-    new = replace(seg.relabeled(option.name, option.label_space), isthing=option.isthing)
-    correction = Correction(EventType.RELABEL.value, [to_storage(seg)], [to_storage(new)])
+    seg = _stored(svc, state, segment_id)
+    new = replace(seg, class_name=option.name, label_space=option.label_space, isthing=option.isthing)
+    correction = Correction(EventType.RELABEL.value, [seg.to_json()], [new.to_json()])
     return save_correction(svc, state, user, correction, f"Relabeled to {option.label}.")
 
 
 def delete_segment(svc: Services, state: UserState, user: str, segment_id: str | None) -> EditResult:
-    seg = _selected(svc, state, segment_id)
-    result = save_correction(svc, state, user, Correction(EventType.DELETE.value, [to_storage(seg)], []),
+    seg = _stored(svc, state, segment_id)
+    result = save_correction(svc, state, user, Correction(EventType.DELETE.value, [seg.to_json()], []),
                              f"Deleted {seg.class_name}.")
     return replace(result, state=replace(result.state, selected_id=None))
 

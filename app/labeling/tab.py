@@ -18,6 +18,9 @@ from app.projects.handlers import project_overview
 from app.render import SEGMENT_COLUMNS
 from app.services import Services, UserError
 
+# The events that run the model wait for each other, one at a time.
+MODEL_QUEUE: dict[str, Any] = {"concurrency_id": "model", "concurrency_limit": 1}
+
 
 def image_choices(svc: Services, st: UserState) -> list[tuple[str, int]]:
     rows = project_overview(svc, st).rows
@@ -46,7 +49,9 @@ class LabelTab:
             self.title_md = gr.Markdown("No image open.", elem_id="image-title")
             with gr.Row():
                 with gr.Column(scale=3):
-                    self.annotated = gr.AnnotatedImage(label="Segments", elem_id="annotated")
+                    # JPEG: the photo is re-sent on every edit, and WebP (Gradio's default) takes ~10x longer to
+                    # encode. The masks stay PNG (Gradio's choice; they need alpha).
+                    self.annotated = gr.AnnotatedImage(label="Segments", elem_id="annotated", format="jpeg")
                     self.toggles = gr.CheckboxGroup(label="Show label spaces", choices=[], elem_id="space-toggles")
                     self.segments_df = gr.Dataframe(headers=SEGMENT_COLUMNS, interactive=False,
                                                     elem_id="segments-table", label="Segments")
@@ -61,7 +66,7 @@ class LabelTab:
                         self.merge_btn = gr.Button("Merge", elem_id="merge-btn")
                     self.editor = gr.ImageEditor(label="Brush", elem_id="editor", sources=(), transforms=(),
                                                  layers=False, brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
-                                                 type="numpy", height=420)
+                                                 type="numpy", height=420, format="jpeg")
                     self.mode = gr.Radio([m.value for m in BrushMode], value=BrushMode.ADD.value, label="Brush",
                                          elem_id="brush-mode")
                     with gr.Row():
@@ -125,8 +130,10 @@ class LabelTab:
     def wire(self, demo: gr.Blocks) -> None:
         state, toggles, outputs, edit_outputs = self.state, self.toggles, self.outputs, self.edit_outputs
         self.image_dd.input(self.on_pick_image, [state, self.image_dd, toggles], outputs, api_name="open_image")
+        # Proposals share one queue on the model ("model": one at a time); every other event has its own
+        # queue with the app's default concurrency (app/ui.py), so saves never wait behind a proposal.
         propose_all_event = self.propose_all_btn.click(self.on_propose_all, [state], [self.edit_md],
-                                                       api_name="propose_all")
+                                                       api_name="propose_all", **MODEL_QUEUE)
         # It can run for minutes while the user labels on; only then is the open image shown afresh,
         # from the tab's state at that moment (it may have been proposed in the batch).
         propose_all_event.then(self.on_show_current, [state, toggles], outputs)
@@ -137,7 +144,7 @@ class LabelTab:
         base = [state, toggles]
         self.changed = [
             propose_all_event,
-            self.propose_btn.click(self.on_propose, base, edit_outputs, api_name="propose"),
+            self.propose_btn.click(self.on_propose, base, edit_outputs, api_name="propose", **MODEL_QUEUE),
             self.relabel_btn.click(self.on_relabel, [*base, self.segment_dd, self.class_dd], edit_outputs,
                                    api_name="relabel"),
             self.delete_btn.click(self.on_delete, [*base, self.segment_dd], edit_outputs, api_name="delete_segment"),

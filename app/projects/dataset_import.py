@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.context import UserState, require_project
-from app.projects.upload import upload_items
 from app.services import Services, UserError
 from formats.coco import read_json
 from formats.errors import FormatError
 from storage import repo
 from storage.errors import InvalidInput
 from storage.importer import import_coco, import_panoptic
+from storage.uploads import upload_items
 
 
 @dataclass(frozen=True)

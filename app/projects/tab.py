@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import gradio as gr
+import gradio_client.utils as client_utils
 import pandas as pd
+from gradio.data_classes import FileData
+from gradio.utils import NamedString
 
 from app.context import UserState
-from app.events import guarded
+from app.events import guarded, remove_uploads
 from app.projects.dataset_import import import_dataset
 from app.projects.export import export_coco
 from app.projects.handlers import (
@@ -21,6 +25,16 @@ from app.projects.handlers import (
 )
 from app.projects.upload import upload_images
 from app.services import Services
+
+
+def _uploaded_path(component: gr.File, f: FileData) -> NamedString:
+    """gr.File's preprocessing of one uploaded file (type "filepath") without its leak: Gradio 6.31 opens an
+    empty NamedTemporaryFile in its cache folder for every file it hands over and never uses or removes it
+    (gradio/components/file.py, `_process_single_file`). Set on the Upload component's instance: a subclass
+    of a Gradio component would make Gradio write a .pyi file beside this module."""
+    if component.file_types and not client_utils.is_valid_file(f.path, component.file_types):
+        raise gr.Error(f"Invalid file type. Please upload a file that is one of these formats: {component.file_types}")
+    return NamedString(f.path)
 
 
 def images_frame(overview: ProjectOverview) -> pd.DataFrame:
@@ -46,6 +60,7 @@ class ProjectsTab:
                                           label="Images")
             self.files = gr.File(label="Upload images or a zip of images", file_count="multiple",
                                  file_types=["image", ".zip"], elem_id="upload")
+            self.files._process_single_file = types.MethodType(_uploaded_path, self.files)  # type: ignore[method-assign]
             self.upload_btn = gr.Button("Upload", elem_id="upload-btn", variant="primary")
             self.upload_md = gr.Markdown(elem_id="upload-report")
             with gr.Row():
@@ -76,6 +91,7 @@ class ProjectsTab:
         return overview.summary, images_frame(overview)
 
     def wire(self, demo: gr.Blocks) -> None:
+        self.upload_root = demo.GRADIO_CACHE  # where Gradio keeps uploads until on_upload removes them
         demo.load(self.on_load, outputs=[self.project_dd])
         outputs = [self.state, *self.overview_outputs, self.project_dd]
         self.opened = [
@@ -107,6 +123,7 @@ class ProjectsTab:
     @guarded
     def on_upload(self, st: UserState, paths: list[str] | None) -> tuple[Any, ...]:
         report = upload_images(self.svc, st, paths)
+        remove_uploads(paths, self.upload_root)  # each file is stored or refused: the temporary copy can go
         if report.rejected:
             gr.Warning(f"{len(report.rejected)} file(s) rejected; see the upload report.")
         return (report.message, *self.overview(st), None)

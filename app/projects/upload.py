@@ -1,10 +1,9 @@
-"""Uploading images to a project: single files, many, or zips of images; each file is saved on its own."""
+"""Uploading images to a project: single files, many, or zips of images (read by storage/uploads.py, capped);
+each file is saved on its own."""
 
 from __future__ import annotations
 
-import zipfile
-import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,9 +13,7 @@ from app.context import UserState, require_project
 from app.services import Services, UserError
 from storage import repo
 from storage.errors import InvalidInput
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-MAX_ZIP_MEMBERS = 5000
+from storage.uploads import upload_items
 
 
 @dataclass
@@ -37,48 +34,6 @@ class UploadReport:
         if len(self.rejected) > 20:
             lines.append(f"... and {len(self.rejected) - 20} more rejected.")
         return "\n\n".join(lines)
-
-
-def _zip_members(path: Path, max_bytes: int) -> Iterable[tuple[str, bytes | str]]:
-    """(name, bytes) per image in a zip, or (name, reason) for a member that is refused."""
-    try:
-        archive = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        yield path.name, "the zip file is damaged."
-        return
-    with archive:
-        members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
-        if len(members) > MAX_ZIP_MEMBERS:
-            yield path.name, f"the zip holds {len(members)} files, more than {MAX_ZIP_MEMBERS}."
-            return
-        for member in members:
-            name = f"{path.name}/{member.filename}"
-            if Path(member.filename).suffix.lower() not in IMAGE_SUFFIXES:
-                yield name, "not an image file name (skipped)."
-            elif member.file_size > max_bytes:
-                yield name, f"larger than the {max_bytes // 2**20} MB limit."
-            else:
-                try:
-                    data = archive.read(member)
-                except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
-                    yield name, f"cannot be read from the zip (damaged: {exc})."
-                    continue
-                except (RuntimeError, NotImplementedError) as exc:  # encrypted, or an unsupported compression
-                    yield name, f"cannot be read from the zip ({exc})."
-                    continue
-                yield name, data
-
-
-def upload_items(paths: Sequence[str | Path], max_bytes: int) -> Iterable[tuple[str, bytes | str]]:
-    """(name, bytes) per uploaded image file or zip member, or (name, reason) for one that is refused."""
-    for raw in paths:
-        path = Path(raw)
-        if path.suffix.lower() == ".zip":
-            yield from _zip_members(path, max_bytes)
-        elif path.stat().st_size > max_bytes:
-            yield path.name, f"larger than the {max_bytes // 2**20} MB limit."
-        else:
-            yield path.name, path.read_bytes()
 
 
 def _add_image(svc: Services, project_id: int, data: bytes, name: str) -> tuple[int, bool]:

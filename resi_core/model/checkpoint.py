@@ -110,6 +110,11 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"{meta_path} has checkpoint format version {meta.get('version')!r}; this code reads version {VERSION}."
         )
+    for key, kind in (("text_encoder", str), ("label_spaces", list), ("config", dict)):
+        if not isinstance(meta.get(key), kind):
+            raise CheckpointError(f"{meta_path} is damaged: {key!r} is missing or not a {kind.__name__}.")
+    if not all(isinstance(space, dict) and isinstance(space.get("name"), str) for space in meta["label_spaces"]):
+        raise CheckpointError(f"{meta_path} is damaged: every label space needs a name.")
     return meta
 
 

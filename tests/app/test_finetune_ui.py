@@ -41,6 +41,7 @@ from app.projects.handlers import create_project, project_overview
 from app.projects.upload import upload_images
 from app.services import ProcessState, Services, UserError, open_services
 from storage import repo
+from storage.errors import InvalidInput
 from storage.models import JobStatus
 from tests.app.conftest import write_image
 
@@ -161,7 +162,7 @@ def test_a_job_runs_to_done_and_its_model_becomes_the_projects_model(tiny_checkp
     job = start_finetune(svc, state, "hydrants", "adhoc", 30)
     assert job.status in ("queued", "running") and job.space == "hydrants" and job.args["iterations"] == 30
     assert f"--job-id={job.id}" in job.args["command"] and not any("sqlite" in part for part in job.args["command"])
-    with pytest.raises(UserError, match=f"Job {job.id} is learning label space 'hydrants' already"):
+    with pytest.raises(InvalidInput, match=fr"Job {job.id} \(finetune, space 'hydrants'\) has not finished yet"):
         start_finetune(svc, state, "Hydrants", "adhoc", 3)
 
     seen: list[tuple[str, float]] = []

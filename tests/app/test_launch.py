@@ -22,20 +22,51 @@ def test_defaults_are_local_and_offline() -> None:
     assert config(["--no-domain-aware"]).out_of_domain_threshold is None
 
 
-def test_remote_host_needs_auth_or_explicit_opt_in(tmp_path: Path) -> None:
+def test_remote_host_needs_auth_or_explicit_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RESI_AUTH", raising=False)
     with pytest.raises(ConfigError, match="without a login"):
         config(["--host", "0.0.0.0"])
-    assert config(["--host", "0.0.0.0", "--auth", "ann:s3:cret"]).auth == (("ann", "s3:cret"),)
     assert config(["--host", "0.0.0.0", "--allow-unauthenticated-remote"]).host == "0.0.0.0"
     users = tmp_path / "users"
-    users.write_text("# team\nann:a\nbob:b\n")
-    assert len(config(["--host", "10.0.0.5", "--auth-file", str(users)]).auth) == 2
+    users.write_text("# team\nann:a\nbob:s3:cret\n")
+    assert config(["--host", "10.0.0.5", "--auth-file", str(users)]).auth == (("ann", "a"), ("bob", "s3:cret"))
+    monkeypatch.setenv("RESI_AUTH", "carl:pw")
+    assert config(["--host", "0.0.0.0"]).auth == (("carl", "pw"),)
+    assert len(config(["--auth-file", str(users)]).auth) == 3
+    monkeypatch.delenv("RESI_AUTH")
     assert launch.main(["--host", "0.0.0.0"]) == 2
 
 
-def test_bad_values_are_clear_errors(tmp_path: Path) -> None:
+def test_a_password_on_the_command_line_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    """`ps` shows a process's arguments to every user: --auth USER:PASSWORD gets one message saying so."""
+    with pytest.raises(ConfigError, match="visible to every user"):
+        config(["--auth", "ann:secret"])
+    assert launch.main(["--auth", "ann:secret"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --auth USER:PASSWORD is no longer accepted") and "--auth-file" in err
+    assert "--auth " not in launch.build_parser().format_help()
+
+
+def test_an_auth_file_others_can_read_gets_a_warning(tmp_path: Path) -> None:
+    from app.config import auth_file_warning
+
+    users = tmp_path / "users"
+    users.write_text("ann:a\n")
+    users.chmod(0o644)
+    assert "chmod 600" in (auth_file_warning(users) or "")
+    users.chmod(0o600)
+    assert auth_file_warning(users) is None
+
+
+def test_bad_values_are_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "empty"
+    empty.write_text("# nobody yet\n")
+    with pytest.raises(ConfigError, match="lists no user:password"):
+        config(["--auth-file", str(empty)])
+    monkeypatch.setenv("RESI_AUTH", "nopassword")
     with pytest.raises(ConfigError, match="user:password"):
-        config(["--auth", "nopassword"])
+        config([])
+    monkeypatch.delenv("RESI_AUTH")
     with pytest.raises(ConfigError, match="Cannot read"):
         config(["--auth-file", str(tmp_path / "missing")])
     with pytest.raises(ConfigError, match="max-upload-mb"):

@@ -166,3 +166,9 @@ def test_bad_ground_truth(data, message):
     with pytest.raises(FormatError) as err:
         load_ground_truth(data)
     assert message in str(err.value)
+
+
+def test_encode_mask_of_a_column_major_mask_equals_the_row_major_one():
+    mask = np.random.default_rng(3).random((37, 53)) > 0.6
+    assert encode_mask(np.asfortranarray(mask)) == encode_mask(mask) == encode_mask(mask.astype(np.uint8))
+    assert np.array_equal(decode_rle(encode_mask(np.asfortranarray(mask))), mask)

@@ -19,6 +19,8 @@ from resi_core.postprocess import (
     semantic_union,
     standard_panoptic_union,
     upsample_masks,
+    upscale_masks,
+    working_size,
 )
 from resi_core.segment import Segment, Source
 
@@ -264,3 +266,24 @@ def test_segment_helpers():
         s.mask[0, 0] = True
     with pytest.raises(ValueError, match="bool HxW"):
         seg("street", "car", 0.5, np.zeros((3, 3), dtype=np.uint8))
+
+
+def test_working_size_scales_the_long_side_down_only():
+    assert working_size((4000, 6000), 1536) == (1024, 1536)
+    assert working_size((6000, 4000), 1536) == (1536, 1024)
+    assert working_size((480, 640), 1536) == (480, 640)
+    assert working_size((4000, 6000), None) == (4000, 6000)
+    assert working_size((1, 9000), 1536) == (1, 1536)
+
+
+@pytest.mark.parametrize("small_hw, out_hw", [((37, 53), (400, 333)), ((5, 7), (5, 7)), ((64, 96), (1000, 1501))])
+def test_upscale_masks_is_nearest_neighbour_sampling(small_hw, out_hw):
+    """Oracle: torch's nearest-exact interpolation (source pixel = floor((i + 0.5) * in / out))."""
+    rng = np.random.default_rng(0)
+    masks = [rng.random(small_hw) > 0.5, np.zeros(small_hw, dtype=bool), np.ones(small_hw, dtype=bool)]
+    for mask, up in zip(masks, upscale_masks(masks, out_hw), strict=True):
+        expected = F.interpolate(torch.from_numpy(mask)[None, None].float(), size=out_hw, mode="nearest-exact")
+        assert up.shape == out_hw and up.dtype == np.bool_
+        assert np.array_equal(up, expected[0, 0].numpy().astype(bool))
+        assert up.flags.f_contiguous  # the order RLE runs in: encoding it copies nothing
+    assert upscale_masks([], (10, 10)) == []

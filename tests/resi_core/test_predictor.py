@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -384,3 +385,61 @@ def test_semantic_maps_per_pass_are_unioned_per_class_and_follow_domain_aware_om
     strict = Predictor(DomainModel("street"), FakeEncoder(), out_of_domain_threshold=1.0)
     held = strict.predict(image, SpacesRequest(("street", "portrait")), with_semantic=True)
     assert [s.class_name for s in held.semantic] == ["person"] and held.out_of_domain == ("portrait",)
+
+
+def _near_boundary(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Pixels within `radius` (Chebyshev distance) of a pixel whose 3x3 neighbourhood is not all alike."""
+    m = torch.from_numpy(np.array(mask, dtype=np.float32))[None, None]
+    edge = (F.max_pool2d(m, 3, 1, 1) != -F.max_pool2d(-m, 3, 1, 1)).float()
+    return F.max_pool2d(edge, 2 * radius + 1, 1, radius)[0, 0].numpy() > 0
+
+
+def _compare_working_size(predictor_full, predictor_work, image, request, scale):
+    """Post-processing at a working size gives the same segments; a mask pixel may differ only within
+    `scale` output pixels of the full-resolution mask's boundary (nearest sampling moves a boundary
+    by at most half a working pixel; one more pixel for the discrete boundary)."""
+    full = predictor_full.predict(image, request, with_instances=False)
+    work = predictor_work.predict(image, request, with_instances=False)
+    assert [(s.id, s.class_name) for s in full.segments] == [(s.id, s.class_name) for s in work.segments]
+    for a, b in zip(full.segments, work.segments, strict=True):
+        assert b.mask.shape == a.mask.shape == image.shape[:2] and b.mask.dtype == np.bool_
+        differ = a.mask ^ b.mask
+        assert not (differ & ~_near_boundary(a.mask, int(np.ceil(scale)))).any()
+    return full, work
+
+
+def test_large_photos_are_post_processed_at_a_working_size_and_upsampled_once(model):
+    image = red_left_image(600, 1500)  # red left of column 750
+    full, work = _compare_working_size(Predictor(model, FakeEncoder(), postprocess_max_side=None),
+                                       Predictor(model, FakeEncoder(), postprocess_max_side=150), image,
+                                       SpacesRequest(("street", "drive")), 1500 / 150)
+    assert "upsample" in work.timings and len(work.segments) == 2  # street's person, drive's pedestrian
+    truth = np.zeros((600, 1500), dtype=bool)
+    truth[:, :750] = True
+    assert (work.segments[0].mask == truth).mean() > 0.98
+    small = red_left_image(200, 520)  # within the working size: exactly what full resolution gives
+    a = Predictor(model, FakeEncoder(), postprocess_max_side=None).predict(small, SpacesRequest(("street",)))
+    b = Predictor(model, FakeEncoder(), postprocess_max_side=520).predict(small, SpacesRequest(("street",)))
+    assert all(np.array_equal(x.mask, y.mask) for x, y in zip(a.segments + a.instances, b.segments + b.instances,
+                                                              strict=True))
+
+
+@pytest.mark.slow
+def test_demo_model_on_an_enlarged_photo_gives_the_same_segments_at_a_working_size():
+    """The demo checkpoint on a coco128 photo enlarged to 1600x1200, post-processed at full size and at a long
+    side of 400 (a scale of 4, larger than the default's 3.9 on a 24 MP photo)."""
+    from PIL import Image
+
+    from resi_core.model import load_checkpoint, read_meta
+    from resi_core.text import get_text_encoder
+
+    photos = coco128_photos(10)
+    demo = Path(__file__).resolve().parents[2] / "checkpoints" / "demo"
+    encoder = get_text_encoder(read_meta(demo)["text_encoder"])
+    demo_model = load_checkpoint(demo, encoder.id)
+    full = Predictor(demo_model, encoder, postprocess_max_side=None)
+    work = Predictor(demo_model, encoder, postprocess_max_side=400)
+    image = np.asarray(Image.open(photos[9]).convert("RGB").resize((1600, 1200), Image.Resampling.BILINEAR))
+    for request in (SpacesRequest(tuple(demo_model.label_spaces)), AdHocRequest(("person", "dog", "car"))):
+        segments = _compare_working_size(full, work, image, request, 1600 / 400)[0].segments
+        assert len(segments) >= 3  # the photo has things to segment

@@ -124,3 +124,31 @@ def test_open_clip_route_loads_local_weights(tmp_path):
     with torch.no_grad():
         direct = F.normalize(reference.encode_text(tokenizer([t.format("car") for t in PROMPT_TEMPLATES])), dim=-1)
     assert torch.allclose(emb[1], F.normalize(direct.mean(0), dim=0), atol=1e-5)  # the saved weights were used
+
+
+def test_only_local_safetensors_open_clip_specs_pass(tmp_path, monkeypatch):
+    """A spec comes from a checkpoint's meta.json too: nothing may be downloaded or unpickled for it."""
+    from resi_core.text import check_encoder_spec
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a connection was attempted")
+
+    monkeypatch.setattr("socket.socket.connect", no_network)
+    weights = tmp_path / "clip.safetensors"
+    weights.write_bytes(b"checked later, when loaded")
+    check_encoder_spec("minilm")
+    check_encoder_spec(f"open_clip:ViT-B-32:{weights}")  # passes the check; loading reads it with safetensors
+    pickled = tmp_path / "clip.pt"
+    pickled.write_bytes(b"\x80\x04N.")
+    for spec, reason in ((f"open_clip:ViT-B-32:{pickled}", "pickle formats"),
+                         ("open_clip:ViT-B-32:openai", "pretrained tag, which would be downloaded"),
+                         ("open_clip:ViT-B-32:laion2b_s34b_b79k", "would be downloaded"),
+                         ("open_clip:hf-hub:org/model", "never downloads"),
+                         ("open_clip:ViT-B-32", "names no weights"),
+                         (f"open_clip:ViT-B-32:{tmp_path / 'missing.safetensors'}", "not a file"),
+                         (f"open_clip:local-dir:{tmp_path}", "no open_clip_config.json")):
+        with pytest.raises(TextEncoderError, match=reason):
+            get_text_encoder(spec, cache_dir=tmp_path / "cache")
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"text_cfg": {"hf_model_name": "org/bert"}}}))
+    with pytest.raises(TextEncoderError, match="would be downloaded"):
+        check_encoder_spec(f"open_clip:local-dir:{tmp_path}")

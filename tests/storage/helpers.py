@@ -1,9 +1,10 @@
-"""Images and masks built by hand for the storage tests."""
+"""Images and masks built by hand for the storage tests, and other writers holding the database's lock."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,7 +12,10 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from PIL import Image as PILImage
 from pycocotools import mask as mask_utils
+from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
+
+from storage.db import sqlite_path
 
 
 def png_bytes(width: int = 64, height: int = 48, seed: int = 0, fmt: str = "PNG", exif_orientation: int | None = None) -> bytes:
@@ -61,3 +65,43 @@ def another_writer_holding_the_lock(sessions: sessionmaker[Session], write: Call
         yield
     finally:
         other.join()
+
+
+HOLD_S = 1.0
+PG_TABLES = "projects, class_sets, model_versions, images, proposals, annotation_events, annotation_segments, " \
+            "piq_records, jobs"
+
+
+@contextlib.contextmanager
+def lock_held(url: str, seconds: float = HOLD_S) -> Iterator[dict[str, float]]:
+    """Another connection takes the write lock (and, on SQLite, writes a row), holds it `seconds`, then
+    commits. Yields once the lock is held; `times["released"]` is when it committed."""
+    held, times = threading.Event(), {}
+    path = sqlite_path(url)
+
+    def holder() -> None:
+        if path is not None:
+            conn = sqlite3.connect(path, isolation_level=None)
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO projects (name, created_at) VALUES ('the other writer', '2026-01-01')")
+            held.set()
+            time.sleep(seconds)
+            times["released"] = time.monotonic()
+            conn.execute("COMMIT")
+            conn.close()
+            return
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text(f"LOCK TABLE {PG_TABLES} IN EXCLUSIVE MODE"))
+            held.set()
+            time.sleep(seconds)
+            times["released"] = time.monotonic()
+        engine.dispose()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert held.wait(10), "the other writer never got the lock"
+    try:
+        yield times
+    finally:
+        thread.join()

@@ -96,7 +96,8 @@ def test_projects_and_export(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
     data = tmp_path / "data"
     assert main(["--data-dir", str(data), "projects"]) == 1
-    assert "run `python -m train db upgrade` first" in capsys.readouterr().err
+    assert "There is no database at" in capsys.readouterr().err
+    assert not data.exists()  # a read-only command creates nothing
     assert main(["--data-dir", str(data), "upgrade"]) == 0
     assert main(["--data-dir", str(data), "projects"]) == 0
     assert "no projects yet" in capsys.readouterr().out
