@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.render import OVERLAY_ALPHA
 from app.services import ModelInfo, Services, UserError
 from resi_core.labels import ADHOC_SPACE, LabelSpace
 from storage import repo
@@ -31,6 +32,23 @@ class UserState:
     selected_id: str | None = None
     # An edit a save conflict rejected, kept until the user saves it anyway or drops it.
     pending: Correction | None = None
+    # How the open image is shown. `spaces`: every label space seen on it since it was opened (the
+    # "Show label spaces" choices never shrink while it is open); `hidden_spaces`: those the user
+    # unticked (a space that gains a segment is shown again); proposals scoring under `min_score`
+    # are hidden, not deleted; `click`: the last click on the picture (x, y), to cycle through the
+    # segments under one spot.
+    spaces: tuple[str, ...] = ()
+    hidden_spaces: frozenset[str] = frozenset()
+    min_score: float = 0.0
+    opacity: float = OVERLAY_ALPHA
+    click: tuple[int, int] | None = None
+
+
+def on_image(state: UserState, image_id: int | None) -> UserState:
+    """The state for another image of the same project: the user's view preferences (opacity, score
+    threshold) stay, the rest starts afresh."""
+    return UserState(project_id=state.project_id, image_id=image_id, min_score=state.min_score,
+                     opacity=state.opacity)
 
 
 @dataclass(frozen=True)

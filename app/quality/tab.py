@@ -18,11 +18,12 @@ class QualityTab:
         with gr.Tab("Quality", id="quality") as self.tab:
             self.refresh_btn = gr.Button("Refresh", elem_id="quality-refresh-btn")
             self.summary_md = gr.Markdown(elem_id="quality-summary")
+            # PIQ is in [0, 1]; the axis reaches a little beyond, so points at 0 and 1 are drawn whole.
             self.piq_plot = gr.ScatterPlot(x="time", y="piq", color="model",
                                            label="PIQ of each accepted proposal over time", elem_id="piq-plot",
-                                           y_lim=[0, 1])
+                                           y_lim=[-0.05, 1.05])
             self.model_plot = gr.BarPlot(x="model", y="mean_piq", label="Mean PIQ per model version",
-                                         elem_id="model-plot", y_lim=[0, 1])
+                                         elem_id="model-plot", y_lim=[0, 1.05])
 
     def wire(self, demo: gr.Blocks) -> None:
         outputs = [self.summary_md, self.piq_plot, self.model_plot]
