@@ -98,9 +98,10 @@ class ModelProvider:
 
     def missing_message(self) -> str:
         return (
-            f"No model checkpoint at {self.checkpoint}. Proposals need one: train the demo model with "
-            "`python -m train demo` or start the app with --checkpoint PATH. Uploading, class sets, "
-            "drawing segments by hand and accepting all work without it."
+            f"No model checkpoint at {self.checkpoint}. Proposals need one: restore the committed demo with "
+            "`git checkout -- checkpoints/demo`, train one with `python -m train pretrain --config "
+            "configs/world_demo.json` (README.md), or start the app with --checkpoint PATH. Uploading, class "
+            "sets, drawing segments by hand and accepting all work without it."
         )
 
     @property

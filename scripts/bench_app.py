@@ -34,8 +34,9 @@ from app.projects.handlers import create_project  # noqa: E402
 from app.projects.upload import upload_images  # noqa: E402
 from app.services import Services, open_services  # noqa: E402
 from storage import repo  # noqa: E402
+from tests.shared_data import COCO128_IMAGES, MISSING  # noqa: E402
 
-COCO = Path("/work/shared/data/coco128/images/train2017")
+COCO = COCO128_IMAGES
 
 
 def photo_512(path: Path) -> bytes:
@@ -157,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.checkpoint.exists():
         print(f"No checkpoint at {args.checkpoint}; pass --checkpoint.", file=sys.stderr)
+        return 2
+    if MISSING:
+        print(MISSING, file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)

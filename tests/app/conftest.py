@@ -21,7 +21,7 @@ from app.services import ModelInfo, ModelProvider, Services, open_services
 from resi_core.labels import ClassDef, LabelSpace
 from resi_core.predictor import AdHocRequest, MixedRequest, Request, RequestError
 from resi_core.segment import Segment, Source
-from tests.shared_data import COCO128_IMAGES
+from tests.shared_data import coco128_photos
 
 STREET = LabelSpace("street", (ClassDef("person"), ClassDef("car"), ClassDef("road", isthing=False)))
 DRIVE = LabelSpace("drive", (ClassDef("pedestrian"), ClassDef("vehicle")))
@@ -136,7 +136,6 @@ TINY_MODEL = {  # the model section of configs/world_tiny.json
     "num_heads": 2, "dim_feedforward": 64, "encoder_feedforward_dim": 64, "num_queries": 8,
     "text_encoder": "minilm", "text_dim": 384, "train_num_points": 256, "max_size": 64,
 }
-COCO_IMAGES = COCO128_IMAGES
 
 
 @pytest.fixture(scope="session")
@@ -153,7 +152,4 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def coco_photo() -> Path:
-    photos = sorted(COCO_IMAGES.glob("*.jpg"))
-    if not photos:
-        pytest.skip(f"no coco128 photos under {COCO_IMAGES}")
-    return photos[0]
+    return coco128_photos(1)[0]
