@@ -46,7 +46,7 @@ class UserState:
 
 def on_image(state: UserState, image_id: int | None) -> UserState:
     """The state for another image of the same project: the user's view preferences (opacity, score
-    threshold) stay, the rest starts afresh."""
+    threshold) stay, the rest starts afresh. (How an image is first shown is decided here.)"""
     return UserState(project_id=state.project_id, image_id=image_id, min_score=state.min_score,
                      opacity=state.opacity)
 

@@ -18,13 +18,19 @@ OVERLAY_ALPHA = 0.45
 # picture to the browser, which for a 12 MP photo takes seconds. Masks are stored and edited at full
 # resolution; only the picture in the browser is smaller.
 DISPLAY_MAX_SIDE = 1280
+# Small images are drawn larger (the long side at least this), so a 128-pixel image is not a stamp on the
+# screen and its segments can be clicked and painted.
+DISPLAY_MIN_SIDE = 512
 SELECTED_OUTLINE = 3  # pixels (display grid)
 
 
-def display_shape(shape: tuple[int, ...], max_side: int = DISPLAY_MAX_SIDE) -> tuple[int, int]:
-    """(H, W) of the picture shown for an image of `shape`: the long side at most `max_side`."""
+def display_shape(shape: tuple[int, ...], max_side: int = DISPLAY_MAX_SIDE,
+                  min_side: int = DISPLAY_MIN_SIDE) -> tuple[int, int]:
+    """(H, W) of the picture shown for an image of `shape`: the long side at most `max_side`, and at
+    least `min_side`."""
     height, width = shape[:2]
-    scale = min(1.0, max_side / max(height, width))
+    long_side = max(height, width)
+    scale = max_side / long_side if long_side > max_side else max(1.0, min_side / long_side)
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
@@ -37,10 +43,13 @@ def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """RGB uint8 [H, W, 3] resized to `shape` (H, W), smoothly; unchanged when it already fits."""
+    """RGB uint8 [H, W, 3] resized to `shape` (H, W): smoothly when smaller, in plain blocks when larger
+    (an enlarged image shows its own pixels); unchanged when it already fits."""
     if image.shape[:2] == shape:
         return image
-    return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+    enlarge = shape[0] > image.shape[0]
+    method = Image.Resampling.NEAREST if enlarge else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), method))
 
 
 def class_color(class_name: str) -> tuple[int, int, int]:

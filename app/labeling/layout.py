@@ -15,7 +15,7 @@ class LabelLayout:
         with gr.Tab("Label", id="label"):
             self.delete_target = gr.State(None)  # the image "Delete image…" was clicked for
             self.editor_key = gr.State(None)  # (image, version, selection) the brush picture shows
-            top = {"size": "md", "scale": 1, "min_width": 90}  # the top row's buttons fit one line at 1280 px
+            top = {"size": "sm", "scale": 1, "min_width": 90}  # the top row's buttons fit one line at 1280 px
             with gr.Row(equal_height=True):
                 self.image_dd = gr.Dropdown(show_label=False, choices=[], elem_id="image-picker", scale=3,
                                             allow_custom_value=True, container=False, min_width=220)

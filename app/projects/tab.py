@@ -73,6 +73,8 @@ class ProjectsTab:
 
     def wire(self, demo: gr.Blocks) -> None:
         demo.load(self.on_load, outputs=[self.project_dd])
+        # Projects someone else created since the page loaded are offered too.
+        self.project_dd.focus(self.on_load, outputs=[self.project_dd], show_progress="hidden")
         table_inputs = [self.state, self.status_filter, self.page]
         for event in (self.tab.select, self.status_filter.input, self.page.submit):
             event(self.on_overview, table_inputs, self.overview_outputs, show_progress="hidden")

@@ -40,12 +40,12 @@ def test_big_photo_is_drawn_at_display_size_and_strokes_map_back() -> None:
     assert not apply_strokes(mask, strokes, BrushMode.ERASE)[:, 2000:].any()
 
 
-def test_small_image_is_drawn_as_is_and_opacity_blends_the_class_color() -> None:
-    image = np.full((48, 64, 3), 100, dtype=np.uint8)
+def test_a_mid_size_image_is_drawn_as_is_and_opacity_blends_the_class_color() -> None:
+    image = np.full((480, 640, 3), 100, dtype=np.uint8)
     assert np.array_equal(overview(image, []), image)
-    assert editor_value(image, None)["background"].shape == (48, 64, 3)
-    seg = _segment(_box((48, 64), slice(10, 30), slice(10, 40)))
-    inside = (20, 25)  # far from the outline
+    assert editor_value(image, None)["background"].shape == (480, 640, 3)
+    seg = _segment(_box((480, 640), slice(100, 300), slice(100, 400)))
+    inside = (200, 250)  # far from the outline
     assert np.array_equal(overview(image, [seg], alpha=0.0)[inside], image[inside])
     assert np.array_equal(overview(image, [seg], alpha=1.0)[inside], np.array(class_color("car"), dtype=np.uint8))
     half = overview(image, [seg], alpha=0.5)[inside].astype(int)
@@ -53,13 +53,26 @@ def test_small_image_is_drawn_as_is_and_opacity_blends_the_class_color() -> None
     assert np.abs(half - expected).max() <= 1  # rounding of the blend
 
 
+def test_a_small_image_is_drawn_larger_and_strokes_map_back() -> None:
+    image = np.zeros((128, 96, 3), dtype=np.uint8)
+    image[:64] = 200
+    mask = _box((128, 96), slice(0, 64), slice(0, 48))
+    picture = overview(image, [], alpha=0.5)
+    assert picture.shape == (512, 384, 3)
+    assert (picture[:256] == 200).all() and not picture[256:].any()  # the pixels, four times bigger
+    layer = np.zeros((512, 384, 4), dtype=np.uint8)
+    layer[256:, :, 3] = 255
+    strokes = stroke_mask({**editor_value(image, mask, "car"), "layers": [layer]}, (128, 96))
+    assert strokes[64:].all() and not strokes[:64].any()
+
+
 def test_the_selected_segment_is_ringed_in_white() -> None:
-    image = np.zeros((48, 64, 3), dtype=np.uint8)
-    seg = _segment(_box((48, 64), slice(10, 30), slice(10, 40)))
+    image = np.zeros((480, 640, 3), dtype=np.uint8)
+    seg = _segment(_box((480, 640), slice(100, 300), slice(100, 400)))
     plain, ringed = overview(image, [seg]), overview(image, [seg], selected_id="s1")
-    assert not plain[8, 20].any()  # two pixels above the mask: background
-    assert (ringed[8, 20] == 255).all() and (ringed[31, 20] == 255).all()  # just outside the mask: the ring
-    assert np.array_equal(ringed[20, 25], plain[20, 25])  # the inside is drawn as before
+    assert not plain[98, 200].any()  # two pixels above the mask: background
+    assert (ringed[98, 200] == 255).all() and (ringed[301, 200] == 255).all()  # just outside: the ring
+    assert np.array_equal(ringed[200, 250], plain[200, 250])  # the inside is drawn as before
 
 
 def test_a_click_hits_the_topmost_segment_first() -> None:
@@ -82,6 +95,7 @@ def test_short_names_number_each_class_in_stored_order() -> None:
 
 
 def test_the_brush_is_sized_to_the_image() -> None:
-    assert brush_size((128, 128, 3)) == 2
+    # In the picture's pixels; a 128-pixel image is drawn at 512, so its brush covers 2 of its pixels.
+    assert brush_size((128, 128, 3)) == 8
     assert brush_size((512, 512, 3)) == 8
     assert brush_size((3000, 4000, 3)) == 15  # drawn at 960x1280
