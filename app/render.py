@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
+import io
+import os
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -153,3 +157,22 @@ def segments_at(segments: Sequence[SegmentView], point: tuple[int, int], display
         if seg.mask[row, col]:
             hits.append(seg.id)
     return hits[::-1]
+
+
+def picture_file(picture: np.ndarray, folder: str | Path) -> str:
+    """`picture` (RGB uint8) as a JPEG file in `folder`, named by its content, written once and atomically.
+
+    The Label tab hands its pictures to gradio as files: gradio 6.31 saves an image it is given as an array
+    by rewriting its cache file in place, and a browser still fetching the same picture then got a
+    truncated file ("Too little data for declared Content-Length") and showed nothing.
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="JPEG", quality=90)
+    data = buffer.getvalue()
+    path = Path(folder) / "resi-pictures" / f"{hashlib.sha256(data).hexdigest()[:40]}.jpeg"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        staging.write_bytes(data)
+        os.replace(staging, path)
+    return str(path)

@@ -11,4 +11,5 @@ echo "== storage latency";               $BIN/python scripts/bench_storage.py
 echo "== RESI vs Mask2Former speed";     $BIN/python scripts/bench_speed.py
 echo "== predictor stages";              $BIN/python scripts/bench_inference.py --checkpoint checkpoints/demo
 echo "== app handlers";                  $BIN/python scripts/bench_app.py --checkpoint checkpoints/demo
+echo "== Label tab in Chromium";         $BIN/python scripts/bench_ui_latency.py --checkpoint checkpoints/demo
 echo "== method comparison (SPEC §6)";   $BIN/python -m train bench --config configs/bench.json

@@ -6,7 +6,9 @@ images of benchmark M1 (street + portrait; `resi_core.world`), opens it in headl
 the picture, and one edit (relabel). Each time runs in the page, from the click's pointerdown to the
 first animation frame at which the result is on screen: the new picture loaded (or, for propose, the
 status line at the new version) and the event's progress indicator gone. Figures are printed as JSON;
-nothing here passes or fails. Needs Chromium at /usr/bin/chromium (GRADIO-NOTES.md) and playwright.
+nothing here passes or fails. Needs Chromium (/usr/bin/chromium, or RESI_CHROMIUM) and playwright. The brush
+panel stays closed, as it is until a labeler opens it; `--brush-open` times with it open (its WebGL picture
+is redrawn after each selection and edit).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from app.projects.upload import upload_images  # noqa: E402
 from app.render import display_shape  # noqa: E402
 from app.services import open_services  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = os.environ.get("RESI_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 SIZE = 512
@@ -101,7 +103,7 @@ def timed(page: Any, action: Callable[[], None], check: str, arg: Any) -> float:
     return float(page.wait_for_function(check, arg=arg, polling="raf", timeout=60_000).json_value()) / 1000
 
 
-def run(checkpoint: Path, repeats: int, screenshot: Path | None = None) -> dict[str, Any]:
+def run(checkpoint: Path, repeats: int, screenshot: Path | None = None, brush_open: bool = False) -> dict[str, Any]:
     from playwright.sync_api import sync_playwright
 
     from app.ui import build_ui, launch_kwargs
@@ -142,6 +144,9 @@ def run(checkpoint: Path, repeats: int, screenshot: Path | None = None) -> dict[
 
                 pick_image(names[0])
                 page.locator("#image-title").filter(has_text=names[0]).wait_for()
+                if brush_open:
+                    page.locator("#brush-panel").get_by_text("Brush:").first.click()
+                    page.locator("#editor").wait_for()
                 time.sleep(1)
                 box = page.locator("#overview img").bounding_box()
                 img_size = page.evaluate("() => [document.querySelector('#overview img').naturalWidth,"
@@ -184,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT, help="checkpoint folder (default: the demo)")
     parser.add_argument("--repeats", type=int, default=50, help="times each action is timed (default 50)")
     parser.add_argument("--screenshot", type=Path, default=None, help="save the page at the end as this PNG")
+    parser.add_argument("--brush-open", action="store_true", help="time with the brush panel open")
     args = parser.parse_args(argv)
     if not args.checkpoint.exists():
         print(f"error: no checkpoint at {args.checkpoint}; pass --checkpoint.", file=sys.stderr)
@@ -192,10 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: Chromium is not installed at {CHROMIUM} (apt-get install chromium).", file=sys.stderr)
         return 2
     targets = {"select": 0.3, "edit": 0.5, "open": 0.5, "propose": 1.0}
-    results = run(args.checkpoint, args.repeats, args.screenshot)
+    results = run(args.checkpoint, args.repeats, args.screenshot, args.brush_open)
     for key, target in targets.items():
         results[key]["target_s"] = target
-    print(json.dumps({"image": f"{SIZE}x{SIZE}", "load_average": os.getloadavg(), **results}, indent=2))
+    print(json.dumps({"image": f"{SIZE}x{SIZE}", "brush_panel": "open" if args.brush_open else "closed",
+                      "load_average": os.getloadavg(), **results}, indent=2))
     return 0
 
 

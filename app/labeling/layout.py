@@ -9,12 +9,18 @@ from app.labeling.view import NOTHING_SELECTED, SEGMENT_COLUMNS
 from app.render import OVERLAY_ALPHA
 
 
+def brush(size: int | str = "auto") -> gr.Brush:
+    """The one brush: one color that stands out on photos; `size` is its radius in the picture's pixels."""
+    return gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=size)
+
+
 class LabelLayout:
     def __init__(self, state: gr.State):
         self.state = state
         with gr.Tab("Label", id="label"):
             self.delete_target = gr.State(None)  # the image "Delete image…" was clicked for
             self.editor_key = gr.State(None)  # (image, version, selection) the brush picture shows
+            self.brush_open = gr.State(False)  # whether the brush panel is open (its picture is kept up to date)
             top = {"size": "sm", "scale": 1, "min_width": 90}  # the top row's buttons fit one line at 1280 px
             with gr.Row(equal_height=True):
                 self.image_dd = gr.Dropdown(show_label=False, choices=[], elem_id="image-picker", scale=3,
@@ -48,11 +54,9 @@ class LabelLayout:
                         self.opacity = gr.Slider(0, 1, value=OVERLAY_ALPHA, step=0.05, label="Mask opacity",
                                                  elem_id="opacity", scale=1)
                         self.min_score = gr.Slider(0, 1, value=0, step=0.05, elem_id="min-score", scale=1,
-                                                   label="Hide proposals scoring below (kept; lower it to see them)")
+                                                   label="Hide proposals scoring below")
                         self.toggles = gr.CheckboxGroup(label="Show label spaces", choices=[], elem_id="space-toggles",
                                                         scale=1)
-                    self.segments_df = gr.Dataframe(headers=SEGMENT_COLUMNS, interactive=False, max_height=220,
-                                                    elem_id="segments-table", label="Shown segments (click a row)")
                 with gr.Column(scale=2):
                     self.selected_md = gr.Markdown(NOTHING_SELECTED, elem_id="selected-segment")
                     with gr.Row(equal_height=True):
@@ -67,15 +71,20 @@ class LabelLayout:
                         self.merge_dd = gr.Dropdown(label="Merge with", choices=[], elem_id="merge-picker", scale=3,
                                                     allow_custom_value=True)
                         self.merge_btn = gr.Button("Merge", elem_id="merge-btn", scale=1)
-                    self.editor = gr.ImageEditor(label="Brush: paint, then add it to the selected mask, erase it "
-                                                       "from the mask, or make a new segment of the class above",
-                                                 elem_id="editor", sources=(), transforms=(), layers=False,
-                                                 brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
-                                                 type="numpy", height=300)
-                    with gr.Row():
-                        self.add_btn = gr.Button("Add to mask", elem_id="add-brush-btn", size="md")
-                        self.erase_btn = gr.Button("Erase from mask", elem_id="erase-brush-btn", size="md")
-                        self.new_btn = gr.Button("New segment", elem_id="new-segment-btn", size="md")
+                    # The brush picture is drawn only while this is open: redrawing it (a WebGL canvas) for every
+                    # selection made the browser take seconds to show anything else.
+                    with gr.Accordion("Brush: paint on the selected segment", open=False,
+                                      elem_id="brush-panel") as self.brush_panel:
+                        self.editor = gr.ImageEditor(label="Paint, then add it to the selected mask, erase it from "
+                                                           "the mask, or make a new segment of the class above",
+                                                     elem_id="editor", sources=(), transforms=(), layers=False,
+                                                     brush=brush(), type="numpy", height=300)
+                        with gr.Row():
+                            self.add_btn = gr.Button("Add to mask", elem_id="add-brush-btn", size="md")
+                            self.erase_btn = gr.Button("Erase from mask", elem_id="erase-brush-btn", size="md")
+                            self.new_btn = gr.Button("New segment", elem_id="new-segment-btn", size="md")
+                    self.segments_df = gr.Dataframe(headers=SEGMENT_COLUMNS, interactive=False, max_height=300,
+                                                    elem_id="segments-table", label="Shown segments (click a row)")
                     with gr.Row(visible=False) as self.conflict_row:  # only while an edit clashed
                         self.keep_btn = gr.Button("Save mine anyway", elem_id="keep-mine-btn")
                         self.reload_btn = gr.Button("Reload theirs", elem_id="reload-btn")

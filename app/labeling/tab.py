@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 import gradio as gr
+import numpy as np
 
 from app.context import UserState, class_options, find_option, load_context
 from app.editing import BrushMode
@@ -18,8 +19,9 @@ from app.events import WARNING_SECONDS, guarded, user_name
 from app.labeling import edits, view
 from app.labeling.accept import AcceptResult, accept
 from app.labeling.images import EditResult, delete_image, image_choices, load_image, open_image, skip_image
-from app.labeling.layout import LabelLayout
+from app.labeling.layout import LabelLayout, brush
 from app.labeling.propose import propose, propose_all
+from app.render import picture_file
 from app.segments import short_names
 from app.services import Services, UserError
 
@@ -35,7 +37,10 @@ class LabelTab(LabelLayout):
     # --- values ------------------------------------------------------------------------------------
 
     def out(self, values: dict[str, Any]) -> tuple[Any, ...]:
-        """The outputs' values in order; what an event did not change is skipped."""
+        """The outputs' values in order; what an event did not change is skipped. The picture goes as a
+        file (`picture_file`)."""
+        if isinstance(values.get("overview"), np.ndarray):
+            values = {**values, "overview": picture_file(values["overview"], self.overview.GRADIO_CACHE)}
         return tuple(values.get(key, gr.skip()) for key in self.slots)
 
     def options(self, st: UserState) -> list[Any]:
@@ -45,7 +50,7 @@ class LabelTab(LabelLayout):
         """Everything about the open image as stored now (no image: the tab emptied)."""
         options = self.options(st) if with_options else None
         if st.image_id is None:
-            return view.no_image(st, options or [], message or "")
+            return view.no_image(st, options, message or "")
         st, image = load_image(self.svc, st)
         return view.image(st, image, message, options)
 
@@ -94,7 +99,7 @@ class LabelTab(LabelLayout):
 
     def wire(self, demo: gr.Blocks) -> None:
         state, outputs = self.state, self.outputs
-        quiet: dict[str, Any] = {"show_progress": "hidden"}
+        quiet: dict[str, Any] = {"show_progress": "hidden", "queue": False}
         busy: dict[str, Any] = {"show_progress": "minimal", "show_progress_on": [self.message_md]}
         events = [
             self.image_dd.input(self.on_pick_image, [state, self.image_dd], outputs, api_name="open_image",
@@ -133,6 +138,8 @@ class LabelTab(LabelLayout):
         ]
         for event in events:
             self.then_editor(event)
+        self.then_editor(self.brush_panel.expand(lambda: True, None, self.brush_open, queue=False))
+        self.brush_panel.collapse(lambda: False, None, self.brush_open, queue=False)
         # The first click remembers which image it was about; the confirmation deletes only that one.
         self.delete_image_btn.click(lambda st: (gr.Row(visible=st.image_id is not None), st.image_id), [state],
                                     [self.confirm_delete_row, self.delete_target], **quiet)
@@ -141,22 +148,26 @@ class LabelTab(LabelLayout):
         self.cancel_empty_btn.click(lambda: gr.Row(visible=False), None, [self.accept_empty_row], **quiet)
 
     def then_editor(self, event: Any) -> None:
-        """After `event`, bring the brush picture up to date (quietly, and only when it is out of date)."""
-        event.then(self.on_editor, [self.state, self.editor_key], [self.editor, self.editor_key],
+        """After `event`, bring the brush picture up to date (quietly, and only when it is open and out of date)."""
+        event.then(self.on_editor, [self.state, self.editor_key, self.brush_open], [self.editor, self.editor_key],
                    show_progress="hidden")
 
     # --- events: looking -----------------------------------------------------------------------------
 
     @guarded
-    def on_editor(self, st: UserState, key: tuple[Any, ...] | None) -> tuple[Any, Any]:
-        """The brush picture for the open image and selection, unless it shows them already."""
+    def on_editor(self, st: UserState, key: tuple[Any, ...] | None, brush_open: bool) -> tuple[Any, Any]:
+        """The brush picture for the open image and selection, unless it is closed or shows them already."""
+        if not brush_open:
+            return gr.skip(), gr.skip()
         if st.image_id is None:
             return None, None
         st, image = load_image(self.svc, st)
         now = (image.image_id, image.version, st.selected_id)
         if key is not None and tuple(key) == now:
             return gr.skip(), gr.skip()
-        return view.editor(st, image), now
+        value, size = view.editor(st, image)
+        background = picture_file(value["background"], self.editor.GRADIO_CACHE)
+        return gr.ImageEditor(value={**value, "background": background}, brush=brush(size)), now
 
     @guarded
     def on_pick_image(self, st: UserState, image_id: int | str | None, request: gr.Request) -> tuple[Any, ...]:

@@ -15,7 +15,7 @@ from app.labeling.images import ImageView, visible_segments
 from app.render import overview
 from app.segments import SegmentView, short_names
 
-SEGMENT_COLUMNS = ["segment", "class", "label space", "score", "area (px)"]
+SEGMENT_COLUMNS = ["segment", "class", "space", "score", "pixels"]
 NOTHING_SELECTED = ("Nothing selected: click a segment on the picture (click the same spot again for the one "
                     "under it) or a row of the table.")
 
@@ -82,24 +82,22 @@ def image(state: UserState, view: ImageView, message: str | None = None,
     return values
 
 
-def no_image(state: UserState, options: Sequence[ClassOption], message: str = "") -> dict[str, Any]:
+def no_image(state: UserState, options: Sequence[ClassOption] | None = None, message: str = "") -> dict[str, Any]:
+    """The tab with no image open. `options`: new class choices (else the class picker keeps its own)."""
     return {
         "state": state, "image": gr.Dropdown(value=None), "title": "No image open.", "overview": None,
         "toggles": gr.CheckboxGroup(choices=[], value=[]),
         "table": pd.DataFrame([], columns=SEGMENT_COLUMNS), "selected": NOTHING_SELECTED,
-        "class": gr.Dropdown(choices=[o.label for o in options], value=None),
+        "class": gr.Dropdown(value=None) if options is None else gr.Dropdown(choices=[o.label for o in options],
+                                                                            value=None),
         "merge": gr.Dropdown(choices=[], value=None), "delete_like": gr.Button(interactive=False),
         "undo": gr.Button(interactive=False), "redo": gr.Button(interactive=False),
         "conflict": gr.Row(visible=False), "accept_empty": gr.Row(visible=False), "message": message,
     }
 
 
-def editor(state: UserState, view: ImageView | None) -> Any:
-    """The brush picture: the image with the selected mask tinted, no strokes; a brush sized to the image."""
-    if view is None:
-        return None
+def editor(state: UserState, view: ImageView) -> tuple[dict[str, Any], int]:
+    """The brush picture's value (the image with the selected mask tinted, no strokes) and its brush radius."""
     seg = next((s for s in view.segments if s.id == state.selected_id), None)
-    return gr.ImageEditor(value=editor_value(view.image, None if seg is None else seg.mask,
-                                             None if seg is None else seg.class_name),
-                          brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed",
-                                         default_size=brush_size(view.image.shape)))
+    value = editor_value(view.image, None if seg is None else seg.mask, None if seg is None else seg.class_name)
+    return value, brush_size(view.image.shape)

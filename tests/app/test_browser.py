@@ -80,8 +80,16 @@ def wait_text(page, elem_id: str, text: str) -> None:
     page.locator(f"#{elem_id}").filter(has_text=text).wait_for()
 
 
+def open_brush(page) -> None:
+    """Open the Label tab's brush panel (closed, its picture is not kept up to date)."""
+    if not page.locator("#editor").is_visible():
+        page.locator("#brush-panel").get_by_text("Brush:").first.click()
+    page.locator("#editor").wait_for()
+
+
 def draw_stroke(page, elem_id: str) -> None:
     """Drag the brush across the middle of the editor canvas, after the width-race workaround."""
+    open_brush(page)
     size = page.viewport_size
     page.set_viewport_size({"width": size["width"] + 1, "height": size["height"]})
     page.set_viewport_size(size)

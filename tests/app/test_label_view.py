@@ -15,7 +15,16 @@ from app.labeling.edits import delete_shown_like, relabel, select_at, undo
 from app.labeling.images import load_image, visible_segments
 from app.labeling.propose import propose
 from app.labeling.view import segment_rows, title
+from app.render import display_shape
 from app.services import Services
+
+# The 64x48 image is drawn at 512x384 (app.render.DISPLAY_MIN_SIDE): clicks are in the picture's pixels.
+SCALE = display_shape((48, 64))[1] // 64
+
+
+def at(x: int, y: int) -> tuple[int, int]:
+    """The picture's point over image pixel (x, y)."""
+    return x * SCALE + SCALE // 2, y * SCALE + SCALE // 2
 
 
 def proposed(svc: Services, project: UserState) -> UserState:
@@ -32,14 +41,14 @@ def test_a_click_selects_the_topmost_and_a_second_click_the_one_under_it(svc: Se
     ids = by_class(svc, state)
     picked = []
     for _ in range(3):
-        state, _ = select_at(svc, state, (10, 10))
+        state, _ = select_at(svc, state, at(10, 10))
         picked.append(state.selected_id)
     assert picked == [ids["pedestrian"], ids["person"], ids["pedestrian"]]
-    state, _ = select_at(svc, state, (10, 0))  # row 0: the person alone
+    state, _ = select_at(svc, state, at(10, 0))  # row 0: the person alone
     assert state.selected_id == ids["person"]
-    state, _ = select_at(svc, state, (60, 40))  # another spot: the topmost there
+    state, _ = select_at(svc, state, at(60, 40))  # another spot: the topmost there
     assert state.selected_id == ids["vehicle"]
-    state, _ = select_at(svc, state, (60, 10))  # nothing there: the selection is cleared
+    state, _ = select_at(svc, state, at(60, 10))  # nothing there: the selection is cleared
     assert state.selected_id is None
 
 
@@ -49,13 +58,13 @@ def test_hidden_spaces_and_weak_proposals_are_not_shown_nor_clicked(svc: Service
     hidden = replace(state, hidden_spaces=frozenset({"drive"}))
     state_, view = load_image(svc, hidden)
     assert {s.class_name for s in visible_segments(view.segments, state_)} == {"person", "car"}
-    assert select_at(svc, hidden, (10, 10))[0].selected_id == ids["person"]
+    assert select_at(svc, hidden, at(10, 10))[0].selected_id == ids["person"]
     weak = replace(state, min_score=0.85)
     state_, view = load_image(svc, weak)
     assert {s.class_name for s in visible_segments(view.segments, state_)} == {"person", "pedestrian"}
     assert [row[0] for row in segment_rows(view, state_)] == ["person 1", "pedestrian 1"]
     assert "4 segment(s), 2 hidden" in title(view, state_)
-    assert select_at(svc, weak, (60, 40))[0].selected_id is None
+    assert select_at(svc, weak, at(60, 40))[0].selected_id is None
     # Hidden, not deleted: lowering the threshold shows them again.
     assert len(visible_segments(view.segments, replace(state_, min_score=0.0))) == 4
 

@@ -150,6 +150,9 @@ def pick(page: Any, elem_id: str, rng: random.Random, text: str | None = None) -
 
 def stroke(page: Any, rng: random.Random) -> None:
     """A short brush stroke across the brush picture (few mouse moves: each is slow in software WebGL)."""
+    if not page.locator("#editor").is_visible():  # the brush panel opens, and its picture is drawn
+        page.locator("#brush-panel").get_by_text("Brush:").first.click()
+        page.wait_for_timeout(1500)
     page.locator("#editor button[aria-label='Brush']").click()
     page.wait_for_selector("#editor button[aria-label='Brush'].highlight", timeout=5000)
     box = page.locator("#editor .pixi-target canvas").first.bounding_box()
@@ -196,6 +199,9 @@ def act(tab: Tab, rng: random.Random, classes: list[str]) -> str:
         return f"row {row}"
     if kind in ("relabel", "typed"):
         label = pick(page, "class-picker", rng, "[adhoc]" if kind == "typed" else rng.choice(classes))
+        if label is None:  # the class set has every one of these
+            shoot(tab, "classes")
+            pytest.fail(f"{tab.name}: the class picker lost the class set's classes (after {tab.log[-2]!r})")
         page.click("#relabel-btn")
         return f"relabel to {label}"
     if kind in ("add", "erase", "new"):
