@@ -123,7 +123,10 @@ def delete_shown_like(svc: Services, state: UserState, user: str, segment_id: st
 
 def merge_segments(svc: Services, state: UserState, user: str, first_id: str | None, second_id: str | None) -> EditResult:
     """Merge the second segment into the first: the first keeps its id and class."""
-    (first, name, _), (second, other, _) = _pick(svc, state, first_id), _pick(svc, state, second_id)
+    first, name, _ = _pick(svc, state, first_id)
+    if not second_id:
+        raise UserError(f"Pick the segment to merge into {name} under 'Merge with' first.")
+    second, other, _ = _pick(svc, state, second_id)
     if first.id == second.id:
         raise UserError("Pick two different segments to merge.")
     merged = first.with_mask(merge_masks([first.mask, second.mask]))

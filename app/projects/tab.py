@@ -43,7 +43,8 @@ class ProjectsTab:
                 self.open_btn = gr.Button("Open", elem_id="open-project-btn", scale=1)
             self.summary = gr.Markdown("No project open.", elem_id="project-summary")
             with gr.Row(equal_height=True):
-                self.status_filter = gr.Radio(list(STATUS_FILTERS), value="all", label="Show images",
+                self.status_filter = gr.Radio([(f.replace("_", " "), f) for f in STATUS_FILTERS], value="all",
+                                              label="Show images",
                                               elem_id="status-filter", scale=3)
                 self.page = gr.Number(value=1, precision=0, minimum=1, label=f"Page ({PAGE_ROWS} images each)",
                                       elem_id="images-page", scale=1)
