@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from app.ui import build_ui, launch_kwargs
 
     services = open_services(config)
+    threading.Thread(target=services.model.warm_up, name="load-model", daemon=True).start()
     demo = build_ui(services)
     print(f"RESI data in {config.data_dir.resolve()}; model checkpoint {config.checkpoint}"
           + ("" if config.checkpoint.exists() else " (missing: Propose will say how to get one)"))

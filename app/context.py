@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.render import OVERLAY_ALPHA
 from app.services import ModelInfo, Services, UserError
 from resi_core.labels import ADHOC_SPACE, LabelSpace
 from storage import repo
@@ -31,9 +32,23 @@ class UserState:
     selected_id: str | None = None
     # An edit a save conflict rejected, kept until the user saves it anyway or drops it.
     pending: Correction | None = None
-    # (legend label, color) pairs the Label tab's annotated image was last given as its color map
-    # (labeling/view.py): while the segments shown need no other, edits send the image alone.
-    legend: frozenset[tuple[str, str]] = frozenset()
+    # How the open image is shown. `spaces`: every label space seen on it since it was opened (the
+    # "Show label spaces" choices never shrink while it is open); `hidden_spaces`: those the user
+    # unticked (a space that gains a segment is shown again); proposals scoring under `min_score`
+    # are hidden, not deleted; `click`: the last click on the picture (x, y), to cycle through the
+    # segments under one spot.
+    spaces: tuple[str, ...] = ()
+    hidden_spaces: frozenset[str] = frozenset()
+    min_score: float = 0.0
+    opacity: float = OVERLAY_ALPHA
+    click: tuple[int, int] | None = None
+
+
+def on_image(state: UserState, image_id: int | None) -> UserState:
+    """The state for another image of the same project: the user's view preferences (opacity, score
+    threshold) stay, the rest starts afresh. (How an image is first shown is decided here.)"""
+    return UserState(project_id=state.project_id, image_id=image_id, min_score=state.min_score,
+                     opacity=state.opacity)
 
 
 @dataclass(frozen=True)
@@ -152,11 +167,15 @@ def model_version_id(svc: Services, ctx: ProjectContext, info: ModelInfo) -> int
     """The project's model version for checkpoint `info`, registered (and made active) on first use."""
     if ctx.active_version_id is not None and ctx.active_sha256 == info.sha256:
         return ctx.active_version_id
-    with svc.sessions.begin() as session:  # it locks the project: two first proposals register it once
-        return repo.ensure_model_version(
+    with svc.register_lock, svc.sessions.begin() as session:
+        version = repo.model_version_by_checkpoint(session, ctx.project_id, info.sha256)
+        if version is not None:
+            return version.id
+        version = repo.register_model_version(
             session, ctx.project_id, f"{info.name}-{info.sha256[:8]}", str(info.path), info.sha256,
             [s.to_json() for s in info.label_spaces], {"text_encoder": info.text_encoder}, active=True,
-        ).id
+        )
+        return version.id
 
 
 def file_slug(name: str, fallback: str) -> str:

@@ -20,7 +20,14 @@ TINT_ALPHA = 0.5
 
 class BrushMode(StrEnum):
     ADD = "add to mask"
-    REMOVE = "remove from mask"
+    ERASE = "erase from mask"
+
+
+def brush_size(shape: tuple[int, ...]) -> int:
+    """The brush radius in pixels of the brush picture (display size): 1/64 of its short side, so a stroke
+    covers as much of a 128-pixel image as of a photo (25 pixels on a 128-pixel image painted a car 8.6
+    times its size)."""
+    return max(1, round(min(display_shape(shape)) / 64))
 
 
 def stroke_mask(editor_value: Mapping[str, Any] | None, shape: tuple[int, int]) -> np.ndarray | None:
@@ -47,7 +54,7 @@ def stroke_mask(editor_value: Mapping[str, Any] | None, shape: tuple[int, int]) 
 
 
 def apply_strokes(mask: np.ndarray, strokes: np.ndarray, mode: BrushMode) -> np.ndarray:
-    """The brush adds stroked pixels to the mask; in remove mode they are erased from it."""
+    """The brush adds stroked pixels to the mask; in erase mode they are erased from it."""
     if mode is BrushMode.ADD:
         return mask | strokes
     return mask & ~strokes

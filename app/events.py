@@ -1,7 +1,8 @@
 """What every tab's events share: user-facing errors and the user's name.
 
-Every event that can fail goes through `guarded`, so a user sees one short message (gr.Error) and
-never a traceback, and no state is overwritten.
+Every event that can fail goes through `guarded`: a user sees one short message (a warning toast that
+goes away on its own) and never a traceback, and nothing on screen changes. No red error badge is
+left on the outputs, and no spinner keeps turning: the event ends normally, with every output skipped.
 """
 
 from __future__ import annotations
@@ -22,25 +23,24 @@ from storage.errors import StorageError
 log = logging.getLogger("resi.app")
 F = TypeVar("F", bound=Callable[..., Any])
 USER_ERRORS = (UserError, StorageError, LabelError, ImageError)
+WARNING_SECONDS = 6  # long enough to read a sentence; the toast must not keep covering the tools
 
 
 def guarded(fn: F) -> F:
-    """Turn errors a user caused into one message; log anything else and say that nothing was lost."""
+    """Turn errors a user caused into one warning; log anything else and say that nothing was lost.
+    Either way the event's outputs stay as they are (`gr.skip()`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
         except USER_ERRORS as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+            gr.Warning(str(exc), duration=WARNING_SECONDS)
         except Exception as exc:
             log.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(
-                f"Something went wrong ({type(exc).__name__}). Everything saved before is safe; "
-                "the details are in the server log.", print_exception=False,
-            ) from None
+            gr.Warning(f"Something went wrong ({type(exc).__name__}). Everything saved before is safe; "
+                       "the details are in the server log.", duration=WARNING_SECONDS)
+        return gr.skip()
 
     return wrapper  # type: ignore[return-value]
 

@@ -1,10 +1,15 @@
-"""Drawing segments over an image: a stable color per class and per-label-space visibility."""
+"""Drawing segments over an image: a stable color per class, outlines, the selection, and what lies
+under a click. Pure functions of arrays."""
 
 from __future__ import annotations
 
 import colorsys
 import hashlib
+import io
+import os
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -13,16 +18,23 @@ from app.segments import SegmentView
 from resi_core.labels import normalize_name
 
 OVERLAY_ALPHA = 0.45
-# The Label tab draws images at most this many pixels on the long side: Gradio encodes one full-size
-# layer per segment on every update, which for a 12 MP photo with dozens of segments takes seconds.
-# Masks are stored and edited at full resolution; only the picture in the browser is smaller.
+# The Label tab draws images at most this many pixels on the long side: every update sends the
+# picture to the browser, which for a 12 MP photo takes seconds. Masks are stored and edited at full
+# resolution; only the picture in the browser is smaller.
 DISPLAY_MAX_SIDE = 1280
+# Small images are drawn larger (the long side at least this), so a 128-pixel image is not a stamp on the
+# screen and its segments can be clicked and painted.
+DISPLAY_MIN_SIDE = 512
+SELECTED_OUTLINE = 3  # pixels (display grid)
 
 
-def display_shape(shape: tuple[int, ...], max_side: int = DISPLAY_MAX_SIDE) -> tuple[int, int]:
-    """(H, W) of the picture shown for an image of `shape`: the long side at most `max_side`."""
+def display_shape(shape: tuple[int, ...], max_side: int = DISPLAY_MAX_SIDE,
+                  min_side: int = DISPLAY_MIN_SIDE) -> tuple[int, int]:
+    """(H, W) of the picture shown for an image of `shape`: the long side at most `max_side`, and at
+    least `min_side`."""
     height, width = shape[:2]
-    scale = min(1.0, max_side / max(height, width))
+    long_side = max(height, width)
+    scale = max_side / long_side if long_side > max_side else max(1.0, min_side / long_side)
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
@@ -35,10 +47,13 @@ def resize_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def resize_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """RGB uint8 [H, W, 3] resized to `shape` (H, W), smoothly; unchanged when it already fits."""
+    """RGB uint8 [H, W, 3] resized to `shape` (H, W): smoothly when smaller, in plain blocks when larger
+    (an enlarged image shows its own pixels); unchanged when it already fits."""
     if image.shape[:2] == shape:
         return image
-    return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
+    enlarge = shape[0] > image.shape[0]
+    method = Image.Resampling.NEAREST if enlarge else Image.Resampling.BILINEAR
+    return np.asarray(Image.fromarray(image).resize((shape[1], shape[0]), method))
 
 
 def class_color(class_name: str) -> tuple[int, int, int]:
@@ -55,32 +70,13 @@ def hex_color(rgb: tuple[int, int, int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
-def segment_label(seg: SegmentView) -> str:
-    """The legend text of one segment: class, label space and a short id to tell twins apart."""
-    return f"{seg.class_name} [{seg.label_space}] #{seg.id[:6]}"
+def draw_order(segments: Sequence[SegmentView]) -> list[SegmentView]:
+    """Largest first, so a part drawn over its whole (a face over its person) stays visible and is
+    the one a click on it reaches first; equal areas keep their stored order."""
+    return sorted(segments, key=lambda s: -s.area)
 
 
-def overlay(
-    image: np.ndarray,
-    segments: Sequence[SegmentView],
-    selected_id: str | None = None,
-    alpha: float = OVERLAY_ALPHA,
-) -> np.ndarray:
-    """RGB uint8 HxWx3: each mask blended in its class color, the selected one outlined in white.
-
-    Masks may overlap; later segments are blended on top of earlier ones, so both stay visible.
-    """
-    out = image[..., :3].astype(np.float32)
-    for seg in segments:
-        color = np.array(class_color(seg.class_name), dtype=np.float32)
-        out[seg.mask] = (1 - alpha) * out[seg.mask] + alpha * color
-    for seg in segments:
-        if seg.id == selected_id:
-            out[mask_outline(seg.mask)] = 255.0
-    return out.round().astype(np.uint8)
-
-
-def mask_outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
+def mask_outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
     """Bool HxW: pixels of `mask` within `width` pixels of its border."""
     inner = mask.copy()
     for _ in range(width):
@@ -93,27 +89,90 @@ def mask_outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
     return mask & ~inner
 
 
-def annotated_value(
-    image: np.ndarray, segments: Sequence[SegmentView]
-) -> tuple[np.ndarray, list[tuple[np.ndarray, str]]]:
-    """The value of a gr.AnnotatedImage: one (float mask, label) per segment, overlaps kept, at the
-    display size (DISPLAY_MAX_SIDE)."""
+def grow(mask: np.ndarray, width: int) -> np.ndarray:
+    """Bool HxW: `mask` dilated by `width` pixels (4-neighbourhood steps)."""
+    out = mask.copy()
+    for _ in range(width):
+        step = out.copy()
+        step[1:, :] |= out[:-1, :]
+        step[:-1, :] |= out[1:, :]
+        step[:, 1:] |= out[:, :-1]
+        step[:, :-1] |= out[:, 1:]
+        out = step
+    return out
+
+
+def _box(mask: np.ndarray, pad: int) -> tuple[slice, slice] | None:
+    """The bounding box of `mask`, `pad` pixels wider on every side (clipped), or None when it is empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return None
+    height, width = mask.shape
+    return (slice(max(rows[0] - pad, 0), min(rows[-1] + 1 + pad, height)),
+            slice(max(cols[0] - pad, 0), min(cols[-1] + 1 + pad, width)))
+
+
+def overview(image: np.ndarray, segments: Sequence[SegmentView], selected_id: str | None = None,
+             alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """RGB uint8 at display size: every pixel of a mask blended with opacity `alpha` in the class color
+    of the topmost segment there (`draw_order`), each mask outlined in its color, the selected one
+    ringed in white on black."""
     shape = display_shape(image.shape)
-    return (resize_image(np.ascontiguousarray(image[..., :3]), shape),
-            [(resize_mask(seg.mask, shape).astype(np.float32), segment_label(seg)) for seg in segments])
+    picture = resize_image(np.ascontiguousarray(image[..., :3]), shape)
+    order = draw_order(segments)
+    masks = [resize_mask(seg.mask, shape) for seg in order]
+    palette = np.array([class_color(seg.class_name) for seg in order] + [(0, 0, 0)], dtype=np.uint8)
+    top = np.full(shape, len(order), dtype=np.int32)  # [H, W] index into `order`; len(order): none
+    for k, mask in enumerate(masks):
+        top[mask] = k
+    # Blended with PIL (C loops): a full-size float blend costs tens of milliseconds per click.
+    base = Image.fromarray(picture)
+    blended = Image.blend(base, Image.fromarray(palette[top]), alpha)
+    covered = Image.fromarray((top < len(order)).astype(np.uint8) * 255)
+    out = np.array(Image.composite(blended, base, covered))
+    selected = None
+    for seg, mask, color in zip(order, masks, palette[:-1], strict=True):
+        box = _box(mask, 0)
+        if box is not None:  # the outline is found inside the mask's box only
+            out[box][mask_outline(mask[box])] = color
+        if seg.id == selected_id:
+            selected = mask
+    box = None if selected is None else _box(selected, SELECTED_OUTLINE + 1)
+    if box is not None:
+        crop, part = out[box], selected[box]
+        ring = grow(part, SELECTED_OUTLINE) & ~part
+        crop[grow(ring, 1) & ~ring & ~part] = 0
+        crop[ring] = 255
+    return out
 
 
-def color_map(segments: Sequence[SegmentView]) -> dict[str, str]:
-    """gr.AnnotatedImage color_map: every legend entry in its class color."""
-    return {segment_label(s): hex_color(class_color(s.class_name)) for s in segments}
+def segments_at(segments: Sequence[SegmentView], point: tuple[int, int], display: tuple[int, int]) -> list[str]:
+    """Ids of the segments under `point` (x, y in the picture of size `display`, (H, W)), topmost first."""
+    x, y = point
+    hits = []
+    for seg in draw_order(segments):
+        height, width = seg.mask.shape
+        row = min(max(int(y * height / display[0]), 0), height - 1)
+        col = min(max(int(x * width / display[1]), 0), width - 1)
+        if seg.mask[row, col]:
+            hits.append(seg.id)
+    return hits[::-1]
 
 
-def segment_rows(segments: Sequence[SegmentView]) -> list[list[object]]:
-    """Rows of the segment table: id, class, label space, score, area in pixels."""
-    return [
-        [s.id, s.class_name, s.label_space, None if s.score is None else round(s.score, 3), s.area]
-        for s in segments
-    ]
+def picture_file(picture: np.ndarray, folder: str | Path) -> str:
+    """`picture` (RGB uint8) as a JPEG file in `folder`, named by its content, written once and atomically.
 
-
-SEGMENT_COLUMNS = ["id", "class", "label space", "score", "area"]
+    The Label tab hands its pictures to gradio as files: gradio 6.31 saves an image it is given as an array
+    by rewriting its cache file in place, and a browser still fetching the same picture then got a
+    truncated file ("Too little data for declared Content-Length") and showed nothing.
+    """
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="JPEG", quality=90)
+    data = buffer.getvalue()
+    path = Path(folder) / "resi-pictures" / f"{hashlib.sha256(data).hexdigest()[:40]}.jpeg"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        staging.write_bytes(data)
+        os.replace(staging, path)
+    return str(path)

@@ -154,6 +154,15 @@ class ModelProvider:
             self._predictors.move_to_end(key)
             return self._predictors[key]
 
+    def warm_up(self) -> None:
+        """Load the app's checkpoint now (launch.py calls this in the background), so the first proposal
+        does not wait seconds for it; a missing or broken checkpoint is left for Propose to explain."""
+        if self.available:
+            try:
+                self.predictor()
+            except UserError:
+                pass
+
     def info(self, checkpoint: Path | None = None) -> ModelInfo:
         """A checkpoint's name, hash and label spaces (default: the app's), read from its metadata; the
         weights stay on disk."""

@@ -40,10 +40,18 @@ document.addEventListener('keydown', (event) => {
 </script>
 """
 
+# A crosshair over the picture says that a click selects. The brush picture's own eraser (it rubs out
+# strokes not yet applied) is hidden: "Erase from mask" is the one erase (`eraser=False` would hide the
+# whole toolbar, brush included, in gradio 6.31).
+CSS = """
+#overview img { cursor: crosshair; }
+#editor button[aria-label='Erase'] { display: none; }
+"""
+
 HELP = (
     "Steps: **Projects** (create/open, upload) → **Class set** → **Label** (propose, correct, accept) → "
-    "**Quality**; **Fine-tune** learns a new label space from accepted segments. Shortcuts on the Label tab: Shift+Enter accept & next, Ctrl+Z undo, Ctrl+Y redo, "
-    "Delete removes the selected segment."
+    "**Quality**; **Fine-tune** learns a new label space from accepted segments. Shortcuts on the Label tab: "
+    "Shift+Enter accept & next, Ctrl+Z undo, Ctrl+Y redo, Delete removes the selected segment."
 )
 
 
@@ -60,6 +68,7 @@ def launch_kwargs(config: AppConfig) -> dict[str, Any]:
         "ssr_mode": False,
         "show_error": False,
         "head": SHORTCUTS_JS,
+        "css": CSS,
         "allowed_paths": [str(config.export_dir.resolve())],
     }
 
@@ -76,7 +85,7 @@ def build_ui(svc: Services) -> gr.Blocks:
     with gr.Blocks(title="RESI labeling", delete_cache=DELETE_CACHE) as demo:
         state = gr.State(UserState())
         gr.Markdown("# RESI: model-assisted segmentation labeling\n" + HELP)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             projects = ProjectsTab(svc, state)
             classes = ClassSetTab(svc, state)
             label = LabelTab(svc, state)
@@ -87,12 +96,11 @@ def build_ui(svc: Services) -> gr.Blocks:
 
         for opened in projects.opened:
             opened.success(classes.show_project, [state], classes.project_outputs)
-            opened.success(label.show_project, [state], label.project_outputs)
+            label.then_editor(opened.success(label.show_project, [state], label.outputs))
         for added in (projects.uploaded, projects.imported):
             added.success(label.refresh_images, [state], [label.image_dd])
         classes.saved.success(label.refresh_classes, [state], [label.class_dd])
-        for changed in label.changed:  # the image's status may be different: the Projects tab follows
-            changed.success(projects.on_overview, [state], projects.overview_outputs)
+        label.then_editor(projects.images_df.select(label.open_row, [state], [*label.outputs, tabs]))
         finetune.model_changed.change(classes.refresh_spaces, [state, classes.spaces_cb], [classes.spaces_cb])
     # Gradio runs each event one request at a time unless told otherwise: with 20 annotators, every save
     # waited for everyone else's. Saves and views now run side by side (SQLite takes the writes in turn);

@@ -14,4 +14,5 @@ echo "== predictor stages";              $BIN/python scripts/bench_inference.py 
 echo "== a 24 MP photo: propose time and memory"; $BIN/python scripts/bench_large_photo.py --compare
 echo "== app handlers";                  $BIN/python scripts/bench_app.py --checkpoint checkpoints/demo
 echo "== 20 annotators saving at once (HTTP)"; $BIN/python scripts/bench_load.py
+echo "== Label tab in Chromium";         $BIN/python scripts/bench_ui_latency.py --checkpoint checkpoints/demo
 echo "== method comparison (SPEC §6)";   $BIN/python -m train bench --config configs/bench.json

@@ -130,8 +130,8 @@ def bench_concurrent(svc: Services, config: AppConfig, tmp: Path, users: int) ->
         client = Client(url, verbose=False)
         client.predict(name, api_name="/open_project")
         start = time.perf_counter()
-        client.predict(image_id, [], api_name="/open_image")
-        client.predict([], api_name="/propose")
+        client.predict(image_id, api_name="/open_image")
+        client.predict(api_name="/propose")
         with lock:
             latencies.append((time.perf_counter() - start) * 1000)
 

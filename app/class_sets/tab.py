@@ -24,7 +24,8 @@ class ClassSetTab:
             self.adhoc_tb = gr.Textbox(label="Ad-hoc classes, comma-separated", elem_id="adhoc-classes",
                                        placeholder="e.g. cat, dog, traffic cone")
             self.suggest_btn = gr.Button("Suggest synonyms", elem_id="suggest-btn")
-            self.synonyms_cb = gr.CheckboxGroup(label="Suggested synonyms: tick the pairs that are one class",
+            self.synonyms_cb = gr.CheckboxGroup(label="Suggested synonyms: tick the pairs that name the same thing "
+                                                      "(not a part and its whole, not a broader class)",
                                                 choices=[], elem_id="synonyms")
             self.save_btn = gr.Button("Save class set", elem_id="save-class-set-btn", variant="primary")
             self.summary_md = gr.Markdown(elem_id="class-set-summary")

@@ -49,7 +49,8 @@ class FinetuneTab:
         with gr.Tab("Fine-tune", id="finetune") as self.tab:
             self.model_md = gr.Markdown(elem_id="model-summary")
             with gr.Row():
-                self.model_dd = gr.Dropdown(label="Model for proposals", choices=[], elem_id="model-picker", scale=3)
+                self.model_dd = gr.Dropdown(label="Model for proposals", choices=[], elem_id="model-picker", scale=3,
+                                            allow_custom_value=True)
                 self.use_model_btn = gr.Button("Use this model", elem_id="use-model-btn", scale=1)
             gr.Markdown("Learn a **new label space** from the project's accepted segments: only its query "
                         "embeddings train, everything else stays as it is. The job runs in the background; "
@@ -58,7 +59,7 @@ class FinetuneTab:
                 self.space_tb = gr.Textbox(label="New label space name", placeholder="e.g. hydrants",
                                            elem_id="finetune-space", scale=2)
                 self.source_dd = gr.Dropdown(label="Learn from the accepted segments of",
-                                             choices=[("adhoc", "adhoc")], value="adhoc",
+                                             choices=[("adhoc", "adhoc")], value="adhoc", allow_custom_value=True,
                                              elem_id="finetune-source", scale=2)
                 self.iterations = gr.Number(label="Iterations", value=DEFAULT_FINETUNE_ITERATIONS, precision=0,
                                             minimum=1, maximum=MAX_FINETUNE_ITERATIONS,

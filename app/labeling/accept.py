@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.context import UserState, require_image, require_project
+from app.context import UserState, on_image, require_image, require_project
 from app.labeling.images import next_open_image
 from app.services import Services
 from formats.rle import decode_rle
@@ -27,10 +27,13 @@ class AcceptResult:
     piq: float | None
     next_image_id: int | None
     ok: bool = True
+    # Nothing was accepted because the image has no segments: accept again with empty_ok=True to mean it.
+    asks_empty: bool = False
 
 
-def accept(svc: Services, state: UserState, user: str) -> AcceptResult:
-    """Accept the annotation, record PIQ of the latest proposal against it, and move to the next image."""
+def accept(svc: Services, state: UserState, user: str, empty_ok: bool = False) -> AcceptResult:
+    """Accept the annotation, record PIQ of the latest proposal against it, and move to the next image.
+    An image without segments is accepted only with `empty_ok` (the user said it has nothing to label)."""
     from resi_core.metrics.piq import piq_of_masks
 
     project_id, image_id = require_project(state), require_image(state)
@@ -40,6 +43,9 @@ def accept(svc: Services, state: UserState, user: str) -> AcceptResult:
     with svc.sessions() as session:
         annotation = repo.current_annotation(session, image_id)
         proposal = repo.latest_proposal(session, image_id)
+    if not annotation.segments and not empty_ok:
+        return AcceptResult(state, "This image has no segments. Accept it as an image with nothing to label?",
+                            None, None, ok=False, asks_empty=True)
     score = model_version_id = None
     sq = rq = None
     if proposal is not None:
@@ -61,4 +67,4 @@ def accept(svc: Services, state: UserState, user: str) -> AcceptResult:
         text += " The images still open are being labeled by others right now."
     else:
         text += " Every image of the project is accepted."
-    return AcceptResult(UserState(project_id=project_id, image_id=next_id), text, score, next_id)
+    return AcceptResult(on_image(state, next_id), text, score, next_id)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from app.context import UserState, require_image, require_project
+from app.context import UserState, on_image, require_image, require_project
 from app.segments import SegmentView
 from app.services import Services, UserError
 from formats.rle import decode_rle, encode_mask
@@ -39,6 +39,15 @@ class EditResult:
     ok: bool = True
 
 
+def visible_segments(segments: list[SegmentView], state: UserState) -> list[SegmentView]:
+    """The segments the Label tab shows: those of a label space the user has not hidden (a fused segment
+    shows while any of its spaces does) that score at least the threshold. A drawn segment (no score)
+    and the selected one always show."""
+    return [s for s in segments
+            if s.id == state.selected_id
+            or (set(s.label_space.split("+")) - state.hidden_spaces and (s.score is None or s.score >= state.min_score))]
+
+
 def to_view(seg: repo.Segment) -> SegmentView:
     return SegmentView(seg.id, seg.class_name, seg.label_space, decode_rle(seg.rle), seg.score, seg.isthing)
 
@@ -66,7 +75,8 @@ def load_image(svc: Services, state: UserState) -> tuple[UserState, ImageView]:
         can_redo=can_redo,
     )
     selected = state.selected_id if any(s.id == state.selected_id for s in view.segments) else None
-    return replace(state, version=annotation.version, selected_id=selected), view
+    spaces = sorted(set(state.spaces).union(*(s.label_space.split("+") for s in view.segments)))
+    return replace(state, version=annotation.version, selected_id=selected, spaces=tuple(spaces)), view
 
 
 def open_image(svc: Services, state: UserState, image_id: int | str, user: str | None = None
@@ -84,7 +94,7 @@ def open_image(svc: Services, state: UserState, image_id: int | str, user: str |
         holder = repo.claim_image(session, image_id, user, svc.config.claim_seconds) if user is not None else None
         if repo.get_image(session, image_id).project_id != project_id:
             raise UserError(f"Image {image_id} belongs to another project.")
-    new_state, view = load_image(svc, UserState(project_id=project_id, image_id=image_id))
+    new_state, view = load_image(svc, on_image(state, image_id))
     return new_state, replace(view, other_labeler=holder)
 
 
@@ -101,8 +111,8 @@ def delete_image(svc: Services, state: UserState, user: str, confirmed_image_id:
     next_id = next_open_image(svc, project_id, None, user)
     message = f"Deleted {name} with its annotation, history and PIQ records."
     if next_id is None:
-        return EditResult(UserState(project_id=project_id), None, message)
-    new_state, view = open_image(svc, UserState(project_id=project_id), next_id, user)
+        return EditResult(on_image(state, None), None, message)
+    new_state, view = open_image(svc, state, next_id, user)
     return EditResult(new_state, view, f"{message} Opened {view.name}.")
 
 
@@ -131,3 +141,17 @@ def next_open_image(svc: Services, project_id: int, after_id: int | None, user: 
         return None
     later = [i for i in ids if after_id is None or i > after_id]
     return (later or ids)[0]
+
+
+def image_choices(svc: Services, state: UserState) -> list[tuple[str, int]]:
+    """(label, id) of every image of the project, in upload order, for the image picker."""
+    project_id = require_project(state)
+    choices: list[tuple[str, int]] = []
+    with svc.sessions() as session:
+        page = 1
+        while True:
+            images = repo.list_images(session, project_id, page=page, page_size=repo.MAX_PAGE_SIZE)
+            choices += [(f"{i.id}: {i.original_name}", i.id) for i in images]
+            if len(images) < repo.MAX_PAGE_SIZE:
+                return choices
+            page += 1

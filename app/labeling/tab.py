@@ -1,120 +1,85 @@
-"""The Label tab: open an image, propose, correct the segments, accept."""
+"""The Label tab: open an image, propose, correct the segments, accept.
+
+Each event sends only what it changed (`app.labeling.view`): a selection redraws the picture and the
+selected segment's line, never the table or the brush picture. The brush picture follows in a second,
+quiet step (`on_editor`), and only when the image, its version or the selection changed.
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import gradio as gr
+import numpy as np
 
-from app.context import ClassOption, UserState, class_options, find_option, load_context
+from app.context import UserState, class_options, find_option, load_context
 from app.editing import BrushMode
-from app.events import guarded, user_name
-from app.labeling import edits
+from app.events import WARNING_SECONDS, guarded, user_name
+from app.labeling import edits, view
 from app.labeling.accept import AcceptResult, accept
-from app.labeling.images import EditResult, ImageView, delete_image, load_image, open_image, skip_image
+from app.labeling.images import EditResult, delete_image, image_choices, load_image, open_image, skip_image
+from app.labeling.layout import LabelLayout, brush
 from app.labeling.propose import propose, propose_all
-from app.labeling.view import LABEL_OUTPUTS, label_tab, shown
-from app.projects.handlers import project_overview
-from app.render import SEGMENT_COLUMNS
+from app.render import picture_file
+from app.segments import short_names
 from app.services import Services, UserError
 
-# The events that run the model wait for each other, one at a time.
+# Proposals share one queue on the model (one at a time); every other event has the app's default
+# concurrency (app/ui.py), so saves never wait behind a proposal.
 MODEL_QUEUE: dict[str, Any] = {"concurrency_id": "model", "concurrency_limit": 1}
 
 
-def image_choices(svc: Services, st: UserState) -> list[tuple[str, int]]:
-    rows = project_overview(svc, st).rows
-    return [(f"{row[0]}: {row[1]} ({row[2].replace('_', ' ')})", int(row[0])) for row in rows]
-
-
-class LabelTab:
-    """Its components, and `changed`: the events after which an image's status may be different."""
+class LabelTab(LabelLayout):
+    """Its components (`LabelLayout`), its events, and what other tabs call: `show_project`,
+    `refresh_images`, `refresh_classes`, `open_row`."""
 
     def __init__(self, svc: Services, state: gr.State):
-        self.svc, self.state = svc, state
-        with gr.Tab("Label", id="label"):
-            self.delete_target = gr.State(None)  # the image "Delete image…" was clicked for
-            with gr.Row():
-                self.image_dd = gr.Dropdown(label="Image", choices=[], elem_id="image-picker", scale=3,
-                                            allow_custom_value=True)
-                self.propose_btn = gr.Button("Propose", elem_id="propose-btn", variant="primary", scale=1)
-                self.propose_all_btn = gr.Button("Propose all new", elem_id="propose-all-btn", scale=1)
-                self.skip_btn = gr.Button("Skip →", elem_id="skip-btn", scale=1)
-                self.delete_image_btn = gr.Button("Delete image…", elem_id="delete-image-btn", scale=1)
-            with gr.Row(visible=False) as self.confirm_delete_row:  # a second click, so one slip deletes nothing
-                gr.Markdown("Delete this image with its segments, history and PIQ records? This cannot be undone.")
-                self.confirm_delete_btn = gr.Button("Yes, delete the image", elem_id="confirm-delete-image-btn",
-                                                    variant="stop")
-                self.cancel_delete_btn = gr.Button("Keep it", elem_id="cancel-delete-image-btn")
-            self.title_md = gr.Markdown("No image open.", elem_id="image-title")
-            with gr.Row():
-                with gr.Column(scale=3):
-                    # JPEG: the photo is re-sent on every edit, and WebP (Gradio's default) takes ~10x longer to
-                    # encode. The masks stay PNG (Gradio's choice; they need alpha).
-                    self.annotated = gr.AnnotatedImage(label="Segments", elem_id="annotated", format="jpeg")
-                    self.toggles = gr.CheckboxGroup(label="Show label spaces", choices=[], elem_id="space-toggles")
-                    self.segments_df = gr.Dataframe(headers=SEGMENT_COLUMNS, interactive=False,
-                                                    elem_id="segments-table", label="Segments")
-                with gr.Column(scale=2):
-                    self.segment_dd = gr.Dropdown(label="Selected segment", choices=[], elem_id="segment-picker")
-                    self.class_dd = gr.Dropdown(label="Class", choices=[], elem_id="class-picker")
-                    with gr.Row():
-                        self.relabel_btn = gr.Button("Relabel", elem_id="relabel-btn")
-                        self.delete_btn = gr.Button("Delete", elem_id="delete-btn", variant="stop")
-                    with gr.Row():
-                        self.merge_dd = gr.Dropdown(label="Merge with", choices=[], elem_id="merge-picker")
-                        self.merge_btn = gr.Button("Merge", elem_id="merge-btn")
-                    self.editor = gr.ImageEditor(label="Brush", elem_id="editor", sources=(), transforms=(),
-                                                 layers=False, brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
-                                                 type="numpy", height=420, format="jpeg")
-                    self.mode = gr.Radio([m.value for m in BrushMode], value=BrushMode.ADD.value, label="Brush",
-                                         elem_id="brush-mode")
-                    with gr.Row():
-                        self.apply_btn = gr.Button("Apply brush to segment", elem_id="apply-brush-btn")
-                        self.new_btn = gr.Button("New segment from brush", elem_id="new-segment-btn")
-                    with gr.Row():
-                        self.undo_btn = gr.Button("Undo", elem_id="undo-btn", interactive=False)
-                        self.redo_btn = gr.Button("Redo", elem_id="redo-btn", interactive=False)
-                        self.accept_btn = gr.Button("Accept & next", elem_id="accept-btn", variant="primary")
-                    with gr.Row():
-                        self.keep_btn = gr.Button("Save mine anyway", elem_id="keep-mine-btn")
-                        self.reload_btn = gr.Button("Reload", elem_id="reload-btn")
-                    self.edit_md = gr.Markdown(elem_id="edit-message")
-        self.outputs = [self.state, self.annotated, self.segments_df, self.segment_dd, self.merge_dd, self.editor,
-                        self.toggles, self.class_dd, self.undo_btn, self.redo_btn, self.title_md]
-        assert len(self.outputs) == LABEL_OUTPUTS
-        # The image picker is an output too, so it follows the open image (e.g. to the next after accept).
-        self.edit_outputs = [*self.outputs, self.edit_md, self.image_dd]
-        # What `show_project` fills when a project is opened: the tab emptied, the project's images listed.
-        self.project_outputs = [*self.outputs[1:], self.edit_md, self.image_dd]
+        self.svc = svc
+        super().__init__(state)
 
     # --- values ------------------------------------------------------------------------------------
 
-    def values(self, st: UserState, view: ImageView | None, visible: list[str] | None) -> tuple[Any, ...]:
-        options = class_options(self.svc, load_context(self.svc, st)) if st.project_id else []
-        return label_tab(st, view, visible, options)
+    def out(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        """The outputs' values in order; what an event did not change is skipped. The picture goes as a
+        file (`picture_file`)."""
+        if isinstance(values.get("overview"), np.ndarray):
+            values = {**values, "overview": picture_file(values["overview"], self.overview.GRADIO_CACHE)}
+        return tuple(values.get(key, gr.skip()) for key in self.slots)
 
-    def images(self, st: UserState) -> Any:
-        return gr.Dropdown(choices=image_choices(self.svc, st), value=st.image_id)
+    def options(self, st: UserState) -> list[Any]:
+        return class_options(self.svc, load_context(self.svc, st)) if st.project_id is not None else []
 
-    def after_edit(self, result: EditResult | AcceptResult, visible: list[str] | None) -> tuple[Any, ...]:
-        if result.ok:
-            gr.Info(result.message)
-        else:
-            gr.Warning(result.message)
-        st = result.state
-        view = result.view if isinstance(result, EditResult) else None
-        if view is None and st.image_id is not None:
-            st, view = load_image(self.svc, st)
-        return (*self.values(st, view, visible), result.message, self.images(st))
+    def current(self, st: UserState, message: str | None = None, with_options: bool = False) -> dict[str, Any]:
+        """Everything about the open image as stored now (no image: the tab emptied)."""
+        options = self.options(st) if with_options else None
+        if st.image_id is None:
+            return view.no_image(st, options, message or "")
+        st, image = load_image(self.svc, st)
+        return view.image(st, image, message, options)
 
-    def option(self, st: UserState, label: str | None) -> ClassOption:
-        return find_option(class_options(self.svc, load_context(self.svc, st)), label)
+    def edited(self, result: EditResult | AcceptResult) -> dict[str, Any]:
+        """Values after an edit; its message goes to the message line (a refusal as a warning too)."""
+        if not result.ok:
+            gr.Warning(result.message, duration=WARNING_SECONDS)
+        image = result.view if isinstance(result, EditResult) else None
+        if image is None:
+            return self.current(result.state, result.message)
+        return view.image(result.state, image, result.message)
+
+    def after_edit(self, result: EditResult | AcceptResult) -> tuple[Any, ...]:
+        return self.out(self.edited(result))
+
+    # --- what other tabs call -----------------------------------------------------------------------
 
     @guarded
     def show_project(self, st: UserState) -> tuple[Any, ...]:
-        """Values of `project_outputs` (the previous project's image must not stay on show)."""
-        return (*self.values(st, None, None)[1:], "", self.images(st))
+        """The tab emptied for a project just opened (the previous project's image must not stay on show)."""
+        return self.out({**self.current(st, "", with_options=True), "image": self.images(st)})
+
+    def images(self, st: UserState) -> Any:
+        choices = image_choices(self.svc, st) if st.project_id is not None else []
+        return gr.Dropdown(choices=choices, value=st.image_id)
 
     @guarded
     def refresh_images(self, st: UserState) -> Any:
@@ -123,68 +88,152 @@ class LabelTab:
     @guarded
     def refresh_classes(self, st: UserState) -> Any:
         """The class picker offers the project's class set (just saved) at once."""
-        return gr.Dropdown(choices=[o.label for o in class_options(self.svc, load_context(self.svc, st))], value=None)
+        return gr.Dropdown(choices=[o.label for o in self.options(st)], value=None)
+
+    @guarded
+    def open_row(self, st: UserState, evt: gr.SelectData, request: gr.Request) -> tuple[Any, ...]:
+        """A row of the Projects tab's image table was clicked: open that image here, and show this tab."""
+        row = evt.row_value or []
+        image_id = next((v for v in row if isinstance(v, int | float) and not isinstance(v, bool)), None)
+        if image_id is None:
+            raise UserError("Click a row of the image table to open that image.")
+        return (*self.on_pick_image(st, int(image_id), request), gr.Tabs(selected="label"))
 
     # --- wiring ------------------------------------------------------------------------------------
 
     def wire(self, demo: gr.Blocks) -> None:
-        state, toggles, outputs, edit_outputs = self.state, self.toggles, self.outputs, self.edit_outputs
-        self.image_dd.input(self.on_pick_image, [state, self.image_dd, toggles], outputs, api_name="open_image")
-        # Proposals share one queue on the model ("model": one at a time); every other event has its own
-        # queue with the app's default concurrency (app/ui.py), so saves never wait behind a proposal.
-        propose_all_event = self.propose_all_btn.click(self.on_propose_all, [state], [self.edit_md],
-                                                       api_name="propose_all", **MODEL_QUEUE)
-        # It can run for minutes while the user labels on; only then is the open image shown afresh,
-        # from the tab's state at that moment (it may have been proposed in the batch).
-        propose_all_event.then(self.on_show_current, [state, toggles], outputs)
-        toggles.input(self.on_show_current, [state, toggles], outputs)
-        self.segment_dd.input(self.on_select, [state, self.segment_dd, toggles], outputs, api_name="select_segment")
-        self.segments_df.select(self.on_table_select, [state, toggles], outputs)
-        self.annotated.select(self.on_image_click, [state, toggles], outputs)
-        base = [state, toggles]
-        self.changed = [
-            propose_all_event,
-            self.propose_btn.click(self.on_propose, base, edit_outputs, api_name="propose", **MODEL_QUEUE),
-            self.relabel_btn.click(self.on_relabel, [*base, self.segment_dd, self.class_dd], edit_outputs,
-                                   api_name="relabel"),
-            self.delete_btn.click(self.on_delete, [*base, self.segment_dd], edit_outputs, api_name="delete_segment"),
-            self.merge_btn.click(self.on_merge, [*base, self.segment_dd, self.merge_dd], edit_outputs,
-                                 api_name="merge"),
-            self.apply_btn.click(self.on_apply_brush, [*base, self.segment_dd, self.editor, self.mode], edit_outputs,
-                                 api_name="edit_mask"),
-            self.new_btn.click(self.on_new_segment, [*base, self.editor, self.class_dd], edit_outputs,
-                               api_name="add_segment"),
-            self.undo_btn.click(self.on_undo, base, edit_outputs, api_name="undo"),
-            self.redo_btn.click(self.on_redo, base, edit_outputs, api_name="redo"),
-            self.keep_btn.click(self.on_keep_mine, base, edit_outputs, api_name="save_mine"),
-            self.accept_btn.click(self.on_accept, base, edit_outputs, api_name="accept"),
-            self.skip_btn.click(self.on_skip, [state], edit_outputs, api_name="skip_image"),
-            self.reload_btn.click(self.on_reload, base, edit_outputs, api_name="reload"),
+        state, outputs = self.state, self.outputs
+        quiet: dict[str, Any] = {"show_progress": "hidden", "queue": False}
+        busy: dict[str, Any] = {"show_progress": "minimal", "show_progress_on": [self.message_md]}
+        events = [
+            self.image_dd.input(self.on_pick_image, [state, self.image_dd], outputs, api_name="open_image",
+                                show_progress_on=[self.title_md]),
+            self.overview.select(self.on_click, [state], outputs, **quiet),
+            self.segments_df.select(self.on_row, [state], outputs, **quiet),
+            self.opacity.release(self.on_opacity, [state, self.opacity], outputs, **quiet),
+            self.min_score.release(self.on_min_score, [state, self.min_score], outputs, **quiet),
+            self.toggles.input(self.on_toggles, [state, self.toggles], outputs, **quiet),
+            self.propose_btn.click(self.on_propose, [state], outputs, api_name="propose",
+                                   show_progress_on=[self.title_md], **MODEL_QUEUE),
+            self.propose_all_btn.click(self.on_propose_all, [state], [self.message_md], api_name="propose_all",
+                                       show_progress_on=[self.title_md], **MODEL_QUEUE)
+            # It can run for minutes while the user labels on; then the open image is shown afresh, from
+            # the tab's state at that moment (it may have been proposed in the batch).
+            .then(self.on_show_current, [state], outputs, **quiet),
+            self.relabel_btn.click(self.on_relabel, [state, self.class_dd], outputs, api_name="relabel", **busy),
+            self.delete_btn.click(self.on_delete, [state], outputs, api_name="delete_segment", **busy),
+            self.delete_like_btn.click(self.on_delete_like, [state], outputs, api_name="delete_shown_like", **busy),
+            self.merge_btn.click(self.on_merge, [state, self.merge_dd], outputs, api_name="merge", **busy),
+            self.add_btn.click(self.on_brush_add, [state, self.editor], outputs, api_name="add_to_mask", **busy),
+            self.erase_btn.click(self.on_brush_erase, [state, self.editor], outputs, api_name="erase_from_mask",
+                                 **busy),
+            self.new_btn.click(self.on_new_segment, [state, self.editor, self.class_dd], outputs,
+                               api_name="add_segment", **busy),
+            self.undo_btn.click(self.on_undo, [state], outputs, api_name="undo", **busy),
+            self.redo_btn.click(self.on_redo, [state], outputs, api_name="redo", **busy),
+            self.keep_btn.click(self.on_keep_mine, [state], outputs, api_name="save_mine", **busy),
+            self.reload_btn.click(self.on_reload, [state], outputs, api_name="reload", **busy),
+            self.accept_btn.click(self.on_accept, [state], outputs, api_name="accept", **busy),
+            self.accept_empty_btn.click(self.on_accept_empty, [state], outputs, **busy),
+            self.skip_btn.click(self.on_skip, [state], outputs, api_name="skip_image", **busy),
             self.confirm_delete_btn.click(self.on_delete_image, [state, self.delete_target],
-                                          [*edit_outputs, self.confirm_delete_row, self.delete_target],
-                                          api_name="delete_image"),
+                                          [*outputs, self.confirm_delete_row, self.delete_target],
+                                          api_name="delete_image", **busy),
         ]
+        for event in events:
+            self.then_editor(event)
+        self.then_editor(self.brush_panel.expand(lambda: True, None, self.brush_open, queue=False))
+        self.brush_panel.collapse(lambda: False, None, self.brush_open, queue=False)
         # The first click remembers which image it was about; the confirmation deletes only that one.
         self.delete_image_btn.click(lambda st: (gr.Row(visible=st.image_id is not None), st.image_id), [state],
-                                    [self.confirm_delete_row, self.delete_target])
+                                    [self.confirm_delete_row, self.delete_target], **quiet)
         self.cancel_delete_btn.click(lambda: (gr.Row(visible=False), None), None,
-                                     [self.confirm_delete_row, self.delete_target])
+                                     [self.confirm_delete_row, self.delete_target], **quiet)
+        self.cancel_empty_btn.click(lambda: gr.Row(visible=False), None, [self.accept_empty_row], **quiet)
 
-    # --- events ------------------------------------------------------------------------------------
+    def then_editor(self, event: Any) -> None:
+        """After `event`, bring the brush picture up to date (quietly, and only when it is open and out of date)."""
+        event.then(self.on_editor, [self.state, self.editor_key, self.brush_open], [self.editor, self.editor_key],
+                   show_progress="hidden")
+
+    # --- events: looking -----------------------------------------------------------------------------
 
     @guarded
-    def on_pick_image(self, st: UserState, image_id: int | None, visible: list[str],
-                      request: gr.Request) -> tuple[Any, ...]:
+    def on_editor(self, st: UserState, key: tuple[Any, ...] | None, brush_open: bool) -> tuple[Any, Any]:
+        """The brush picture for the open image and selection, unless it is closed or shows them already."""
+        if not brush_open:
+            return gr.skip(), gr.skip()
+        if st.image_id is None:
+            return None, None
+        st, image = load_image(self.svc, st)
+        now = (image.image_id, image.version, st.selected_id)
+        if key is not None and tuple(key) == now:
+            return gr.skip(), gr.skip()
+        value, size = view.editor(st, image)
+        background = picture_file(value["background"], self.editor.GRADIO_CACHE)
+        return gr.ImageEditor(value={**value, "background": background}, brush=brush(size)), now
+
+    @guarded
+    def on_pick_image(self, st: UserState, image_id: int | str | None, request: gr.Request) -> tuple[Any, ...]:
         if image_id is None:
-            return self.values(st, None, visible)
-        st, view = open_image(self.svc, st, image_id, user_name(request))
-        if view.other_labeler:
-            gr.Warning(f"{view.other_labeler} is labeling this image right now; your edits may clash.")
-        return self.values(st, view, None)
+            return self.out({})
+        st, image = open_image(self.svc, st, image_id, user_name(request))
+        if image.other_labeler:
+            gr.Warning(f"{image.other_labeler} is labeling this image right now; your edits may clash.")
+        return self.out(view.image(st, image, ""))
 
     @guarded
-    def on_propose(self, st: UserState, visible: list[str], request: gr.Request) -> tuple[Any, ...]:
-        return self.after_edit(propose(self.svc, st, user_name(request)), None)
+    def on_show_current(self, st: UserState) -> tuple[Any, ...]:
+        """The open image as stored now (the tab's state as it is when this runs, not when clicked)."""
+        return self.out(self.current(st))
+
+    @guarded
+    def on_click(self, st: UserState, evt: gr.SelectData) -> tuple[Any, ...]:
+        if st.image_id is None:
+            return self.out({})
+        x, y = evt.index
+        st, image = edits.select_at(self.svc, st, (int(x), int(y)))
+        return self.out(view.selection(st, image))
+
+    @guarded
+    def on_row(self, st: UserState, evt: gr.SelectData) -> tuple[Any, ...]:
+        if st.image_id is None:
+            return self.out({})
+        st, image = load_image(self.svc, st)
+        names = {name: seg_id for seg_id, name in short_names(image.segments).items()}
+        name = (evt.row_value or [None])[0]
+        if name not in names:
+            raise UserError("That row is out of date (the image changed); click it again.")
+        st, image = load_image(self.svc, edits.select_segment(self.svc, st, names[name]))
+        return self.out(view.selection(st, image))
+
+    def _settings(self, st: UserState) -> tuple[Any, ...]:
+        st, image = load_image(self.svc, st)
+        values = view.image(st, image)
+        return self.out({k: values[k] for k in ("state", "overview", "title", "table", "selected", "merge")})
+
+    @guarded
+    def on_opacity(self, st: UserState, opacity: float) -> tuple[Any, ...]:
+        if st.image_id is None:
+            return self.out({"state": replace(st, opacity=float(opacity))})
+        st, image = load_image(self.svc, replace(st, opacity=float(opacity)))
+        return self.out({"state": st, "overview": view.selection(st, image)["overview"]})
+
+    @guarded
+    def on_min_score(self, st: UserState, min_score: float) -> tuple[Any, ...]:
+        st = replace(st, min_score=float(min_score))
+        return self._settings(st) if st.image_id is not None else self.out({"state": st})
+
+    @guarded
+    def on_toggles(self, st: UserState, ticked: list[str] | None) -> tuple[Any, ...]:
+        st = replace(st, hidden_spaces=frozenset(st.spaces) - set(ticked or []))
+        return self._settings(st) if st.image_id is not None else self.out({"state": st})
+
+    # --- events: changing --------------------------------------------------------------------------
+
+    @guarded
+    def on_propose(self, st: UserState, request: gr.Request) -> tuple[Any, ...]:
+        return self.after_edit(propose(self.svc, st, user_name(request)))
 
     @guarded
     def on_propose_all(self, st: UserState, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Any:
@@ -194,83 +243,76 @@ class LabelTab:
         return propose_all(self.svc, st, user_name(request), report)
 
     @guarded
-    def on_show_current(self, st: UserState, visible: list[str]) -> tuple[Any, ...]:
-        """The open image as stored now (the tab's state as it is when this runs, not when clicked)."""
-        if st.image_id is None:
-            return self.values(st, None, visible)
-        st, view = load_image(self.svc, st)
-        return self.values(st, view, visible)
+    def on_relabel(self, st: UserState, label: str | None, request: gr.Request) -> tuple[Any, ...]:
+        option = find_option(self.options(st), label)
+        return self.after_edit(edits.relabel(self.svc, st, user_name(request), st.selected_id, option))
 
     @guarded
-    def on_select(self, st: UserState, segment_id: str | None, visible: list[str]) -> tuple[Any, ...]:
-        st = edits.select_segment(self.svc, st, segment_id)
-        st, view = load_image(self.svc, st)
-        return self.values(st, view, visible)
+    def on_delete(self, st: UserState, request: gr.Request) -> tuple[Any, ...]:
+        return self.after_edit(edits.delete_segment(self.svc, st, user_name(request), st.selected_id))
 
     @guarded
-    def on_table_select(self, st: UserState, visible: list[str], evt: gr.SelectData) -> tuple[Any, ...]:
-        st, view = load_image(self.svc, st)
-        rows = shown(view, visible or None)
-        row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
-        return self.on_select(st, rows[int(row)].id, visible)
+    def on_delete_like(self, st: UserState, request: gr.Request) -> tuple[Any, ...]:
+        return self.after_edit(edits.delete_shown_like(self.svc, st, user_name(request), st.selected_id))
 
     @guarded
-    def on_image_click(self, st: UserState, visible: list[str], evt: gr.SelectData) -> tuple[Any, ...]:
-        st, view = load_image(self.svc, st)
-        return self.on_select(st, shown(view, visible or None)[int(evt.index)].id, visible)
+    def on_merge(self, st: UserState, other: str | None, request: gr.Request) -> tuple[Any, ...]:
+        return self.after_edit(edits.merge_segments(self.svc, st, user_name(request), st.selected_id, other))
 
     @guarded
-    def on_relabel(self, st: UserState, visible: list[str], seg: str | None, label: str | None,
-                   request: gr.Request) -> tuple[Any, ...]:
-        return self.after_edit(edits.relabel(self.svc, st, user_name(request), seg, self.option(st, label)), visible)
+    def on_brush_add(self, st: UserState, value: dict | None, request: gr.Request) -> tuple[Any, ...]:
+        return self.after_edit(edits.edit_mask(self.svc, st, user_name(request), st.selected_id, value,
+                                               BrushMode.ADD))
 
     @guarded
-    def on_delete(self, st: UserState, visible: list[str], seg: str | None, request: gr.Request) -> tuple[Any, ...]:
-        return self.after_edit(edits.delete_segment(self.svc, st, user_name(request), seg), visible)
+    def on_brush_erase(self, st: UserState, value: dict | None, request: gr.Request) -> tuple[Any, ...]:
+        return self.after_edit(edits.edit_mask(self.svc, st, user_name(request), st.selected_id, value,
+                                               BrushMode.ERASE))
 
     @guarded
-    def on_merge(self, st: UserState, visible: list[str], seg: str | None, other: str | None,
-                 request: gr.Request) -> tuple[Any, ...]:
-        return self.after_edit(edits.merge_segments(self.svc, st, user_name(request), seg, other), visible)
-
-    @guarded
-    def on_apply_brush(self, st: UserState, visible: list[str], seg: str | None, value: dict | None, brush: str,
+    def on_new_segment(self, st: UserState, value: dict | None, label: str | None,
                        request: gr.Request) -> tuple[Any, ...]:
-        return self.after_edit(edits.edit_mask(self.svc, st, user_name(request), seg, value, brush), visible)
+        option = find_option(self.options(st), label)
+        return self.after_edit(edits.add_segment(self.svc, st, user_name(request), value, option))
 
     @guarded
-    def on_new_segment(self, st: UserState, visible: list[str], value: dict | None, label: str | None,
-                       request: gr.Request) -> tuple[Any, ...]:
-        result = edits.add_segment(self.svc, st, user_name(request), value, self.option(st, label))
-        return self.after_edit(result, visible)
+    def on_undo(self, st: UserState, request: gr.Request) -> tuple[Any, ...]:
+        return self.after_edit(edits.undo(self.svc, st, user_name(request)))
 
     @guarded
-    def on_undo(self, st: UserState, visible: list[str], request: gr.Request) -> tuple[Any, ...]:
-        return self.after_edit(edits.undo(self.svc, st, user_name(request)), visible)
+    def on_redo(self, st: UserState, request: gr.Request) -> tuple[Any, ...]:
+        return self.after_edit(edits.redo(self.svc, st, user_name(request)))
 
     @guarded
-    def on_redo(self, st: UserState, visible: list[str], request: gr.Request) -> tuple[Any, ...]:
-        return self.after_edit(edits.redo(self.svc, st, user_name(request)), visible)
+    def on_keep_mine(self, st: UserState, request: gr.Request) -> tuple[Any, ...]:
+        return self.after_edit(edits.save_pending_anyway(self.svc, st, user_name(request)))
 
     @guarded
-    def on_keep_mine(self, st: UserState, visible: list[str], request: gr.Request) -> tuple[Any, ...]:
-        return self.after_edit(edits.save_pending_anyway(self.svc, st, user_name(request)), visible)
+    def on_reload(self, st: UserState) -> tuple[Any, ...]:
+        return self.after_edit(edits.reload_image(self.svc, st))
+
+    def _accept(self, st: UserState, request: gr.Request, empty_ok: bool) -> tuple[Any, ...]:
+        result = accept(self.svc, st, user_name(request), empty_ok=empty_ok)
+        if result.asks_empty:
+            return self.out({"accept_empty": gr.Row(visible=True), "message": result.message})
+        return self.after_edit(result)
 
     @guarded
-    def on_accept(self, st: UserState, visible: list[str], request: gr.Request) -> tuple[Any, ...]:
-        return self.after_edit(accept(self.svc, st, user_name(request)), visible)
+    def on_accept(self, st: UserState, request: gr.Request) -> tuple[Any, ...]:
+        return self._accept(st, request, empty_ok=False)
+
+    @guarded
+    def on_accept_empty(self, st: UserState, request: gr.Request) -> tuple[Any, ...]:
+        return self._accept(st, request, empty_ok=True)
 
     @guarded
     def on_skip(self, st: UserState, request: gr.Request) -> tuple[Any, ...]:
-        return self.after_edit(skip_image(self.svc, st, user_name(request)), None)
-
-    @guarded
-    def on_reload(self, st: UserState, visible: list[str]) -> tuple[Any, ...]:
-        return self.after_edit(edits.reload_image(self.svc, st), visible)
+        return self.after_edit(skip_image(self.svc, st, user_name(request)))
 
     @guarded
     def on_delete_image(self, st: UserState, target: int | None, request: gr.Request) -> tuple[Any, ...]:
         if target is None:
             raise UserError("Click Delete image… first.")
         result = delete_image(self.svc, st, user_name(request), confirmed_image_id=target)
-        return (*self.after_edit(result, None), gr.Row(visible=False), None)
+        values = {**self.edited(result), "image": self.images(result.state)}
+        return (*self.out(values), gr.Row(visible=False), None)

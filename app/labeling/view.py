@@ -1,83 +1,103 @@
-"""The Label tab's component values from an open image (formatting only; nothing is decided here)."""
+"""The Label tab's component values for an open image, by what an event changed: everything (an image
+opened or edited), only the selection, or nothing. Formatting only; nothing is decided here."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
 from app.context import ClassOption, UserState
-from app.editing import editor_value
-from app.labeling.images import ImageView
-from app.render import SEGMENT_COLUMNS, annotated_value, color_map, segment_label, segment_rows
-from app.segments import SegmentView
+from app.editing import brush_size, editor_value
+from app.labeling.images import ImageView, visible_segments
+from app.render import overview
+from app.segments import SegmentView, short_names
+
+SEGMENT_COLUMNS = ["segment", "class", "space", "score", "pixels"]
+NOTHING_SELECTED = ("Nothing selected: click a segment on the picture (click the same spot again for the one "
+                    "under it) or a row of the table.")
 
 
-def segment_choices(view: ImageView | None) -> list[tuple[str, str]]:
-    return [(segment_label(s), s.id) for s in view.segments] if view else []
+def option_label(seg: SegmentView) -> str:
+    return ClassOption(seg.class_name, seg.label_space).label
 
 
-def space_names(view: ImageView | None) -> list[str]:
-    if view is None:
-        return []
-    return sorted({part for s in view.segments for part in s.label_space.split("+")})
+def segment_rows(view: ImageView, state: UserState) -> list[list[Any]]:
+    names = short_names(view.segments)
+    return [[names[s.id], s.class_name, s.label_space, None if s.score is None else round(s.score, 2), s.area]
+            for s in visible_segments(view.segments, state)]
 
 
-def shown(view: ImageView, visible: Sequence[str] | None) -> list[SegmentView]:
-    """Segments of the label spaces ticked in the toggles (a fused segment shows if any of its spaces is on)."""
-    if visible is None:
-        return list(view.segments)
-    on = set(visible)
-    return [s for s in view.segments if on & set(s.label_space.split("+"))]
+def title(view: ImageView, state: UserState) -> str:
+    shown = len(visible_segments(view.segments, state))
+    hidden = len(view.segments) - shown
+    text = (f"### {view.name}: {view.status.replace('_', ' ')}, version {view.version}, "
+            f"{len(view.segments)} segment(s)" + (f", {hidden} hidden" if hidden else ""))
+    return text + (f". {view.other_labeler} is labeling it now." if view.other_labeler else "")
 
 
-LABEL_OUTPUTS = 11  # how many values `label_tab` returns
-MAX_LEGEND = 200  # legend entries a session's annotated image keeps colors for (UserState.legend)
+def selection(state: UserState, view: ImageView) -> dict[str, Any]:
+    """What changes when only the selection did: the picture, the selected segment's line, the class
+    picker's value, the merge choices (never the segment itself) and the delete-like button."""
+    names = short_names(view.segments)
+    shown = visible_segments(view.segments, state)
+    seg = next((s for s in view.segments if s.id == state.selected_id), None)
+    if seg is None:
+        line = NOTHING_SELECTED
+    else:
+        score = "drawn by hand" if seg.score is None else f"score {seg.score:.2f}"
+        line = f"Selected: **{names[seg.id]}** [{seg.label_space}], {score}, {seg.area:,} px"
+    return {
+        "state": state,
+        "overview": overview(view.image, shown, state.selected_id, state.opacity),
+        "selected": line,
+        "class": gr.Dropdown(value=None if seg is None else option_label(seg)),
+        "merge": gr.Dropdown(choices=[(names[s.id], s.id) for s in shown if s.id != state.selected_id], value=None),
+        "delete_like": gr.Button(value="Delete all shown " + (seg.class_name if seg else "of its class"),
+                                 interactive=seg is not None),
+    }
 
 
-def label_tab(
-    state: UserState, view: ImageView | None, visible: Sequence[str] | None, options: Sequence[ClassOption]
-) -> tuple[Any, ...]:
-    """Values for: state, annotated image, segment table, segment picker, merge picker, editor,
-    space toggles, class picker, undo button, redo button, image title.
+def image(state: UserState, view: ImageView, message: str | None = None,
+          options: Sequence[ClassOption] | None = None) -> dict[str, Any]:
+    """Everything about the open image (after it was opened or edited). `options`: new class choices."""
+    values = selection(state, view)
+    values.update({
+        "image": gr.Dropdown(value=view.image_id),
+        "title": title(view, state),
+        "toggles": gr.CheckboxGroup(choices=list(state.spaces),
+                                    value=[s for s in state.spaces if s not in state.hidden_spaces]),
+        "table": pd.DataFrame(segment_rows(view, state), columns=SEGMENT_COLUMNS),
+        "undo": gr.Button(interactive=view.can_undo),
+        "redo": gr.Button(interactive=view.can_redo),
+        "conflict": gr.Row(visible=state.pending is not None),
+        "accept_empty": gr.Row(visible=False),
+    })
+    if message is not None:
+        values["message"] = message
+    if options is not None:
+        values["class"] = gr.Dropdown(choices=[o.label for o in options], value=values["class"].value)
+    return values
 
-    Component changes are `gr.update` dicts, not new components: a component built with a value
-    postprocesses it at once (for the annotated image: an encoded image per segment), and Gradio would
-    do it all again for the update. The annotated image is an update only when its color map must
-    change: Gradio postprocesses an update's value on its event loop, where it holds up every other
-    request, and a plain value in a worker thread, with the color map the session's image already has
-    (`UserState.legend`)."""
-    if view is None:
-        empty = pd.DataFrame([], columns=SEGMENT_COLUMNS)
-        return (state, None, empty, gr.update(choices=[], value=None), gr.update(choices=[], value=None),
-                None, gr.update(choices=[], value=[]), gr.update(choices=[o.label for o in options]),
-                gr.update(interactive=False), gr.update(interactive=False), "No image open.")
-    spaces = space_names(view)
-    visible = [s for s in (visible if visible is not None else spaces) if s in spaces] or spaces
-    segs = shown(view, visible)
-    selected = next((s for s in view.segments if s.id == state.selected_id), None)
-    annotated: Any = annotated_value(view.image, segs)
-    colors = set(color_map(segs).items())
-    if not colors <= state.legend:  # the map grows with the labels shown, up to MAX_LEGEND, then starts over
-        legend = state.legend | colors if len(state.legend | colors) <= MAX_LEGEND else colors
-        state = replace(state, legend=frozenset(legend))
-        annotated = gr.update(value=annotated, color_map=dict(legend))
-    return (
-        state,
-        annotated,
-        pd.DataFrame(segment_rows(segs), columns=SEGMENT_COLUMNS),
-        gr.update(choices=segment_choices(view), value=state.selected_id),
-        gr.update(choices=segment_choices(view), value=None),
-        editor_value(view.image, None if selected is None else selected.mask,
-                     None if selected is None else selected.class_name),
-        gr.update(choices=spaces, value=visible),
-        gr.update(choices=[o.label for o in options], value=None if selected is None else
-                  f"{selected.class_name} [{selected.label_space}]"),
-        gr.update(interactive=view.can_undo),
-        gr.update(interactive=view.can_redo),
-        f"### {view.name} — {view.status.replace('_', ' ')}, version {view.version}, {len(view.segments)} segment(s)"
-        + (f" — {view.other_labeler} is labeling it now" if view.other_labeler else ""),
-    )
+
+def no_image(state: UserState, options: Sequence[ClassOption] | None = None, message: str = "") -> dict[str, Any]:
+    """The tab with no image open. `options`: new class choices (else the class picker keeps its own)."""
+    return {
+        "state": state, "image": gr.Dropdown(value=None), "title": "No image open.", "overview": None,
+        "toggles": gr.CheckboxGroup(choices=[], value=[]),
+        "table": pd.DataFrame([], columns=SEGMENT_COLUMNS), "selected": NOTHING_SELECTED,
+        "class": gr.Dropdown(value=None) if options is None else gr.Dropdown(choices=[o.label for o in options],
+                                                                            value=None),
+        "merge": gr.Dropdown(choices=[], value=None), "delete_like": gr.Button(interactive=False),
+        "undo": gr.Button(interactive=False), "redo": gr.Button(interactive=False),
+        "conflict": gr.Row(visible=False), "accept_empty": gr.Row(visible=False), "message": message,
+    }
+
+
+def editor(state: UserState, view: ImageView) -> tuple[dict[str, Any], int]:
+    """The brush picture's value (the image with the selected mask tinted, no strokes) and its brush radius."""
+    seg = next((s for s in view.segments if s.id == state.selected_id), None)
+    value = editor_value(view.image, None if seg is None else seg.mask, None if seg is None else seg.class_name)
+    return value, brush_size(view.image.shape)

@@ -17,12 +17,13 @@ from app.projects.dataset_import import import_dataset
 from app.projects.export import export_coco
 from app.projects.handlers import (
     IMAGE_COLUMNS,
-    ProjectOverview,
+    STATUS_FILTERS,
     create_project,
     open_project,
     project_names,
     project_overview,
 )
+from app.projects.thumbnails import Thumbnails
 from app.projects.upload import upload_images
 from app.services import Services
 
@@ -36,18 +37,18 @@ def _uploaded_path(component: gr.File, f: FileData) -> NamedString:
         raise gr.Error(f"Invalid file type. Please upload a file that is one of these formats: {component.file_types}")
     return NamedString(f.path)
 
-
-def images_frame(overview: ProjectOverview) -> pd.DataFrame:
-    return pd.DataFrame(overview.rows, columns=IMAGE_COLUMNS)
+PAGE_ROWS = 50
+TABLE_COLUMNS = ["image", *IMAGE_COLUMNS]
 
 
 class ProjectsTab:
     """Its components, and its events that others follow: `opened` (a project was created or opened)
-    and `uploaded`."""
+    and `uploaded`. A click on a row of `images_df` opens that image (wired by app/ui.py)."""
 
     def __init__(self, svc: Services, state: gr.State):
         self.svc, self.state = svc, state
-        with gr.Tab("Projects", id="projects"):
+        self.thumbnails = Thumbnails(svc.files)
+        with gr.Tab("Projects", id="projects") as self.tab:
             with gr.Row():
                 self.new_name = gr.Textbox(label="New project name", elem_id="project-name", scale=3)
                 self.create_btn = gr.Button("Create project", elem_id="create-project-btn", scale=1)
@@ -56,8 +57,16 @@ class ProjectsTab:
                                               allow_custom_value=True)
                 self.open_btn = gr.Button("Open", elem_id="open-project-btn", scale=1)
             self.summary = gr.Markdown("No project open.", elem_id="project-summary")
-            self.images_df = gr.Dataframe(headers=IMAGE_COLUMNS, interactive=False, elem_id="images-table",
-                                          label="Images")
+            with gr.Row(equal_height=True):
+                self.status_filter = gr.Radio([(f.replace("_", " "), f) for f in STATUS_FILTERS], value="all",
+                                              label="Show images",
+                                              elem_id="status-filter", scale=3)
+                self.page = gr.Number(value=1, precision=0, minimum=1, label=f"Page ({PAGE_ROWS} images each)",
+                                      elem_id="images-page", scale=1)
+            self.images_df = gr.Dataframe(headers=TABLE_COLUMNS, datatype=["html", "number", "str", "str", "str",
+                                                                            "number", "str"],
+                                          interactive=False, elem_id="images-table", max_height=520,
+                                          label="Images (click a row to open it on the Label tab)")
             self.files = gr.File(label="Upload images or a zip of images", file_count="multiple",
                                  file_types=["image", ".zip"], elem_id="upload")
             self.files._process_single_file = types.MethodType(_uploaded_path, self.files)  # type: ignore[method-assign]
@@ -83,26 +92,36 @@ class ProjectsTab:
                                                    elem_id="import-keep-empty", scale=2)
                     self.import_btn = gr.Button("Import", elem_id="import-btn", scale=1)
                 self.import_md = gr.Markdown(elem_id="import-report")
-        self.overview_outputs = [self.summary, self.images_df]
+        self.overview_outputs = [self.summary, self.images_df, self.page]
 
-    def overview(self, st: UserState) -> tuple[Any, ...]:
-        """Values of `overview_outputs`: the summary and the images table."""
-        overview = project_overview(self.svc, st)
-        return overview.summary, images_frame(overview)
+    def overview(self, st: UserState, status: str = "all", page: float | None = 1) -> tuple[Any, ...]:
+        """Values of `overview_outputs`: the summary, one page of the images table, the page number."""
+        overview = project_overview(self.svc, st, status if status in STATUS_FILTERS else "all", int(page or 1),
+                                    PAGE_ROWS)
+        rows = [[self.thumbnails.tag(sha, row[1]), *row] for sha, row in zip(overview.sha256, overview.rows,
+                                                                              strict=True)]
+        page_value = gr.Number(value=min(max(int(page or 1), 1), overview.pages), maximum=overview.pages,
+                               label=f"Page of {overview.pages} ({PAGE_ROWS} images each)")
+        return overview.summary, pd.DataFrame(rows, columns=TABLE_COLUMNS), page_value
 
     def wire(self, demo: gr.Blocks) -> None:
         self.upload_root = demo.GRADIO_CACHE  # where Gradio keeps uploads until on_upload removes them
         demo.load(self.on_load, outputs=[self.project_dd])
-        outputs = [self.state, *self.overview_outputs, self.project_dd]
+        # Projects someone else created since the page loaded are offered too.
+        self.project_dd.focus(self.on_load, outputs=[self.project_dd], show_progress="hidden")
+        table_inputs = [self.state, self.status_filter, self.page]
+        for event in (self.tab.select, self.status_filter.input, self.page.submit):
+            event(self.on_overview, table_inputs, self.overview_outputs, show_progress="hidden")
+        outputs = [self.state, *self.overview_outputs, self.project_dd, self.status_filter]
         self.opened = [
             self.create_btn.click(self.on_create, [self.new_name], outputs, api_name="create_project"),
             self.open_btn.click(self.on_open, [self.project_dd], outputs, api_name="open_project"),
         ]
-        self.uploaded = self.upload_btn.click(self.on_upload, [self.state, self.files],
+        self.uploaded = self.upload_btn.click(self.on_upload, [*table_inputs, self.files],
                                               [self.upload_md, *self.overview_outputs, self.files], api_name="upload")
         self.export_btn.click(self.on_export, [self.state], [self.export_file, self.export_md], api_name="export_coco")
         self.imported = self.import_btn.click(
-            self.on_import, [self.state, self.import_json, self.import_images, self.import_pngs, self.import_space,
+            self.on_import, [*table_inputs, self.import_json, self.import_images, self.import_pngs, self.import_space,
                              self.import_keep], [self.import_md, *self.overview_outputs], api_name="import_dataset")
 
     @guarded
@@ -110,7 +129,7 @@ class ProjectsTab:
         return gr.Dropdown(choices=project_names(self.svc))
 
     def _opened(self, st: UserState) -> tuple[Any, ...]:
-        return (st, *self.overview(st), gr.Dropdown(choices=project_names(self.svc), value=None))
+        return (st, *self.overview(st), gr.Dropdown(choices=project_names(self.svc), value=None), "all")
 
     @guarded
     def on_create(self, name: str) -> tuple[Any, ...]:
@@ -121,12 +140,12 @@ class ProjectsTab:
         return self._opened(open_project(self.svc, name))
 
     @guarded
-    def on_upload(self, st: UserState, paths: list[str] | None) -> tuple[Any, ...]:
+    def on_upload(self, st: UserState, status: str, page: float | None, paths: list[str] | None) -> tuple[Any, ...]:
         report = upload_images(self.svc, st, paths)
         remove_uploads(paths, self.upload_root)  # each file is stored or refused: the temporary copy can go
         if report.rejected:
             gr.Warning(f"{len(report.rejected)} file(s) rejected; see the upload report.")
-        return (report.message, *self.overview(st), None)
+        return (report.message, *self.overview(st, status, page), None)
 
     @guarded
     def on_export(self, st: UserState) -> tuple[Any, ...]:
@@ -137,11 +156,16 @@ class ProjectsTab:
         return str(result.path), result.message
 
     @guarded
-    def on_import(self, st: UserState, annotations: str | None, images: list[str] | None, pngs: list[str] | None,
-                  space: str, keep_empty: bool) -> tuple[Any, ...]:
-        result = import_dataset(self.svc, st, annotations, images, pngs, space or "", bool(keep_empty))
-        return (result.message, *self.overview(st))
+    def on_import(self, st: UserState, status: str, page: float | None, annotations: str | None,
+                  images: list[str] | None, pngs: list[str] | None, space: str, keep_empty: bool) -> tuple[Any, ...]:
+        try:
+            result = import_dataset(self.svc, st, annotations, images, pngs, space or "", bool(keep_empty))
+        finally:  # imported or refused, Gradio's temporary copies can go
+            remove_uploads([p for p in (annotations, *(images or []), *(pngs or [])) if p], self.upload_root)
+        return (result.message, *self.overview(st, status, page))
 
     @guarded
-    def on_overview(self, st: UserState) -> tuple[Any, ...]:
-        return self.overview(st)
+    def on_overview(self, st: UserState, status: str, page: float | None) -> tuple[Any, ...]:
+        if st.project_id is None:
+            return gr.skip()
+        return self.overview(st, status, page)

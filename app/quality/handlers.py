@@ -59,9 +59,10 @@ def quality(svc: Services, state: UserState) -> QualityReport:
 
 
 def quality_frames(report: QualityReport) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The plots' data: PIQ per accepted image over time, and mean PIQ per model version."""
+    """The plots' data: PIQ per accepted image in the order they were accepted (1, 2, ...; the time is kept
+    for the tooltip), and mean PIQ per model version."""
     over_time = pd.DataFrame(report.over_time, columns=["time", "piq", "model"])
-    if not over_time.empty:
-        over_time["time"] = pd.to_datetime(over_time["time"], utc=True)
+    over_time.insert(0, "accepted", range(1, len(over_time) + 1))
+    over_time["time"] = pd.to_datetime(over_time["time"], utc=True).dt.strftime("%Y-%m-%d %H:%M:%S")
     per_model = pd.DataFrame(report.per_model, columns=["model", "mean_piq", "images"])
     return over_time, per_model

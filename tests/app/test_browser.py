@@ -61,6 +61,7 @@ def page(app_url: str) -> Iterator[object]:
         try:
             yield pg
         finally:
+            shot(pg, "last")  # where it ended, failed or not
             browser.close()
 
 
@@ -79,8 +80,16 @@ def wait_text(page, elem_id: str, text: str) -> None:
     page.locator(f"#{elem_id}").filter(has_text=text).wait_for()
 
 
+def open_brush(page) -> None:
+    """Open the Label tab's brush panel (closed, its picture is not kept up to date)."""
+    if not page.locator("#editor").is_visible():
+        page.locator("#brush-panel").get_by_text("Brush:").first.click()
+    page.locator("#editor").wait_for()
+
+
 def draw_stroke(page, elem_id: str) -> None:
     """Drag the brush across the middle of the editor canvas, after the width-race workaround."""
+    open_brush(page)
     size = page.viewport_size
     page.set_viewport_size({"width": size["width"] + 1, "height": size["height"]})
     page.set_viewport_size(size)
@@ -96,14 +105,20 @@ def draw_stroke(page, elem_id: str) -> None:
     page.mouse.up()
 
 
+def click_picture(page, fx: float, fy: float) -> None:
+    """Click the Label tab's picture at a fraction of its width and height."""
+    box = page.locator("#overview img").bounding_box()
+    page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+
+
 def brush_and_apply(page, expected: str, attempts: int = 3) -> None:
-    """Paint a stroke and apply it. On a busy machine the editor may not have taken the stroke yet (the app
-    then says to paint first); paint again, as a user would, up to `attempts` times."""
+    """Paint a stroke and add it to the mask. On a busy machine the editor may not have taken the stroke yet
+    (the app then says to paint first); paint again, as a user would, up to `attempts` times."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     for attempt in range(attempts):
         draw_stroke(page, "editor")
-        page.click("#apply-brush-btn")
+        page.click("#add-brush-btn")
         try:
             page.locator("#edit-message").filter(has_text=expected).wait_for(timeout=10_000)
             return
@@ -126,13 +141,15 @@ def test_label_two_photos_end_to_end(page) -> None:
     page.click("#upload-btn")
     wait_text(page, "upload-report", "Added 2 image(s)")
     wait_text(page, "project-summary", "2 images")
+    thumbnails = page.eval_on_selector_all("#images-table img", "imgs => imgs.map(i => i.src)")
+    assert len({t for t in thumbnails if t.startswith("data:image/jpeg")}) == 2  # a thumbnail per image
     shot(page, "2-upload")
 
     page.get_by_role("tab", name="Class set").click()
     page.locator("#label-spaces label", has_text="street").click()
     page.locator("#label-spaces label", has_text="drive").click()
     page.click("#suggest-btn")
-    page.locator("#synonyms label", has_text="person ≈ pedestrian").click()
+    page.locator("#synonyms label", has_text="person [street] ≈ pedestrian [drive]").click()
     page.click("#save-class-set-btn")
     wait_text(page, "class-set-summary", "synonyms: person = pedestrian")
     shot(page, "3-class-set")
@@ -144,14 +161,19 @@ def test_label_two_photos_end_to_end(page) -> None:
     wait_text(page, "image-title", "4 segment(s)")
     shot(page, "4-proposed")
 
-    pick(page, "segment-picker", "person")
+    # The fake model's person (street) and pedestrian (drive) overlap top-left; the pedestrian, a row
+    # smaller, is on top. A click selects it; a second click on the same spot selects the person under it.
+    click_picture(page, 0.25, 0.25)
+    wait_text(page, "selected-segment", "pedestrian 1")
+    click_picture(page, 0.25, 0.25)
+    wait_text(page, "selected-segment", "person 1")
     page.wait_for_timeout(2500)  # the editor canvas needs a moment after its value changes
-    brush_and_apply(page, "Mask of person updated")
+    brush_and_apply(page, "Mask of person 1 updated")
     shot(page, "5-brush")
 
     pick(page, "class-picker", "car [street]")
     page.click("#relabel-btn")
-    wait_text(page, "edit-message", "Relabeled to car [street]")
+    wait_text(page, "edit-message", "Relabeled person 1 to car [street]")
     shot(page, "6-relabel")
 
     # Shortcuts act on the Label tab only: Delete on another tab leaves the selected segment alone.
@@ -176,11 +198,16 @@ def test_label_two_photos_end_to_end(page) -> None:
     page.locator("#piq-plot canvas, #piq-plot svg").first.wait_for()
     shot(page, "8-quality")
 
+    # A click on a row of the Projects table opens that image on the Label tab.
+    page.get_by_role("tab", name="Projects").click()
+    wait_text(page, "images-table", "accepted")
+    shot(page, "9-projects")
+    page.locator("#images-table").get_by_text(photos[0].name).filter(visible=True).first.click()
+    wait_text(page, "image-title", f"{photos[0].name}: accepted")
     # Deleting an image takes a second click; the image goes, with its labels.
-    page.get_by_role("tab", name="Label").click()
-    page.click("#skip-btn")  # the first photo is accepted: nothing else to go to
-    wait_text(page, "edit-message", "No other image is left")
+    page.click("#skip-btn")  # to the second photo, the only one left to label
+    wait_text(page, "edit-message", f"Skipped to {photos[1].name}")
     page.click("#delete-image-btn")
     page.click("#confirm-delete-image-btn")
     wait_text(page, "edit-message", "Deleted")
-    shot(page, "9-deleted")
+    shot(page, "10-deleted")

@@ -103,7 +103,7 @@ def test_synonym_suggestions_are_confirmed_by_the_user(svc: Services) -> None:
     state = create_project(svc, "p")
     suggestions = suggest_synonyms(svc, ["street", "drive"], "")
     labels = [s.label for s in suggestions]
-    assert any(label.startswith("person ≈ pedestrian (") for label in labels)
+    assert any(label.startswith("person [street] ≈ pedestrian [drive] (") for label in labels)
     person = next(s for s in suggestions if s.a == "person")
     choice = save_class_set(svc, state, ["street", "drive"], "", [person])
     assert choice.synonyms == (("person", "pedestrian"),)
@@ -158,7 +158,7 @@ def test_corrections_relabel_delete_merge_brush_add_undo_redo(svc: Services, pro
     grown = next(s for s in result.view.segments if s.id == person.id)
     assert grown.mask[40:48, 0:8].all() and grown.area == person.area + 64
 
-    result = edit_mask(svc, result.state, "ann", person.id, brush(shape, slice(0, 4), slice(0, 64)), "remove from mask")
+    result = edit_mask(svc, result.state, "ann", person.id, brush(shape, slice(0, 4), slice(0, 64)), "erase from mask")
     assert not next(s for s in result.view.segments if s.id == person.id).mask[0:4].any()
 
     with pytest.raises(UserError, match="Paint"):
@@ -292,14 +292,17 @@ def test_two_annotators_are_sent_to_different_images(svc: Services, tmp_path: Pa
     assert view.other_labeler is None
     rows = {int(r[0]): r for r in project_overview(svc, state).rows}
     assert (rows[first][-1], rows[second][-1], rows[third][-1]) == ("ann", "bob", "")
-    # Ann accepts: the next image in order is Bob's, so she goes on to the third.
-    done = accept(svc, ann, "ann")
+    # Ann accepts (the image is empty: she is asked first): the next image in order is Bob's, so she goes
+    # on to the third.
+    asked = accept(svc, ann, "ann")
+    assert not asked.ok and asked.asks_empty and "no segments" in asked.message
+    done = accept(svc, ann, "ann", empty_ok=True)
     assert done.ok and done.next_image_id == third
     # Opening an image someone else holds works, and says who.
     _, peek = open_image(svc, state, second, "ann")
     assert peek.other_labeler == "bob" and project_overview(svc, state).rows[1][-1] == "bob"
     # Bob accepts too; the only open image is Ann's now.
-    finished = accept(svc, bob, "bob")
+    finished = accept(svc, bob, "bob", empty_ok=True)
     assert finished.next_image_id is None and "labeled by others" in finished.message
     with pytest.raises(UserError, match="not an image id"):
         open_image(svc, state, "latest", "ann")
