@@ -386,3 +386,19 @@ def test_semantic_maps_per_pass_are_unioned_per_class_and_follow_domain_aware_om
     strict = Predictor(DomainModel("street"), FakeEncoder(), out_of_domain_threshold=1.0)
     held = strict.predict(image, SpacesRequest(("street", "portrait")), with_semantic=True)
     assert [s.class_name for s in held.semantic] == ["person"] and held.out_of_domain == ("portrait",)
+
+
+def test_class_set_request_puts_spaces_and_typed_names_in_one_request():
+    from resi_core.predictor import MixedRequest, class_set_request
+
+    trained = {"street": LabelSpace("street", (ClassDef("person"), ClassDef("car"))),
+               "portrait": LabelSpace("portrait", (ClassDef("face"),))}
+    synonyms = [("person", "pedestrian"), ("car", "auto")]  # "pedestrian" is in no chosen space: dropped
+    assert class_set_request(trained, ["street"], ["auto"], synonyms) == MixedRequest(
+        ("street",), ("auto",), (("car", "auto"),))
+    assert class_set_request(trained, ["street", "portrait"], [], synonyms) == SpacesRequest(("street", "portrait"))
+    assert class_set_request(trained, [], ["dog"], synonyms) == AdHocRequest(("dog",))
+    with pytest.raises(RequestError, match="The model has no label space 'drive'; it has street, portrait"):
+        class_set_request(trained, ["street", "drive"], [])
+    with pytest.raises(RequestError, match="The class set is empty"):
+        class_set_request(trained, [], [])
