@@ -109,9 +109,10 @@ def evaluate_holdout(model: RESIModel, images: Sequence[HeldOutImage], spaces: S
                      on_image: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """The model's metrics on `images` for a request of `spaces` (all trained by `model`), in points.
 
-    Returns {"images", "piq", "pq", "miou", "ap", "overlap_recall", "per_space_piq", "per_class_piq"}:
-    PIQ, PQ (mean of spaces) and overlap recall of the ESF-OMI segments, mIoU of the semantic maps,
-    mask AP of the instance list (None without thing classes). Classes without ground truth or
+    Returns {"images", "piq", "pq", "miou", "ap", "overlap_recall", "overlap_pairs", "per_space_piq",
+    "per_class_piq"}: PIQ, PQ (mean of spaces) and overlap recall of the ESF-OMI segments, mIoU of the
+    semantic maps, mask AP of the instance list (None without thing classes); overlap recall is None
+    when the ground truth has no overlapping pair of masks of different label spaces. Classes without ground truth or
     predictions on these images take no part, as in `evaluate`. `on_image(done, total)` after each.
     """
     known = {c.name for s in spaces for c in model.label_spaces[s].classes}
@@ -156,7 +157,8 @@ def evaluate_holdout(model: RESIModel, images: Sequence[HeldOutImage], spaces: S
         "pq": _percent(result.pq.pq_mean),
         "miou": _percent(miou(gt, semantic).miou),
         "ap": None if ap is None else _percent(ap.ap),
-        "overlap_recall": None,  # resi_core.metrics' overlap recall plugs in here (issue 18)
+        "overlap_recall": _percent(result.overlap.recall),
+        "overlap_pairs": result.overlap.pairs,
         "per_space_piq": per_space,
         "per_class_piq": {name: _percent(value) for name, value in per_class.items()},
     }

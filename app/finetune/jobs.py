@@ -166,7 +166,7 @@ def start_finetune(svc: Services, state: UserState, space: str | None, from_spac
             sys.executable, "-m", "train", "finetune", f"--checkpoint={Path(info.path).resolve()}",
             f"--space={name}", f"--project={ctx.name}", f"--from-space={source}",
             f"--data-dir={svc.config.data_dir.resolve()}", f"--iterations={n_iterations}", f"--out={out}",
-            "--register", "--activate", f"--job-id={job.id}", "--no-progress",
+            f"--job-id={job.id}", "--no-progress",
             f"--device={_job_device(svc.config.device)}",
         ]
         job.args = {"space": name, "from_space": source, "iterations": n_iterations, "images": n_images,

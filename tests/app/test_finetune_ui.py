@@ -170,7 +170,7 @@ def test_a_job_runs_to_done_and_its_model_becomes_the_projects_model(tiny_checkp
     (finished,) = report.finished_now
     assert finished.status == "done", finished.message
     assert finished.progress == 1.0 and finished.pid is not None and finished.finished_at is not None
-    assert finished.message.startswith("Label space 'hydrants' (2 classes) learned: model version")
+    assert finished.message.startswith("Label space 'hydrants' (2 classes, scope lsqe) learned: model version")
     out = Path(finished.result["checkpoint"])
     assert out.parent == (tmp_path / "data" / "models").resolve() and out.name.startswith("hydrants-")
     assert (out / "meta.json").is_file() and Path(finished.args["log"]).is_file()
