@@ -182,7 +182,10 @@ class AcceptedDataset:
     """Accepted images with their segments of some storage label spaces (`sources`), read like a
     CocoDataset whose label space is `name`."""
 
-    def __init__(self, name: str, images: list[repo.AcceptedImage], sources: str | set[str], store: FileStore):
+    def __init__(self, name: str, images: list[repo.AcceptedImage], sources: str | set[str], store: FileStore,
+                 trained: LabelSpace | None = None):
+        """`trained`: the space's classes when it exists already (a refit), in its order; else the
+        classes are the segments' distinct names, sorted."""
         self.name = name
         self.store = store
         wanted = {sources} if isinstance(sources, str) else set(sources)
@@ -199,7 +202,14 @@ class AcceptedDataset:
                 f"{' or '.join(map(repr, sorted(wanted)))} (their segments are of {found or 'no space'}); "
                 "choose one with --from-space."
             )
-        self.label_space = LabelSpace(name, tuple(classes[key] for key in sorted(classes)))
+        if trained is None:
+            self.label_space = LabelSpace(name, tuple(classes[key] for key in sorted(classes)))
+        else:
+            unknown = sorted(classes[k].name for k in classes if k not in map(normalize_name, trained.class_names))
+            if unknown:
+                raise DatasetError(f"--continue: the accepted segments have classes {unknown} that label space "
+                                   f"{name!r} lacks (it has {trained.class_names}); a refit keeps its classes.")
+            self.label_space = LabelSpace(name, trained.classes)
         self.images = [im for im, _ in chosen]
         self.masks: list[list[dict]] = []  # per image: non-overlapping RLEs, in segment order
         self.labels: list[np.ndarray] = []
@@ -357,14 +367,16 @@ def plan_project(args: argparse.Namespace, sessions: sessionmaker[Session]) -> P
                            args.out or default_out(args.data_dir, space), None if last is None else last.id)
 
 
-def project_source(plan: ProjectPlan, sessions: sessionmaker[Session], data_dir: Path) -> Source:
+def project_source(plan: ProjectPlan, sessions: sessionmaker[Session], data_dir: Path,
+                   trained: LabelSpace | None) -> Source:
     with sessions() as session:
         accepted = repo.accepted_annotations(session, plan.project_id)
         class_set = repo.current_class_set(session, plan.project_id)
         synonyms = tuple(tuple(pair) for pair in class_set.synonyms) if class_set is not None else ()
     if not accepted:
         raise DatasetError(f"Project {plan.name!r} has no accepted images yet: accept some annotations first.")
-    dataset = AcceptedDataset(plan.space, accepted, {plan.from_space, plan.space}, FileStore(data_dir / "images"))
+    dataset = AcceptedDataset(plan.space, accepted, {plan.from_space, plan.space}, FileStore(data_dir / "images"),
+                              trained)
     if dataset.overlapping_images:
         print(f"warning: in {dataset.overlapping_images} of {len(dataset)} images, segments of "
               f"{plan.from_space!r} overlap; later segments lost the overlapping pixels.", file=sys.stderr)
@@ -506,8 +518,9 @@ def run(args: argparse.Namespace, job: JobReporter | None = None) -> int:
         check_base(base, base_meta, space_name, refit)
         if (out / META_FILE).exists():
             raise ValueError(f"{out} holds a checkpoint already; choose another --out.")
-        source = (project_source(plan, sessions, args.data_dir) if plan is not None  # type: ignore[arg-type]
-                  else coco_source(args, space_name))
+        trained = next((LabelSpace.from_json(s) for s in base_meta["label_spaces"] if s["name"] == space_name), None)
+        source = (project_source(plan, sessions, args.data_dir, trained if refit else None)  # type: ignore[arg-type]
+                  if plan is not None else coco_source(args, space_name))
         space = source.dataset.label_space
         held = split_holdout(source.keys, args.holdout)
         train_set = Subset(source.dataset, [i for i, h in enumerate(held) if not h])

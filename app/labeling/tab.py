@@ -9,10 +9,11 @@ import gradio as gr
 from app.context import ClassOption, UserState, class_options, find_option, load_context
 from app.editing import BrushMode
 from app.events import guarded, user_name
+from app.finetune.jobs import start_prelabel
 from app.labeling import edits
 from app.labeling.accept import AcceptResult, accept
 from app.labeling.images import EditResult, ImageView, delete_image, load_image, open_image, skip_image
-from app.labeling.propose import propose, propose_all
+from app.labeling.propose import propose
 from app.labeling.view import LABEL_OUTPUTS, label_tab, shown
 from app.projects.handlers import project_overview
 from app.render import SEGMENT_COLUMNS
@@ -127,9 +128,6 @@ class LabelTab:
         self.image_dd.input(self.on_pick_image, [state, self.image_dd, toggles], outputs, api_name="open_image")
         propose_all_event = self.propose_all_btn.click(self.on_propose_all, [state], [self.edit_md],
                                                        api_name="propose_all")
-        # It can run for minutes while the user labels on; only then is the open image shown afresh,
-        # from the tab's state at that moment (it may have been proposed in the batch).
-        propose_all_event.then(self.on_show_current, [state, toggles], outputs)
         toggles.input(self.on_show_current, [state, toggles], outputs)
         self.segment_dd.input(self.on_select, [state, self.segment_dd, toggles], outputs, api_name="select_segment")
         self.segments_df.select(self.on_table_select, [state, toggles], outputs)
@@ -180,11 +178,10 @@ class LabelTab:
         return self.after_edit(propose(self.svc, st, user_name(request)), None)
 
     @guarded
-    def on_propose_all(self, st: UserState, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Any:
-        def report(done: int, total: int) -> None:
-            progress((done, total), desc="Pre-labeling new images")
-
-        return propose_all(self.svc, st, user_name(request), report)
+    def on_propose_all(self, st: UserState, request: gr.Request) -> Any:
+        job = start_prelabel(self.svc, st, user_name(request))
+        return (f"Started job {job.id}: proposing for {job.args['images']} new image(s) in the background, one "
+                "at a time (label on meanwhile). Its progress is in the job list on the Fine-tune tab.")
 
     @guarded
     def on_show_current(self, st: UserState, visible: list[str]) -> tuple[Any, ...]:

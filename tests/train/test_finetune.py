@@ -259,6 +259,22 @@ def test_project_finetune_registers_under_its_base_with_holdout_figures(base, pr
     assert len(versions) == 3 and versions[2].parent_id == base_version.id
 
 
+def test_continue_refits_a_trained_space_from_corrections_in_its_own_class_order(base, project_db, tmp_path,
+                                                                                capsys):
+    data_dir, sessions, project_id, ids = project_db
+    out = tmp_path / "street"
+    # the accepted street segments are a person and a car: sorted they would be car, person
+    assert main(project_args(base, data_dir, out, "--space", "street", "--from-space", "street", "--continue")) == 0
+    info = read_meta(out)["training"]["finetune"]
+    assert info["classes"] == ["person", "car", "road"] and info["continued"] and info["n_images"] == 2
+    with sessions.begin() as s:
+        store = FileStore(data_dir / "images")
+        _label(s, store, project_id, 8, [segment("t", H, W, (0, 0, 9, 9), "tram", "street")])
+    assert main(project_args(base, data_dir, tmp_path / "tram", "--space", "street", "--from-space", "street",
+                             "--continue")) == 2
+    assert "the accepted segments have classes ['tram'] that label space 'street' lacks" in capsys.readouterr().err
+
+
 def fake_holdout(monkeypatch, *piqs):
     """evaluate_holdout returns these PIQs in turn (before, after, ...), so the rule sees known figures."""
     calls = iter(piqs)
