@@ -21,39 +21,26 @@ seconds of the whole command (Python start-up included) on a shared machine: the
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+import torch
+from finetune_runs import ROOT, Labeler, finetune, fresh_folder, png, summary
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from resi_core.coco import encode_mask  # noqa: E402
-from resi_core.labels import ClassDef, LabelSpace  # noqa: E402
-from resi_core.model import load_checkpoint, read_meta  # noqa: E402
-from resi_core.text import get_text_encoder  # noqa: E402
-from resi_core.world import MIN_SEGMENT_AREA  # noqa: E402
-from resi_core.world.scenes import compose  # noqa: E402
-from storage import repo  # noqa: E402
-from storage.db import default_sqlite_url, make_engine, make_session_factory, upgrade  # noqa: E402
-from storage.errors import Correction  # noqa: E402
-from storage.files import FileStore  # noqa: E402
-from storage.models import EventType  # noqa: E402
-from train.bench import machine_description  # noqa: E402
-from train.holdout import HeldOutImage, TruthMask, evaluate_holdout  # noqa: E402
+from resi_core.coco import encode_mask
+from resi_core.labels import ClassDef, LabelSpace
+from resi_core.model import load_checkpoint
+from resi_core.text import get_text_encoder
+from resi_core.world import MIN_SEGMENT_AREA
+from resi_core.world.scenes import compose
+from train.bench import machine_description
+from train.holdout import HeldOutImage, TruthMask, evaluate_holdout
 
 SPACE = LabelSpace("plants", (ClassDef("grass", isthing=False), ClassDef("tree")))
 SCENE = "drive"
 SIZE = 128
-MARKER = ".finetune-world"  # the output folder is this script's: it may delete and rewrite it
 TEST_OFFSET = 100_000  # test images are indices from here on: never in a project
 
 
@@ -66,27 +53,6 @@ def plants_sample(index: int, seed: int) -> tuple[np.ndarray, list[tuple[str, bo
     if grass:
         truth.append(("grass", False, np.logical_or.reduce(grass)))
     return scene.image, [(c, t, m) for c, t, m in truth if np.count_nonzero(m) >= MIN_SEGMENT_AREA]
-
-
-def png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def fill_project(sessions, store: FileStore, name: str, n: int, seed: int) -> None:
-    """Project `name` with world images 0..n-1, each labeled (one correction) and accepted."""
-    with sessions.begin() as session:
-        project_id = repo.create_project(session, name).id
-    for index in range(n):
-        image, truth = plants_sample(index, seed)
-        with sessions.begin() as session:
-            row, _ = repo.add_image(session, store, project_id, png(image), f"plants-{index:04d}.png")
-            segments = [{"id": f"{index}-{k}", "class_name": c, "label_space": "adhoc", "isthing": t, "score": None,
-                         "rle": encode_mask(m)} for k, (c, t, m) in enumerate(truth)]
-            version = repo.apply_correction(session, row.id, row.version, "labeler",
-                                            Correction(EventType.ADD.value, [], segments))
-            repo.accept(session, row.id, version, "labeler")
 
 
 def test_images(count: int, seed: int) -> list[HeldOutImage]:
@@ -103,23 +69,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "demo")
     parser.add_argument("--sizes", default="10,25,50,100", help="accepted images per project (default %(default)s)")
     parser.add_argument("--scopes", default="lsqe,decoder,all", help="default %(default)s")
-    parser.add_argument("--iterations", type=int, default=300, help="finetune --iterations (default %(default)s)")
     parser.add_argument("--test-images", type=int, default=100, help="fixed test images (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world images (default %(default)s)")
     parser.add_argument("--work", type=Path, default=ROOT / "resi-data" / "finetune-world",
                         help="scratch folder (database, images, checkpoints); rewritten (default %(default)s)")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "finetune-world.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "finetune-world.png")
-    return parser.parse_args(argv)
-
-
-def fresh_folder(work: Path) -> None:
-    if work.exists():
-        if not (work / MARKER).exists():
-            raise SystemExit(f"{work} exists and was not made by this script; pass another --work.")
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    (work / MARKER).write_text("scratch folder of scripts/finetune_world.py\n")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of every step, also passed to `train finetune` (default %(default)s: on a "
+                        "shared machine more threads can be many times slower)")
+    parser.add_argument("extra", nargs="*", help="more `train finetune` flags, after --, e.g. -- --iterations 300")
+    args = parser.parse_args(argv)
+    args.extra = ["--threads", str(args.threads), *args.extra]
+    return args
 
 
 def plot(runs: list[dict], test_before: float, path: Path) -> None:
@@ -156,16 +118,17 @@ def plot(runs: list[dict], test_before: float, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     sizes = [int(n) for n in args.sizes.split(",")]
     scopes = args.scopes.split(",")
     fresh_folder(args.work)
-    engine = make_engine(default_sqlite_url(args.work))
-    upgrade(engine)
-    sessions = make_session_factory(engine)
-    store = FileStore(args.work / "images")
+    labeler = Labeler(args.work)
     for n in sizes:
-        fill_project(sessions, store, f"plants-{n}", n, args.seed)
-    engine.dispose()
+        project_id = labeler.project(f"plants-{n}")
+        for index in range(n):
+            image, truth = plants_sample(index, args.seed)
+            labeler.accept(project_id, png(image), f"plants-{index:04d}.png", truth)
+    labeler.close()
 
     test = test_images(args.test_images, args.seed)
     initial = load_checkpoint(args.checkpoint)
@@ -173,50 +136,32 @@ def main(argv: list[str] | None = None) -> int:
     test_before = evaluate_holdout(initial, test, (SPACE.name,))
     print(f"test set ({len(test)} images), LSQE initialised: PIQ {test_before['piq']}", flush=True)
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     runs = []
     for n in sizes:
         for scope in scopes:
             out = args.work / "runs" / f"{n}-{scope}"
-            command = [sys.executable, "-m", "train", "finetune", "--project", f"plants-{n}", "--space", SPACE.name,
-                       "--checkpoint", str(args.checkpoint), "--scope", scope, "--data-dir", str(args.work),
-                       "--out", str(out), "--iterations", str(args.iterations), "--no-progress"]
-            load = os.getloadavg()[0]
-            start = time.perf_counter()
-            done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-            seconds = time.perf_counter() - start
-            if done.returncode != 0:
-                print(done.stdout, done.stderr, sep="\n", file=sys.stderr)
-                return done.returncode
-            info = read_meta(out)["training"]["finetune"]
+            run = finetune(args.work, f"plants-{n}", SPACE.name, scope, args.checkpoint, out, args.extra)
             after = evaluate_holdout(load_checkpoint(out), test, (SPACE.name,))
-            run = {
-                "images": n, "scope": scope, "n_train": info["n_train"],
-                "n_holdout": len(info["holdout"]["image_ids"]),
-                "piq_before": info["holdout"]["before"]["piq"], "piq_after": info["holdout"]["after"]["piq"],
-                "holdout_before": info["holdout"]["before"], "holdout_after": info["holdout"]["after"],
-                "test_images": len(test), "test_piq_before": test_before["piq"], "test_piq_after": after["piq"],
-                "test_after": after, "active": info["activation"]["active"], "why": info["activation"]["why"],
-                "seconds_command": round(seconds, 1), "seconds": info["seconds"],
-                "load_1min_before": round(load, 2),
-            }
-            runs.append(run)
-            print(f"{n:4d} images, scope {scope:7s}: held-out PIQ {run['piq_before']} -> {run['piq_after']}, "
-                  f"test PIQ {test_before['piq']} -> {after['piq']}, {seconds:.1f} s "
-                  f"(fit {info['seconds']['fit']} s; load {load:.2f})", flush=True)
+            row = {**summary(scope, n, run), "test_images": len(test), "test_piq_before": test_before["piq"],
+                   "test_piq_after": after["piq"], "test_after": after}
+            runs.append(row)
+            print(f"{n:4d} images, scope {scope:7s}: held-out PIQ {row['piq_before']} -> {row['piq_after']}, "
+                  f"test PIQ {test_before['piq']} -> {after['piq']}, {row['seconds_command']:.1f} s "
+                  f"(fit {row['seconds']['fit']} s; load {row['load_1min_before']:.2f})", flush=True)
     report = {
-        "what": "python -m train finetune --project plants-N --space plants --scope S, from checkpoints/demo, "
+        "what": "python -m train finetune --project plants-N --space plants --scope S, from the demo checkpoint, "
                 "on N world drive scenes accepted through storage with ad-hoc classes tree (thing) and grass "
                 "(stuff); held-out = the command's own fifth by image hash; test = the same "
                 f"{len(test)} further world images for every run",
-        "command": "python scripts/finetune_world.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "units": "PIQ, PQ, mIoU, AP in points (0-100), our definitions (docs/METRICS.md); seconds of wall clock",
+        "command": " ".join(["python scripts/finetune_world.py", *(argv if argv is not None else sys.argv[1:])]),
+        "units": "PIQ, PQ, mIoU, AP, overlap recall in points (0-100), our definitions (docs/METRICS.md); "
+                 "seconds of wall clock",
         "checkpoint": str(args.checkpoint.relative_to(ROOT)) if args.checkpoint.is_relative_to(ROOT)
         else str(args.checkpoint),
-        "iterations": args.iterations,
+        "finetune_flags": args.extra,
         "machine": machine_description(),
-        "shared_machine_note": "timed on a machine shared with other jobs; load_1min_before is the load average "
-                               "when each run started",
+        "shared_machine_note": "timed on a machine shared with other jobs; load_1min_before is the 1-minute load "
+                               "average when each run started (the machine has the cores named in 'machine')",
         "test_before": test_before,
         "runs": runs,
     }

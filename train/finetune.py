@@ -134,9 +134,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                        "%(default)s; 0: none, and then a project's new version is not made active without --force)")
     train.add_argument("--iterations", type=int, default=300, help="optimizer steps (default %(default)s)")
     train.add_argument("--batch-size", type=int, default=4, help="images per step (default %(default)s)")
-    train.add_argument("--lr", type=float, default=1e-2,
+    train.add_argument("--lr", type=float, default=5e-2,
                        help="AdamW learning rate of the query set, cosine-decayed to 0 (default %(default)s)")
-    train.add_argument("--lr-shared", type=float, default=1e-4,
+    train.add_argument("--lr-shared", type=float, default=1e-3,
                        help="learning rate of the shared weights that --scope decoder or all trains "
                        "(default %(default)s)")
     train.add_argument("--no-augment", action="store_true",
