@@ -547,6 +547,9 @@ def run(args: argparse.Namespace, job: JobReporter | None = None) -> int:
                 job.progress(0.0 if when == "before" else 1.0, f"measuring the held-out images ({when})", force=True)
             return evaluate_holdout(model, holdout, eval_spaces, source.synonyms, device)
 
+        # The domain first, so that domain-aware OMI treats the space alike before and after (the pixel
+        # features it reads change only with --scope all, which places it again after training).
+        domain_info, domain_says = place_in_domain(model, train_set, space.name)
         timings: dict[str, float] = {}
         tick = time.perf_counter()
         before = measure("before")
@@ -571,7 +574,8 @@ def run(args: argparse.Namespace, job: JobReporter | None = None) -> int:
         losses = fit(model, settings, device, cache=cache, sampler=sampler, on_step=on_step,
                      progress=not args.no_progress)
         timings["fit"] = time.perf_counter() - tick
-        domain_info, domain_says = place_in_domain(model, train_set, space.name)
+        if args.scope == "all":
+            domain_info, domain_says = place_in_domain(model, train_set, space.name)
         print(f"domain: {domain_says}")
         if args.scope == "all" and model.domain_head is not None:
             print("warning: --scope all changed the pixel features that the domain head was fitted on; refit it "

@@ -27,9 +27,10 @@ FINETUNE_KIND = "finetune"
 PRELABEL_KIND = "prelabel"
 # What `train finetune --scope` trains (docs/MODEL.md, "Fine-tuning"); the app never imports train/.
 FINETUNE_SCOPES = {
-    "lsqe": "the new space's query embeddings only (fast; every other label space stays exactly as it is)",
-    "decoder": "also the transformer decoder and classifier, which every label space shares",
-    "all": "every weight (slowest; for data far from the model's training images)",
+    "lsqe": "the new space's query embeddings only: fast, and every other label space stays exactly as it is",
+    "decoder": "also the transformer decoder and classifier: the new space learns more, but they are shared, so "
+               "the model's other label spaces get worse",
+    "all": "every weight: the new space learns most, the other label spaces get much worse; slowest",
 }
 DEFAULT_FINETUNE_SCOPE = "lsqe"
 DEFAULT_FINETUNE_ITERATIONS = 300
