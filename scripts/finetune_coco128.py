@@ -23,7 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from finetune_runs import ROOT, Labeler, finetune, fresh_folder, summary
+from finetune_runs import ROOT, Labeler, common_arguments, finetune, fresh_folder, parsed, summary
 
 from resi_core.coco import decode_rle, load_ground_truth
 from storage.files import inspect_image
@@ -43,19 +43,10 @@ def coco128_folder() -> Path:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "demo")
+    common_arguments(parser, "finetune-coco128")
     parser.add_argument("--classes", default="person,car,chair,cup", help="COCO classes to accept (default %(default)s)")
-    parser.add_argument("--scopes", default="lsqe,decoder,all", help="default %(default)s")
-    parser.add_argument("--work", type=Path, default=ROOT / "resi-data" / "finetune-coco128",
-                        help="scratch folder (database, images, checkpoints); rewritten (default %(default)s)")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "finetune-coco128.json")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads of every step, also passed to `train finetune` (default %(default)s: on a "
-                        "shared machine more threads can be many times slower)")
-    parser.add_argument("extra", nargs="*", help="more `train finetune` flags, after --, e.g. -- --iterations 300")
-    args = parser.parse_args(argv)
-    args.extra = ["--threads", str(args.threads), *args.extra]
-    return args
+    return parsed(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:

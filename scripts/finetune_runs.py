@@ -3,6 +3,7 @@ that enter a project the way a labeler's work does, and timed `python -m train f
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import shutil
@@ -27,6 +28,25 @@ from storage.files import FileStore  # noqa: E402
 from storage.models import EventType  # noqa: E402
 
 MARKER = ".finetune-scratch"  # a scratch folder of these scripts: they may delete and rewrite it
+
+
+def common_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """The flags both scripts have: the base checkpoint, the scopes and the scratch folder `name`."""
+    parser.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "demo")
+    parser.add_argument("--scopes", default="lsqe,decoder,all", help="default %(default)s")
+    parser.add_argument("--work", type=Path, default=ROOT / "resi-data" / name,
+                        help="scratch folder (database, images, checkpoints); rewritten (default %(default)s)")
+
+
+def parsed(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments, with --threads and the extra `train finetune` flags (after --) added last."""
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads of every step, also passed to `train finetune` (default %(default)s: on a "
+                        "shared machine more threads can be many times slower)")
+    parser.add_argument("extra", nargs="*", help="more `train finetune` flags, after --, e.g. -- --iterations 300")
+    args = parser.parse_args(argv)
+    args.extra = ["--threads", str(args.threads), *args.extra]
+    return args
 
 
 def fresh_folder(work: Path) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from finetune_runs import ROOT, Labeler, finetune, fresh_folder, png, summary
+from finetune_runs import ROOT, Labeler, common_arguments, finetune, fresh_folder, parsed, png, summary
 
 from resi_core.coco import encode_mask
 from resi_core.labels import ClassDef, LabelSpace
@@ -78,23 +78,14 @@ def drive_images(count: int, seed: int) -> list[HeldOutImage]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "demo")
+    common_arguments(parser, "finetune-world")
     parser.add_argument("--sizes", default="10,25,50,100", help="accepted images per project (default %(default)s)")
-    parser.add_argument("--scopes", default="lsqe,decoder,all", help="default %(default)s")
     parser.add_argument("--test-images", type=int, default=100, help="fixed test images (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world images (default %(default)s)")
-    parser.add_argument("--work", type=Path, default=ROOT / "resi-data" / "finetune-world",
-                        help="scratch folder (database, images, checkpoints); rewritten (default %(default)s)")
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "finetune-world.json")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "finetune-world.png")
     parser.add_argument("--replot", action="store_true", help="only redraw --plot from an existing --json")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads of every step, also passed to `train finetune` (default %(default)s: on a "
-                        "shared machine more threads can be many times slower)")
-    parser.add_argument("extra", nargs="*", help="more `train finetune` flags, after --, e.g. -- --iterations 300")
-    args = parser.parse_args(argv)
-    args.extra = ["--threads", str(args.threads), *args.extra]
-    return args
+    return parsed(parser, argv)
 
 
 def plot(report: dict, path: Path) -> None:

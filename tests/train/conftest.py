@@ -11,6 +11,8 @@ import torch
 from resi_core.labels import ClassDef, LabelSpace
 from resi_core.model import RESIConfig, build_model, save_checkpoint
 from resi_core.text import get_text_encoder
+from storage.db import default_sqlite_url, make_engine, make_session_factory, upgrade
+from storage.files import FileStore
 from tests.resi_core.test_model_data import TINY_SPACES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,3 +37,10 @@ def base(tmp_path_factory, encoder) -> Path:
     spaces = [LabelSpace(name, tuple(ClassDef(c, t) for c, t in classes)) for name, classes in TINY_SPACES.items()]
     torch.manual_seed(0)
     return save_checkpoint(tmp_path_factory.mktemp("base") / "base", build_model(config, spaces, encoder), {"tiny": 1})
+
+
+def project_database(data_dir: Path):
+    """A migrated SQLite database in `data_dir`: (engine, sessions, image store); dispose the engine."""
+    engine = make_engine(default_sqlite_url(data_dir))
+    upgrade(engine)
+    return engine, make_session_factory(engine), FileStore(data_dir / "images")

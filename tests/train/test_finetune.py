@@ -24,13 +24,12 @@ from resi_core.model import (
     save_checkpoint,
 )
 from storage import repo
-from storage.db import default_sqlite_url, make_engine, make_session_factory, upgrade
 from storage.errors import Correction, InvalidInput
 from storage.files import FileStore, path_sha256
 from storage.models import EventType, JobStatus
 from tests.resi_core.test_model_data import TINY_SPACES, write_tiny_coco
 from tests.storage.helpers import png_bytes, segment
-from tests.train.conftest import ROOT
+from tests.train.conftest import ROOT, project_database
 from train.finetune import AcceptedDataset, main
 from train.jobs import JobReporter
 
@@ -184,10 +183,7 @@ def _label(session, store, project_id: int, seed: int, segments: list[dict], acc
 def project_db(tmp_path):
     """A data dir whose project Streets has accepted ad-hoc hydrants and signs (two overlapping)."""
     data_dir = tmp_path / "data"
-    engine = make_engine(default_sqlite_url(data_dir))
-    upgrade(engine)
-    sessions = make_session_factory(engine)
-    store = FileStore(data_dir / "images")
+    engine, sessions, store = project_database(data_dir)
     with sessions.begin() as s:
         project_id = repo.create_project(s, "Streets").id
         ids = [

@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import select
 
 from storage import repo
-from storage.db import default_sqlite_url, make_engine, make_session_factory, upgrade
 from storage.errors import Correction
 from storage.files import FileStore, path_sha256
 from storage.models import EventType, ImageStatus, JobStatus, Proposal
 from tests.storage.helpers import png_bytes, segment
+from tests.train.conftest import project_database
 from train.prelabel import main
 
 H, W = 48, 64
@@ -30,10 +30,7 @@ def project(tmp_path, base):
     """Project Streets: class set street + portrait (the tiny model's), the tiny model active, five new
     images and one that a labeler has edited already."""
     data_dir = tmp_path / "data"
-    engine = make_engine(default_sqlite_url(data_dir))
-    upgrade(engine)
-    sessions = make_session_factory(engine)
-    store = FileStore(data_dir / "images")
+    engine, sessions, store = project_database(data_dir)
     with sessions.begin() as s:
         project_id = repo.create_project(s, "Streets").id
         repo.set_class_set(s, project_id, ["street", "portrait"], [], [])
