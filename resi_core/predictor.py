@@ -11,7 +11,7 @@ import dataclasses
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +70,30 @@ class MixedRequest:
 
 
 Request = SpacesRequest | AdHocRequest | MixedRequest
+
+
+def class_set_request(trained: Mapping[str, LabelSpace], spaces: Sequence[str], adhoc: Sequence[str],
+                      synonyms: Sequence[tuple[str, str]] = ()) -> Request:
+    """The request for a project's class set (trained label spaces, typed names, declared synonyms).
+
+    Trained spaces and typed names go in one request, so a typed class that a trained space also has
+    ("car" and street's "car") is fused into one segment; synonyms between names the request does
+    not have are dropped (a class set may outlive a model). Raises RequestError for a label space
+    the model lacks (it was learned by another model version) or an empty class set.
+    """
+    missing = [s for s in spaces if s not in trained]
+    if missing:
+        raise RequestError(f"The model has no label space {', '.join(map(repr, missing))}; it has "
+                           f"{', '.join(trained) or 'none'}.")
+    if not spaces and not adhoc:
+        raise RequestError("The class set is empty: pick a label space or type class names.")
+    known = {c.name for s in spaces for c in trained[s].classes} | set(adhoc)
+    kept = tuple((a, b) for a, b in synonyms if a in known and b in known)
+    if spaces and adhoc:
+        return MixedRequest(tuple(spaces), tuple(adhoc), kept)
+    if spaces:
+        return SpacesRequest(tuple(spaces), kept)
+    return AdHocRequest(tuple(adhoc))
 
 
 @dataclass(frozen=True)

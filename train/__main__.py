@@ -12,7 +12,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("train.pretrain", "train a RESI model on several COCO-format datasets"),
     "bench": ("train.bench", "train and compare RESI against the baselines on M1-M4"),
     "domain-head": ("train.domain", "fit a checkpoint's domain head (domain-aware OMI) on its training datasets"),
-    "finetune": ("train.finetune", "fit the LSQE of a new label space (COCO file or accepted annotations)"),
+    "finetune": ("train.finetune", "fit a label space from accepted annotations or a COCO file; keep it if it is better"),
+    "prelabel": ("train.prelabel", "propose segments for every new image of a project (resumable job)"),
     "db": ("storage.cli", "database: upgrade, backup, restore, check; projects; import COCO/panoptic; export as COCO"),
 }
 

@@ -7,18 +7,22 @@ transaction; progress is written at most about once a second, status changes alw
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import repo
-from storage.errors import Busy, InvalidInput
+from storage.db import make_session_factory
+from storage.errors import Busy, InvalidInput, StorageError
 from storage.models import JobStatus
+from train.database import open_database
 
 PROGRESS_INTERVAL_S = 1.0
 
@@ -51,11 +55,11 @@ class JobReporter:
                             message=message)
         self._last_write = self.clock()
 
-    def progress(self, fraction: float, message: str) -> None:
-        """Record progress unless the last write is less than `interval_s` ago. A failed write is only
-        a warning: the job goes on, and the next report tries again."""
+    def progress(self, fraction: float, message: str, force: bool = False) -> None:
+        """Record progress unless the last write is less than `interval_s` ago (`force`: a new phase,
+        written anyway). A failed write is only a warning: the job goes on, and the next report tries again."""
         now = self.clock()
-        if now - self._last_write < self.interval_s:
+        if not force and now - self._last_write < self.interval_s:
             return
         try:
             with self.sessions.begin() as session:
@@ -84,3 +88,42 @@ class JobReporter:
                 repo.update_job(session, self.job_id, status=JobStatus.FAILED, message=one_line(message))
         except Exception as err:  # noqa: BLE001 - the job is failing already; say why this report failed too
             print(f"warning: could not mark job {self.job_id} failed: {one_line(err)}", file=sys.stderr)
+
+
+def open_job(args: argparse.Namespace) -> tuple[JobReporter, Engine]:
+    """The reporter of `--job-id`, on its own engine; the job must belong to `--project`."""
+    engine = open_database(args)
+    try:
+        sessions = make_session_factory(engine)
+        with sessions() as session:
+            project_id = repo.get_project_by_name(session, args.project).id
+        return JobReporter(sessions, args.job_id, project_id), engine
+    except BaseException:
+        engine.dispose()
+        raise
+
+
+def run_as_job(args: argparse.Namespace, run: Callable[[argparse.Namespace, JobReporter | None], int],
+               start_message: str) -> int:
+    """A command's main: `run(args, job)`, with `--job-id`'s row marked running first and failed on any
+    error. A user's error (ValueError, OSError, StorageError: checkpoint, data, storage, device) is one
+    line on stderr and exit code 2; a crash is marked failed and raised."""
+    job = engine = None
+    try:
+        if args.job_id is not None:
+            job, engine = open_job(args)
+            job.start(start_message)
+        return run(args, job)
+    except (ValueError, OSError, StorageError) as err:
+        message = one_line(err)
+        print("error: " + message, file=sys.stderr)
+        if job is not None:
+            job.failed(message)
+        return 2
+    except BaseException as err:  # a crash or Ctrl-C: the job must not stay "running"
+        if job is not None:
+            job.failed(f"{type(err).__name__}: {err}" if str(err) else type(err).__name__)
+        raise
+    finally:
+        if engine is not None:
+            engine.dispose()

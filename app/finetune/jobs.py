@@ -1,5 +1,6 @@
-"""Fine-tuning jobs: learn a new label space from a project's accepted segments, as a `python -m train
-finetune` subprocess that reports its progress through storage; list, watch and cancel them."""
+"""Background jobs of a project, each a `python -m train ...` subprocess that reports its progress through
+storage: fine-tuning (learn a new label space from the accepted segments, `train finetune`) and
+pre-labeling (propose for every new image, `train prelabel`); list, watch and cancel them."""
 
 from __future__ import annotations
 
@@ -20,16 +21,25 @@ from resi_core.labels import ADHOC_SPACE, MAX_CLASS_NAME_LEN, normalize_name
 from storage import repo
 from storage.db import DATABASE_URL_ENV
 from storage.errors import InvalidInput
-from storage.models import Job, JobStatus
+from storage.models import ImageStatus, Job, JobStatus
 
 FINETUNE_KIND = "finetune"
+PRELABEL_KIND = "prelabel"
+# What `train finetune --scope` trains (docs/MODEL.md, "Fine-tuning"); the app never imports train/.
+FINETUNE_SCOPES = {
+    "lsqe": "the new space's query embeddings only: fast, and every other label space stays exactly as it is",
+    "decoder": "also the transformer decoder and classifier: the new space learns more, but they are shared, so "
+               "the model's other label spaces get worse",
+    "all": "every weight: the new space learns most, the other label spaces get much worse; slowest",
+}
+DEFAULT_FINETUNE_SCOPE = "lsqe"
 DEFAULT_FINETUNE_ITERATIONS = 300
 MAX_FINETUNE_ITERATIONS = 100_000
 # A queued job that no process has claimed after this long never started (the app stopped in between).
 JOB_START_TIMEOUT_S = 120
 # `python -m train ...` runs from here: the app starts jobs as commands and never imports train/.
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-JOB_COLUMNS = ["job", "label space", "status", "progress", "message", "started (UTC)", "finished (UTC)"]
+JOB_COLUMNS = ["job", "what", "status", "progress", "message", "started (UTC)", "finished (UTC)"]
 
 
 @dataclass(frozen=True)
@@ -54,8 +64,15 @@ class JobView:
         return str(self.args.get("space", ""))
 
     @property
+    def what(self) -> str:
+        """What the job does, in a few words."""
+        if self.kind == PRELABEL_KIND:
+            return "propose all new images"
+        return f"learn {self.space!r} (scope {self.args.get('scope', DEFAULT_FINETUNE_SCOPE)})"
+
+    @property
     def row(self) -> list[Any]:
-        return [self.id, self.space, self.status, f"{self.progress:.0%}", self.message, _when(self.created_at),
+        return [self.id, self.what, self.status, f"{self.progress:.0%}", self.message, _when(self.created_at),
                 _when(self.finished_at)]
 
 
@@ -134,15 +151,19 @@ def _job_device(device: str) -> str:
 
 
 def start_finetune(svc: Services, state: UserState, space: str | None, from_space: str | None,
-                   iterations: float | int | str | None = DEFAULT_FINETUNE_ITERATIONS) -> JobView:
+                   iterations: float | int | str | None = DEFAULT_FINETUNE_ITERATIONS,
+                   scope: str | None = DEFAULT_FINETUNE_SCOPE) -> JobView:
     """Learn a new label space from the project's accepted segments of `from_space`, in the background.
 
-    Records a queued job, then starts `python -m train finetune ... --job-id N --register --activate`
-    detached; the job writes its progress to its row, and when done its model is the project's active
-    one (`list_jobs` shows it; proposals switch to it on their own).
+    Records a queued job, then starts `python -m train finetune ... --scope S --job-id N` detached; the
+    job writes its progress to its row and measures a held-out fifth of the images before and after.
+    When done, its model is registered, and it is the project's active one (proposals switch to it on
+    their own) if held-out PIQ did not drop; `list_jobs` shows the figures and which happened.
     """
     project_id = require_project(state)
     n_iterations = _iterations(iterations)
+    if scope not in FINETUNE_SCOPES:
+        raise UserError(f"Pick what to train: one of {', '.join(FINETUNE_SCOPES)}.")
     source = " ".join((from_space or "").split()) or ADHOC_SPACE
     ctx = load_context(svc, state)
     with svc.sessions() as session:
@@ -161,23 +182,62 @@ def start_finetune(svc: Services, state: UserState, space: str | None, from_spac
             sys.executable, "-m", "train", "finetune", f"--checkpoint={Path(info.path).resolve()}",
             f"--space={name}", f"--project={ctx.name}", f"--from-space={source}",
             f"--data-dir={svc.config.data_dir.resolve()}", f"--iterations={n_iterations}", f"--out={out}",
-            "--register", "--activate", f"--job-id={job.id}", "--no-progress",
+            f"--scope={scope}", f"--job-id={job.id}", "--no-progress",
             f"--device={_job_device(svc.config.device)}",
         ]
-        job.args = {"space": name, "from_space": source, "iterations": n_iterations, "images": n_images,
+        job.args = {"space": name, "from_space": source, "iterations": n_iterations, "images": n_images, "scope": scope,
                     "checkpoint": str(Path(info.path).resolve()), "out": str(out), "log": str(_job_log(out)),
                     "host": socket.gethostname(), "command": command}
         job_id = job.id
+    return _start(svc, job_id, command, _job_log(out), "fine-tuning")
+
+
+def _start(svc: Services, job_id: int, command: list[str], log: Path, what: str) -> JobView:
+    """Start a recorded job's process detached; a process that cannot start fails the job at once."""
     # The database URL goes by environment, so a password never shows in the process list.
     env = {**os.environ, DATABASE_URL_ENV: database_url(svc.config)}
     try:
-        svc.jobs.start(job_id, command, PROJECT_ROOT, env, _job_log(out))
+        svc.jobs.start(job_id, command, PROJECT_ROOT, env, log)
     except OSError as exc:
         with svc.sessions.begin() as session:
             repo.update_job(session, job_id, status=JobStatus.FAILED, message=f"The job could not start: {exc}")
-        raise UserError(f"The fine-tuning job could not start: {exc}.") from exc
+        raise UserError(f"The {what} job could not start: {exc}.") from exc
     with svc.sessions() as session:
         return _job_view(repo.get_job(session, job_id))
+
+
+def start_prelabel(svc: Services, state: UserState, user: str) -> JobView:
+    """Propose for every new image of the project in the background (`python -m train prelabel`), with
+    the project's class set and model, as the Propose button does for one image. Each image is written
+    in one transaction, so a cancelled job leaves no half-written image; starting it again continues."""
+    project_id = require_project(state)
+    ctx = load_context(svc, state)
+    if ctx.class_set is None or ctx.class_set.id is None:
+        raise UserError("Choose a class set first (Class set tab): the model needs to know what to look for.")
+    info = svc.model.info(ctx.checkpoint)  # a missing or unreadable checkpoint is one message
+    with svc.sessions() as session:
+        new = len(repo.image_ids(session, project_id, [ImageStatus.NEW]))
+    if not new:
+        raise UserError("Every image of the project has proposals or edits already: nothing to propose.")
+    with svc.register_lock, svc.sessions.begin() as session:  # one pre-labeling job per project at a time
+        busy = next((j for j in repo.list_jobs(session, project_id) if j.kind == PRELABEL_KIND
+                     and j.status not in repo.FINISHED_JOB_STATUSES), None)
+        if busy is not None:
+            raise UserError(f"Job {busy.id} is proposing for the new images already; its progress is on the "
+                            "Fine-tune tab.")
+        job = repo.create_job(session, project_id, PRELABEL_KIND, {})
+        log = svc.config.data_dir.resolve() / "jobs" / f"prelabel-job{job.id}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        command = [
+            sys.executable, "-m", "train", "prelabel", f"--project={ctx.name}",
+            f"--checkpoint={Path(info.path).resolve()}", f"--data-dir={svc.config.data_dir.resolve()}",
+            f"--user={user}", f"--job-id={job.id}", "--no-progress", f"--device={_job_device(svc.config.device)}",
+            *(["--no-domain-aware"] if svc.model.out_of_domain_threshold is None else []),
+        ]
+        job.args = {"images": new, "checkpoint": str(Path(info.path).resolve()), "log": str(log),
+                    "host": socket.gethostname(), "command": command}
+        job_id = job.id
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return _start(svc, job_id, command, log, "pre-labeling")
 
 
 def _log_tail(log: str | None) -> str:
@@ -260,11 +320,12 @@ def jobs_report(svc: Services, state: UserState, watched: Sequence[int] = ()) ->
 
 
 def cancel_job(svc: Services, state: UserState) -> JobView:
-    """Stop the project's running fine-tuning job: it is marked failed ("cancelled") first, so a job that
-    ends in between cannot register a half-finished model, then its process group gets SIGTERM."""
+    """Stop the project's newest running job: it is marked failed ("cancelled") first, so a fine-tuning
+    job that ends in between cannot register a half-finished model, then its process group gets SIGTERM
+    (a pre-labeling job keeps the images it finished; the one in progress is not written)."""
     job = next((j for j in list_jobs(svc, state) if not j.finished), None)
     if job is None:
-        raise UserError("No fine-tuning job of this project is running.")
+        raise UserError("No job of this project is running.")
     host = job.args.get("host")
     if host != socket.gethostname():
         raise UserError(f"Job {job.id} runs on host {host!r}; cancel it from the app on that machine.")

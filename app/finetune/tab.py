@@ -1,4 +1,5 @@
-"""The Fine-tune tab: which model proposals use, and jobs that learn a new label space."""
+"""The Fine-tune tab: which model proposals use, jobs that learn a new label space (with their held-out
+figures before and after), and the project's other background jobs (Propose all new)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from app.context import UserState
 from app.events import guarded
 from app.finetune.jobs import (
     DEFAULT_FINETUNE_ITERATIONS,
+    DEFAULT_FINETUNE_SCOPE,
+    FINETUNE_KIND,
+    FINETUNE_SCOPES,
     JOB_COLUMNS,
     MAX_FINETUNE_ITERATIONS,
     JobView,
@@ -29,15 +33,36 @@ def jobs_frame(jobs: Sequence[JobView]) -> pd.DataFrame:
     return pd.DataFrame([j.row for j in jobs], columns=JOB_COLUMNS)
 
 
+HOLDOUT_METRICS = (("PIQ", "piq"), ("PQ", "pq"), ("mIoU", "miou"), ("AP", "ap"), ("overlap recall", "overlap_recall"))
+
+
+def holdout_table_html(result: dict[str, Any]) -> str:
+    """A done fine-tuning job's held-out figures before and after (points), and whether it is in use."""
+    before, after = result.get("before"), result.get("after")
+    if not before or not after:
+        return "<p>No held-out image measured this model (too few accepted images).</p>"
+
+    def cell(value: float | None) -> str:
+        return "–" if value is None else f"{value:.1f}"
+
+    rows = "".join(f"<tr><td>{name}</td><td>{cell(before.get(key))}</td><td>{cell(after.get(key))}</td></tr>"
+                   for name, key in HOLDOUT_METRICS)
+    verdict = ("It is the project's model for proposals now." if result.get("active") else
+               "It was not made the project's model: held-out PIQ dropped (pick it above to use it anyway).")
+    return (f"<table class='holdout'><tr><th>on {after.get('images', 0)} held-out image(s)</th><th>before</th>"
+            f"<th>after</th></tr>{rows}</table><p>{verdict}</p>")
+
+
 def job_progress_html(job: JobView | None) -> str:
-    """One job's status, a progress bar and its latest message."""
+    """One job's status, a progress bar and its latest message; a done fine-tuning job's figures."""
     if job is None:
-        return "<p>No fine-tuning job yet.</p>"
+        return "<p>No job yet.</p>"
+    figures = holdout_table_html(job.result) if job.kind == FINETUNE_KIND and job.status == "done" else ""
     return (
-        f"<div><b>Job {job.id}</b>: label space <b>{html.escape(job.space)}</b>, "
+        f"<div><b>Job {job.id}</b>: {html.escape(job.what)}, "
         f"<span class='job-status'>{job.status}</span>"
         f"<br><progress value='{job.progress:.3f}' max='1' style='width:100%'></progress> {job.progress:.0%}"
-        f"<br>{html.escape(job.message)}</div>"
+        f"<br>{html.escape(job.message)}{figures}</div>"
     )
 
 
@@ -52,9 +77,10 @@ class FinetuneTab:
                 self.model_dd = gr.Dropdown(label="Model for proposals", choices=[], elem_id="model-picker", scale=3,
                                             allow_custom_value=True)
                 self.use_model_btn = gr.Button("Use this model", elem_id="use-model-btn", scale=1)
-            gr.Markdown("Learn a **new label space** from the project's accepted segments: only its query "
-                        "embeddings train, everything else stays as it is. The job runs in the background; "
-                        "when it is done its model is the project's model for proposals.")
+            gr.Markdown("Learn a **new label space** from the project's accepted segments. A fifth of those "
+                        "images (chosen by image hash) is held out and measured before and after; the job runs "
+                        "in the background, and when it is done its model becomes the project's model for "
+                        "proposals only if held-out PIQ did not drop.")
             with gr.Row():
                 self.space_tb = gr.Textbox(label="New label space name", placeholder="e.g. hydrants",
                                            elem_id="finetune-space", scale=2)
@@ -64,6 +90,9 @@ class FinetuneTab:
                 self.iterations = gr.Number(label="Iterations", value=DEFAULT_FINETUNE_ITERATIONS, precision=0,
                                             minimum=1, maximum=MAX_FINETUNE_ITERATIONS,
                                             elem_id="finetune-iterations", scale=1)
+            self.scope_radio = gr.Radio(label="What trains",
+                                        choices=[(f"{name}: {says}", name) for name, says in FINETUNE_SCOPES.items()],
+                                        value=DEFAULT_FINETUNE_SCOPE, elem_id="finetune-scope")
             self.finetune_btn = gr.Button("Fine-tune new label space", elem_id="finetune-btn", variant="primary")
             self.job_html = gr.HTML(job_progress_html(None), elem_id="job-progress")
             self.jobs_df = gr.Dataframe(headers=JOB_COLUMNS, interactive=False, elem_id="jobs-table", label="Jobs")
@@ -83,8 +112,8 @@ class FinetuneTab:
         self.tab.select(self.on_tab, inputs, outputs)
         self.refresh_btn.click(self.on_tab, inputs, outputs, api_name="jobs")
         self.timer.tick(self.on_tick, inputs, outputs, show_progress="hidden")
-        self.finetune_btn.click(self.on_finetune, [*inputs, self.space_tb, self.iterations], outputs,
-                                api_name="finetune")
+        self.finetune_btn.click(self.on_finetune, [*inputs, self.space_tb, self.iterations, self.scope_radio],
+                                outputs, api_name="finetune")
         self.use_model_btn.click(self.on_use_model, [*inputs, self.model_dd], outputs, api_name="use_model")
 
     def values(self, st: UserState, seen: tuple[int, ...], source: str | None, changed: int,
@@ -96,7 +125,7 @@ class FinetuneTab:
         report = jobs_report(self.svc, st, seen)
         for job in report.finished_now:
             notify = gr.Info if job.status == "done" else gr.Warning
-            notify(f"Job {job.id} ({job.space}) {job.status}: {job.message}")
+            notify(f"Job {job.id} ({job.what}) {job.status}: {job.message}")
         model_values: tuple[Any, ...] = (gr.skip(), gr.skip())
         if full or any(job.status == "done" for job in report.finished_now):
             choices, in_use = model_choices(self.svc, st)
@@ -118,9 +147,10 @@ class FinetuneTab:
 
     @guarded
     def on_finetune(self, st: UserState, seen: tuple[int, ...], source: str, changed: int, space: str,
-                    iterations: float | None) -> tuple[Any, ...]:
-        job = start_finetune(self.svc, st, space, source, iterations)
-        gr.Info(f"Started job {job.id}: learning label space {job.space!r} from the {source} segments.")
+                    iterations: float | None, scope: str | None) -> tuple[Any, ...]:
+        job = start_finetune(self.svc, st, space, source, iterations, scope)
+        gr.Info(f"Started job {job.id}: learning label space {job.space!r} from the {source} segments "
+                f"(scope {scope}).")
         return self.values(st, (*seen, job.id), source, changed, full=False)
 
     @guarded
@@ -132,5 +162,5 @@ class FinetuneTab:
     @guarded
     def on_cancel_job(self, st: UserState, seen: tuple[int, ...], source: str, changed: int) -> tuple[Any, ...]:
         job = cancel_job(self.svc, st)
-        gr.Info(f"Job {job.id} ({job.space}) cancelled.")
+        gr.Info(f"Job {job.id} ({job.what}) cancelled.")
         return self.values(st, seen, source, changed, full=True)

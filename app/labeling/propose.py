@@ -1,9 +1,10 @@
-"""Proposals: the model's segments for the open image (one image, or every new image of the project)."""
+"""Proposals: the model's segments for the open image. Every new image of the project is proposed by a
+background job instead (`start_prelabel`, app/finetune/jobs.py)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -13,15 +14,14 @@ from app.context import (
     load_context,
     model_version_id,
     require_image,
-    require_project,
 )
 from app.labeling.edits import conflict
 from app.labeling.images import EditResult, load_image, to_storage
 from app.segments import SegmentView
 from app.services import Proposal, Proposer, Services, UserError
-from resi_core.labels import LabelError, space_domain
+from resi_core.labels import space_domain
 from storage import repo
-from storage.errors import Conflict, Correction, InvalidInput
+from storage.errors import Conflict, Correction
 from storage.models import EventType, ImageStatus
 
 
@@ -30,21 +30,13 @@ def predict_segments(predictor: Proposer, rgb: np.ndarray, choice: ClassSetChoic
     """Run ESF-OMI for the class set: trained spaces and typed names go in one request, so a typed class
     that a trained space also has ("car" and street's "car") is fused into one segment. Returns the
     segments and the prediction (its domain-aware OMI fields say which label spaces were held back)."""
-    from resi_core.predictor import AdHocRequest, MixedRequest, Request, RequestError, SpacesRequest
+    from resi_core.predictor import RequestError, class_set_request
 
-    missing = [s for s in choice.label_spaces if s not in predictor.label_spaces]
-    if missing:
-        raise UserError(f"The model in use has no label space {', '.join(map(repr, missing))} (it was learned by "
-                        "another model version). Switch the model on the Fine-tune tab, or change the class set.")
-    known = {c.name for s in choice.label_spaces for c in predictor.label_spaces[s].classes} | set(choice.adhoc)
-    synonyms = tuple((a, b) for a, b in choice.synonyms if a in known and b in known)
-    request: Request
-    if choice.label_spaces and choice.adhoc:
-        request = MixedRequest(choice.label_spaces, choice.adhoc, synonyms)
-    elif choice.label_spaces:
-        request = SpacesRequest(choice.label_spaces, synonyms)
-    else:
-        request = AdHocRequest(choice.adhoc)
+    try:
+        request = class_set_request(predictor.label_spaces, choice.label_spaces, choice.adhoc, choice.synonyms)
+    except RequestError as exc:
+        raise UserError(f"{exc} The class set asks for what the model in use lacks (it was learned by another "
+                        "model version): switch the model on the Fine-tune tab, or change the class set.") from exc
     try:
         prediction = predictor.predict(rgb, request, with_instances=False)  # the AP list is for evaluation only
     except RequestError as exc:
@@ -114,25 +106,3 @@ def propose(svc: Services, state: UserState, user: str) -> EditResult:
     if was_accepted:
         message += " The image was accepted; it is back in review (Undo restores its segments; accept it again when done)."
     return EditResult(new_state, view, f"{message} {note}" if note else message)
-
-
-def propose_all(svc: Services, state: UserState, user: str,
-                progress: Callable[[int, int], None] | None = None) -> str:
-    """Pre-label every new image of the project; one failure is reported and the rest go on."""
-    project_id = require_project(state)
-    with svc.sessions() as session:
-        ids = repo.image_ids(session, project_id, [ImageStatus.NEW])
-    done, failed = 0, []
-    for n, image_id in enumerate(ids):
-        if progress is not None:
-            progress(n, len(ids))
-        try:
-            propose(svc, UserState(project_id=project_id, image_id=image_id), user)
-            done += 1
-        except (UserError, InvalidInput, LabelError) as exc:
-            if "class set" in str(exc) or "checkpoint" in str(exc):
-                raise
-            failed.append(f"image {image_id}: {exc}")
-    if progress is not None:
-        progress(len(ids), len(ids))
-    return f"Pre-labeled {done} of {len(ids)} new image(s)." + "".join(f"\n\n{f}" for f in failed)

@@ -16,11 +16,12 @@ import numpy as np
 from app.context import UserState, class_options, find_option, load_context
 from app.editing import BrushMode
 from app.events import WARNING_SECONDS, guarded, user_name
+from app.finetune.jobs import start_prelabel
 from app.labeling import edits, view
 from app.labeling.accept import AcceptResult, accept
 from app.labeling.images import EditResult, delete_image, image_choices, load_image, open_image, skip_image
 from app.labeling.layout import LabelLayout, brush
-from app.labeling.propose import propose, propose_all
+from app.labeling.propose import propose
 from app.render import picture_file
 from app.segments import short_names
 from app.services import Services, UserError
@@ -115,11 +116,9 @@ class LabelTab(LabelLayout):
             self.toggles.input(self.on_toggles, [state, self.toggles], outputs, **quiet),
             self.propose_btn.click(self.on_propose, [state], outputs, api_name="propose",
                                    show_progress_on=[self.title_md], **MODEL_QUEUE),
+            # A background job (`python -m train prelabel`): its progress is in the Fine-tune tab's job list.
             self.propose_all_btn.click(self.on_propose_all, [state], [self.message_md], api_name="propose_all",
-                                       show_progress_on=[self.title_md], **MODEL_QUEUE)
-            # It can run for minutes while the user labels on; then the open image is shown afresh, from
-            # the tab's state at that moment (it may have been proposed in the batch).
-            .then(self.on_show_current, [state], outputs, **quiet),
+                                       show_progress_on=[self.message_md]),
             self.relabel_btn.click(self.on_relabel, [state, self.class_dd], outputs, api_name="relabel", **busy),
             self.delete_btn.click(self.on_delete, [state], outputs, api_name="delete_segment", **busy),
             self.delete_like_btn.click(self.on_delete_like, [state], outputs, api_name="delete_shown_like", **busy),
@@ -236,11 +235,10 @@ class LabelTab(LabelLayout):
         return self.after_edit(propose(self.svc, st, user_name(request)))
 
     @guarded
-    def on_propose_all(self, st: UserState, request: gr.Request, progress: gr.Progress = gr.Progress()) -> Any:
-        def report(done: int, total: int) -> None:
-            progress((done, total), desc="Pre-labeling new images")
-
-        return propose_all(self.svc, st, user_name(request), report)
+    def on_propose_all(self, st: UserState, request: gr.Request) -> Any:
+        job = start_prelabel(self.svc, st, user_name(request))
+        return (f"Started job {job.id}: proposing for {job.args['images']} new image(s) in the background, one "
+                "at a time (label on meanwhile). Its progress is in the job list on the Fine-tune tab.")
 
     @guarded
     def on_relabel(self, st: UserState, label: str | None, request: gr.Request) -> tuple[Any, ...]:

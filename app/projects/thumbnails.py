@@ -8,7 +8,10 @@ import io
 import threading
 from collections import OrderedDict
 
-from storage.files import FileStore, load_rgb
+from PIL import Image
+
+from formats.images import decode_image
+from storage.files import FileStore
 
 THUMB_HEIGHT = 48
 
@@ -27,7 +30,7 @@ class Thumbnails:
             if sha256 in self._items:
                 self._items.move_to_end(sha256)
                 return self._items[sha256]
-        picture = load_rgb(self.files.read(sha256))
+        picture = Image.fromarray(decode_image(self.files.read(sha256)))  # the one decoder (formats.images)
         picture.thumbnail((THUMB_HEIGHT * 4, THUMB_HEIGHT))
         buffer = io.BytesIO()
         picture.save(buffer, format="JPEG", quality=80)

@@ -30,6 +30,7 @@ from app.finetune.jobs import (
     jobs_report,
     list_jobs,
     start_finetune,
+    start_prelabel,
 )
 from app.finetune.models import model_choices, model_summary, use_model
 from app.finetune.tab import job_progress_html, jobs_frame
@@ -150,7 +151,10 @@ def test_validation_errors_are_one_clear_message_each(tiny_checkpoint: Path, tmp
     with pytest.raises(UserError, match="No model checkpoint at"):
         start_finetune(no_model, state, "hydrants", "adhoc", 3)
     assert list_jobs(svc, state) == []  # nothing was started
-    assert jobs_report(svc, state).current is None and "No fine-tuning job" in job_progress_html(None)
+    with pytest.raises(UserError, match="Pick what to train: one of lsqe, decoder, all"):
+        start_finetune(svc, state, "hydrants", "adhoc", 3, "backbone")
+    assert list_jobs(svc, state) == []  # nothing was started
+    assert jobs_report(svc, state).current is None and "No job yet" in job_progress_html(None)
 
 
 def test_a_job_runs_to_done_and_its_model_becomes_the_projects_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -170,17 +174,27 @@ def test_a_job_runs_to_done_and_its_model_becomes_the_projects_model(tiny_checkp
     (finished,) = report.finished_now
     assert finished.status == "done", finished.message
     assert finished.progress == 1.0 and finished.pid is not None and finished.finished_at is not None
-    assert finished.message.startswith("Label space 'hydrants' (2 classes) learned: model version")
+    assert finished.message.startswith("Label space 'hydrants' (2 classes, scope lsqe) learned: model version")
     out = Path(finished.result["checkpoint"])
     assert out.parent == (tmp_path / "data" / "models").resolve() and out.name.startswith("hydrants-")
     assert (out / "meta.json").is_file() and Path(finished.args["log"]).is_file()
     assert report.unfinished == () and report.current == finished
     assert process_exit(svc, job.id) == ProcessState(alive=False, returncode=0)  # reaped: no zombie left
-    assert jobs_frame(report.jobs).iloc[0].tolist()[:4] == [job.id, "hydrants", "done", "100%"]
-    assert "<progress value='1.000'" in job_progress_html(finished)
+    assert jobs_frame(report.jobs).iloc[0].tolist()[:4] == [job.id, "learn 'hydrants' (scope lsqe)", "done", "100%"]
+    shown = job_progress_html(finished)
+    assert "<progress value='1.000'" in shown and "on 1 held-out image(s)" in shown  # of 3 accepted, 1 held out
+    before, after = finished.result["before"], finished.result["after"]
+    for name, key in (("PIQ", "piq"), ("PQ", "pq"), ("mIoU", "miou"), ("AP", "ap")):
+        value = (before[key], after[key])
+        assert f"<td>{name}</td>" in shown and all(v is None or 0 <= v <= 100 for v in value)
 
-    # The new version is active, and the app now uses its checkpoint: the space is listed and proposed.
+    # The version is active exactly when held-out PIQ did not drop; the user may pick it anyway.
     version_id = finished.result["model_version_id"]
+    dropped = after["piq"] < before["piq"]
+    assert finished.result["active"] is not dropped
+    assert ("It is the project's model for proposals now." in shown) is not dropped
+    if dropped:
+        use_model(svc, state, version_id)
     with svc.sessions() as session:
         active = repo.active_model_version(session, state.project_id)
         assert active.id == version_id and active.checkpoint_path == str(out)
@@ -279,9 +293,10 @@ def test_a_class_set_space_the_model_lacks_is_one_clear_message() -> None:
 def test_a_running_job_can_be_cancelled_and_registers_no_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
     svc = real_services(tmp_path / "data", tiny_checkpoint)
     state = labeled_project(svc, tmp_path)
-    with pytest.raises(UserError, match="No fine-tuning job of this project is running"):
+    with pytest.raises(UserError, match="No job of this project is running"):
         cancel_job(svc, state)
-    job = start_finetune(svc, state, "hydrants", "adhoc", 100000)
+    job = start_finetune(svc, state, "hydrants", "adhoc", 100000, "decoder")
+    assert "--scope=decoder" in job.args["command"] and job.what == "learn 'hydrants' (scope decoder)"
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while jobs_report(svc, state).current.status != "running" and time.monotonic() < deadline:
         time.sleep(0.3)
@@ -292,5 +307,31 @@ def test_a_running_job_can_be_cancelled_and_registers_no_model(tiny_checkpoint: 
     with svc.sessions() as session:
         assert not any(v.training.get("finetune") for v in repo.list_model_versions(session, state.project_id))
     assert jobs_report(svc, state).current.message == "Cancelled by the user."  # not overwritten
-    with pytest.raises(UserError, match="No fine-tuning job of this project is running"):
+    with pytest.raises(UserError, match="No job of this project is running"):
         cancel_job(svc, state)
+
+
+def test_propose_all_runs_as_a_prelabel_job_that_proposes_every_new_image(tiny_checkpoint: Path,
+                                                                          tmp_path: Path) -> None:
+    svc = real_services(tmp_path / "data", tiny_checkpoint)
+    state = create_project(svc, "streets")
+    paths = [write_image(tmp_path / f"{i}.png", color=(40 * i, 90, 200 - 40 * i)) for i in range(3)]
+    assert len(upload_images(svc, state, paths).added) == 3
+    with pytest.raises(UserError, match="Choose a class set first"):
+        start_prelabel(svc, state, "ann")
+    save_class_set(svc, state, ["street"], "hydrant", [])
+    job = start_prelabel(svc, state, "ann")
+    assert job.kind == "prelabel" and job.what == "propose all new images" and job.args["images"] == 3
+    assert "--user=ann" in job.args["command"] and f"--checkpoint={tiny_checkpoint.resolve()}" in job.args["command"]
+    with pytest.raises(UserError, match=f"Job {job.id} is proposing for the new images already"):
+        start_prelabel(svc, state, "ann")
+    (finished,) = wait_until_finished(svc, state, job.id).finished_now
+    assert finished.status == "done", finished.message
+    assert finished.message.startswith("Proposed for 3 of 3 new image(s) of project 'streets'")
+    assert finished.result["proposed"] == 3 and "held-out" not in job_progress_html(finished)
+    assert project_overview(svc, state).counts["proposed"] == 3
+    with svc.sessions() as session:  # the app's checkpoint was registered as the project's model on first use
+        (version,) = repo.list_model_versions(session, state.project_id)
+        assert version.is_active and finished.result["model_version_id"] == version.id
+    with pytest.raises(UserError, match="nothing to propose"):
+        start_prelabel(svc, state, "ann")

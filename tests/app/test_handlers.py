@@ -25,7 +25,7 @@ from app.labeling.edits import (
     undo,
 )
 from app.labeling.images import delete_image, load_image, next_open_image, open_image, skip_image
-from app.labeling.propose import domain_note, propose, propose_all
+from app.labeling.propose import domain_note, propose
 from app.projects.handlers import create_project, open_project, project_names, project_overview
 from app.projects.upload import upload_images
 from app.quality.handlers import quality
@@ -231,13 +231,6 @@ def test_accept_records_piq_and_opens_next_then_quality(svc: Services, project: 
     first, _ = open_image(svc, state, project.image_id)
     re_proposed = propose(svc, first, "ann")
     assert re_proposed.view.status == "in_review" and "back in review" in re_proposed.message
-
-
-def test_propose_all_prelabels_every_new_image(svc: Services, project: UserState) -> None:
-    seen: list[tuple[int, int]] = []
-    message = propose_all(svc, project, "ann", lambda done, total: seen.append((done, total)))
-    assert message.startswith("Pre-labeled 2 of 2") and seen[-1] == (2, 2)
-    assert project_overview(svc, project).counts["proposed"] == 2
 
 
 def test_no_project_or_image_gives_a_clear_message(svc: Services) -> None:

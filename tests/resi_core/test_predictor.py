@@ -443,3 +443,19 @@ def test_demo_model_on_an_enlarged_photo_gives_the_same_segments_at_a_working_si
     for request in (SpacesRequest(tuple(demo_model.label_spaces)), AdHocRequest(("person", "dog", "car"))):
         segments = _compare_working_size(full, work, image, request, 1600 / 400)[0].segments
         assert len(segments) >= 3  # the photo has things to segment
+
+
+def test_class_set_request_puts_spaces_and_typed_names_in_one_request():
+    from resi_core.predictor import MixedRequest, class_set_request
+
+    trained = {"street": LabelSpace("street", (ClassDef("person"), ClassDef("car"))),
+               "portrait": LabelSpace("portrait", (ClassDef("face"),))}
+    synonyms = [("person", "pedestrian"), ("car", "auto")]  # "pedestrian" is in no chosen space: dropped
+    assert class_set_request(trained, ["street"], ["auto"], synonyms) == MixedRequest(
+        ("street",), ("auto",), (("car", "auto"),))
+    assert class_set_request(trained, ["street", "portrait"], [], synonyms) == SpacesRequest(("street", "portrait"))
+    assert class_set_request(trained, [], ["dog"], synonyms) == AdHocRequest(("dog",))
+    with pytest.raises(RequestError, match="The model has no label space 'drive'; it has street, portrait"):
+        class_set_request(trained, ["street", "drive"], [])
+    with pytest.raises(RequestError, match="The class set is empty"):
+        class_set_request(trained, [], [])

@@ -23,41 +23,23 @@ from resi_core.model import (
     read_meta,
     save_checkpoint,
 )
-from resi_core.text import get_text_encoder
 from storage import repo
-from storage.db import default_sqlite_url, make_engine, make_session_factory, upgrade
 from storage.errors import Correction, InvalidInput
 from storage.files import FileStore, path_sha256
 from storage.models import EventType, JobStatus
 from tests.resi_core.test_model_data import TINY_SPACES, write_tiny_coco
 from tests.storage.helpers import png_bytes, segment
+from tests.train.conftest import ROOT, project_database
 from train.finetune import AcceptedDataset, main
 from train.jobs import JobReporter
 
-ROOT = Path(__file__).resolve().parents[2]
 NEW = "closeup"
 H, W = 48, 64
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-    monkeypatch.delenv("RESI_DATABASE_URL", raising=False)
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    return get_text_encoder("minilm")
-
-
-@pytest.fixture(scope="module")
-def base(tmp_path_factory, encoder) -> Path:
-    """An untrained tiny RESI checkpoint with the label spaces street and portrait."""
-    config = RESIConfig.from_json(json.loads((ROOT / "configs" / "world_tiny.json").read_text())["model"])
-    spaces = [LabelSpace(name, tuple(ClassDef(c, t) for c, t in classes)) for name, classes in TINY_SPACES.items()]
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("base") / "base", build_model(config, spaces, encoder), {"tiny": 1})
+def _offline(offline):
+    """No network (tests/train/conftest.py); `encoder` and `base` (a tiny untrained checkpoint) come from there."""
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +143,8 @@ def test_finetune_records_the_domain_the_new_spaces_images_look_like(three, coco
     meta = read_meta(out)
     assert meta["space_domains"] == ({NEW: domain} if domain else {})
     figures = meta["training"]["finetune"]["domain"]
-    assert figures["domain"] == domain and figures["best"] == "street" and figures["images"] == 3
+    # the 2 images it trained on: of 3, one is held out
+    assert figures["domain"] == domain and figures["best"] == "street" and figures["images"] == 2
     assert figures["probability"] == pytest.approx(float(torch.tensor(bias).softmax(0)[0]), abs=1e-4)
     assert set(figures["mean_probs"]) == set(DOMAINS) and figures["min_probability"] == 0.5
     assert load_checkpoint(out).space_domains == meta["space_domains"]
@@ -200,10 +183,7 @@ def _label(session, store, project_id: int, seed: int, segments: list[dict], acc
 def project_db(tmp_path):
     """A data dir whose project Streets has accepted ad-hoc hydrants and signs (two overlapping)."""
     data_dir = tmp_path / "data"
-    engine = make_engine(default_sqlite_url(data_dir))
-    upgrade(engine)
-    sessions = make_session_factory(engine)
-    store = FileStore(data_dir / "images")
+    engine, sessions, store = project_database(data_dir)
     with sessions.begin() as s:
         project_id = repo.create_project(s, "Streets").id
         ids = [
@@ -242,29 +222,129 @@ def test_accepted_dataset_keeps_one_space_without_overlaps(project_db):
     assert sample.masks.sum(axis=(1, 2)).tolist() == [400, 400 - 100]  # the later sign lost the overlap
 
 
-def test_project_finetune_registers_under_its_base(base, project_db, tmp_path, capsys):
+def test_project_finetune_registers_under_its_base_with_holdout_figures(base, project_db, tmp_path, capsys):
     data_dir, sessions, project_id, ids = project_db
     out = tmp_path / "hydrants"
-    assert main(project_args(base, data_dir, out, "--register", "--activate")) == 0
+    assert main(project_args(base, data_dir, out)) == 0
     captured = capsys.readouterr()
-    assert "warning: in 1 of 2 images" in captured.err and "registered model version" in captured.out
+    assert "warning: in 1 of 2 images" in captured.err and "2 images: 1 to train on, 1 held out" in captured.out
     info = read_meta(out)["training"]["finetune"]
-    assert info["classes"] == ["hydrant", "sign"] and info["n_images"] == 2
+    assert info["classes"] == ["hydrant", "sign"] and info["n_images"] == 2 and info["n_train"] == 1
+    assert info["scope"] == "lsqe"
     assert info["source"] == {"kind": "project", "project": "Streets", "project_id": project_id,
-                              "from_space": "adhoc", "image_ids": ids[:2]}
+                              "from_space": "adhoc", "image_ids": ids[:2], "accepted_image_ids": ids[:3]}
+    holdout = info["holdout"]
+    assert len(holdout["image_ids"]) == 1 and holdout["image_ids"][0] in ids[:2]
+    for when in ("before", "after"):  # measured on the held-out image, in points
+        figures = holdout[when]
+        assert figures["images"] == 1 and set(figures) >= {"piq", "pq", "miou", "ap", "overlap_recall"}
+        assert figures["piq"] is None or 0 <= figures["piq"] <= 100
     with sessions() as s:
         base_version, tuned = repo.list_model_versions(s, project_id)
     assert base_version.checkpoint_sha256 == path_sha256(base) and base_version.parent_id is None
-    assert tuned.parent_id == base_version.id and tuned.is_active and not base_version.is_active
+    assert tuned.parent_id == base_version.id and not base_version.is_active
     assert tuned.checkpoint_sha256 == path_sha256(out) and tuned.checkpoint_path == str(out.resolve())
+    assert tuned.training["finetune"]["holdout"] == holdout  # the figures live with the model version
+    assert tuned.is_active is info["activation"]["active"]
     assert [s["name"] for s in tuned.label_spaces] == ["street", "portrait", "hydrants"]
 
-    # A second run finds the registered base by its hash and leaves the active model alone.
-    assert main(project_args(base, data_dir, tmp_path / "again", "--register")) == 0
+    # A second run finds the registered base by its hash.
+    assert main(project_args(base, data_dir, tmp_path / "again")) == 0
     with sessions() as s:
         versions = repo.list_model_versions(s, project_id)
     assert len(versions) == 3 and versions[2].parent_id == base_version.id
-    assert [v.is_active for v in versions] == [False, True, False]
+
+
+def test_continue_refits_a_trained_space_from_corrections_in_its_own_class_order(base, project_db, tmp_path,
+                                                                                capsys):
+    data_dir, sessions, project_id, ids = project_db
+    out = tmp_path / "street"
+    # the accepted street segments are a person and a car: sorted they would be car, person
+    assert main(project_args(base, data_dir, out, "--space", "street", "--from-space", "street", "--continue")) == 0
+    info = read_meta(out)["training"]["finetune"]
+    assert info["classes"] == ["person", "car", "road"] and info["continued"] and info["n_images"] == 2
+    with sessions.begin() as s:
+        store = FileStore(data_dir / "images")
+        _label(s, store, project_id, 8, [segment("t", H, W, (0, 0, 9, 9), "tram", "street")])
+    assert main(project_args(base, data_dir, tmp_path / "tram", "--space", "street", "--from-space", "street",
+                             "--continue")) == 2
+    assert "the accepted segments have classes ['tram'] that label space 'street' lacks" in capsys.readouterr().err
+
+
+def fake_holdout(monkeypatch, *piqs):
+    """evaluate_holdout returns these PIQs in turn (before, after, ...), so the rule sees known figures."""
+    calls = iter(piqs)
+
+    def fake(model, images, spaces, synonyms=(), device="cpu", on_image=None):
+        return {"images": len(images), "piq": next(calls), "pq": None, "miou": None, "ap": None,
+                "overlap_recall": None, "per_space_piq": {}, "per_class_piq": {}}
+
+    monkeypatch.setattr("train.finetune.evaluate_holdout", fake)
+
+
+@pytest.mark.parametrize(("before", "after", "force", "active", "says"), [
+    (30.0, 20.0, False, False, "NOT made active: held-out PIQ 30.0 -> 20.0 dropped; the active model stays version"),
+    (30.0, 20.0, True, True, "now ACTIVE: held-out PIQ 30.0 -> 20.0 dropped; made active because of --force"),
+    (20.0, 20.0, False, True, "now ACTIVE: held-out PIQ 20.0 -> 20.0 did not drop"),
+    (None, None, False, False, "NOT made active: held-out PIQ was not measured"),
+])
+def test_new_version_is_active_only_if_holdout_piq_did_not_drop(base, project_db, tmp_path, capsys, monkeypatch,
+                                                                before, after, force, active, says):
+    data_dir, sessions, project_id, _ = project_db
+    with sessions.begin() as s:  # the app registered and activated its checkpoint on the first proposal
+        in_use = repo.register_model_version(s, project_id, "demo", str(base), path_sha256(base), [], {},
+                                             active=True).id
+    fake_holdout(monkeypatch, before, after)
+    out = tmp_path / "hydrants"
+    assert main(project_args(base, data_dir, out, *(["--force"] if force else []))) == 0
+    printed = capsys.readouterr().out
+    assert says in printed, printed
+    with sessions() as s:
+        tuned = repo.list_model_versions(s, project_id)[-1]
+        assert tuned.is_active is active and tuned.checkpoint_path == str(out.resolve())
+        assert repo.active_model_version(s, project_id).id == (tuned.id if active else in_use)
+    assert tuned.training["finetune"]["activation"]["active"] is active
+    if not active:
+        assert f"the active model stays version {in_use}" in printed
+
+
+def test_when_new_does_nothing_until_enough_images_were_accepted_since_the_last_version(
+        base, project_db, tmp_path, capsys, monkeypatch):
+    data_dir, sessions, project_id, ids = project_db
+    models = data_dir / "models"
+    assert main(["--project", "Streets", "--data-dir", str(data_dir), "--when-new", "4"]) == 0
+    assert capsys.readouterr().out == ("Nothing to do: 3 image(s) accepted (no fine-tuned version yet) in project "
+                                       "'Streets'; fine-tuning starts at 4.\n")
+    with sessions() as s:
+        assert repo.list_model_versions(s, project_id) == []
+    assert not models.exists()  # a no-op writes nothing
+
+    fake_holdout(monkeypatch, 10.0, 12.0, 12.0, 15.0)  # both runs improve: each becomes active
+    assert main(project_args(base, data_dir, tmp_path / "first")) == 0
+    with sessions() as s:
+        first = repo.active_model_version(s, project_id)
+    assert first.checkpoint_path == str((tmp_path / "first").resolve())
+    with sessions.begin() as s:  # one more accepted image, and the image that was in review is accepted
+        store = FileStore(data_dir / "images")
+        _label(s, store, project_id, 7, [segment("h", H, W, (20, 20, 40, 40), "sign", "adhoc")])
+        repo.accept(s, ids[3], repo.get_image(s, ids[3]).version, "ann")
+    capsys.readouterr()
+    assert main(["--project", "Streets", "--data-dir", str(data_dir), "--when-new", "3"]) == 0
+    assert capsys.readouterr().out.startswith(f"Nothing to do: 2 image(s) accepted since model version {first.id} ")
+
+    # Enough: no --space, --checkpoint or --out: the last version's space, refitted on the active model.
+    argv = ["--project", "Streets", "--data-dir", str(data_dir), "--when-new", "2", "--iterations", "1",
+            "--batch-size", "1", "--threads", "1", "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"2 image(s) accepted since model version {first.id}: fine-tuning." in printed
+    (out,) = models.iterdir()
+    assert out.name.startswith("hydrants-")
+    info = read_meta(out)["training"]["finetune"]
+    assert info["continued"] is True and info["base_checkpoint"] == first.checkpoint_path
+    assert info["n_images"] == 4 and info["source"]["from_space"] == "adhoc"
+    with sessions() as s:
+        assert repo.active_model_version(s, project_id).checkpoint_path == str(out)
 
 
 def test_project_errors_are_one_line(base, project_db, tmp_path, capsys):
@@ -327,10 +407,77 @@ def test_user_errors_are_one_line_and_exit_2(base, coco, tmp_path, capsys, chang
     assert not (out / "meta.json").exists()
 
 
-def test_bad_flag_combinations_are_usage_errors(base, coco, tmp_path, capsys):
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--force"], "--force needs --project"),
+    (["--when-new", "5"], "--when-new needs --project"),
+    (["--from-space", "street"], "--from-space needs --project"),
+    (["--holdout", "1"], "--holdout must be at least 0 and below 1"),
+    (["--lr-shared", "0"], "--lr and --lr-shared positive"),
+    (["--scope", "backbone"], "invalid choice: 'backbone'"),
+])
+def test_bad_flag_combinations_are_usage_errors(base, coco, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_info:
-        main(coco_args(base, coco, tmp_path / "out", "--register"))
-    assert exit_info.value.code == 2 and "--register needs --project" in capsys.readouterr().err
+        main(coco_args(base, coco, tmp_path / "out", *extra))
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_coco_source_needs_checkpoint_space_and_out(base, coco, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--instances", str(coco / "instances.json"), "--images", str(coco / "images")])
+    assert exit_info.value.code == 2 and "--instances needs --checkpoint, --space, --out" in capsys.readouterr().err
+
+
+def test_project_without_a_model_or_a_space_to_continue_is_one_line(base, project_db, tmp_path, capsys):
+    data_dir, *_ = project_db
+    assert main(["--project", "Streets", "--data-dir", str(data_dir), "--space", "hydrants"]) == 2
+    assert capsys.readouterr().err == ("error: Project 'Streets' has no active model yet: pass --checkpoint "
+                                       "(e.g. checkpoints/demo).\n")
+    assert main(["--project", "Streets", "--data-dir", str(data_dir), "--checkpoint", str(base)]) == 2
+    assert "has no fine-tuned version to continue: name the label space to learn with --space" in (
+        capsys.readouterr().err)
+    assert not (data_dir / "models").exists()
+
+
+# ----- scopes --------------------------------------------------------------------------------------
+
+
+def _changed(before: dict, after: dict) -> set[str]:
+    return {key for key in before if not torch.equal(before[key], after[key])}
+
+
+@pytest.mark.parametrize("scope", ["decoder", "all"])
+def test_scopes_train_what_they_say(base, coco, tmp_path, scope):
+    out = tmp_path / scope
+    assert main(coco_args(base, coco, out, "--scope", scope, "--iterations", "3", "--lr-shared", "0.01")) == 0
+    before, after = load_file(base / "model.safetensors"), load_file(out / "model.safetensors")
+    changed = _changed(before, after)
+    backbone = {k for k in changed if k.startswith("mask2former.pixel_level_module.")}
+    decoder = {k for k in changed if k.startswith("mask2former.transformer_module.")}
+    classifier = {k for k in changed if k.split(".")[0] in ("class_proj", "no_object_embedding", "logit_scale")}
+    assert decoder and classifier  # both scopes train the shared decoder and classifier
+    assert bool(backbone) is (scope == "all")  # only `all` touches the backbone and pixel decoder
+    assert not {k for k in changed if k.startswith("query_sets.")}  # the trained spaces' query sets never
+    assert changed == backbone | decoder | classifier
+    assert set(after) - set(before) == {"query_sets.2", "class_embeddings_2"}  # the new space's
+    assert read_meta(out)["training"]["finetune"]["scope"] == scope
+
+
+def test_feature_cache_holds_each_image_and_its_mirror(base, coco):
+    from train.tuning import FeatureCache
+
+    model = load_checkpoint(base).eval()
+    dataset = CocoDataset(NEW, coco / "images", coco / "instances.json")
+    cache = FeatureCache(model, dataset, 64, torch.device("cpu"))
+    assert len(cache) == 2 * len(dataset)
+    fitted = collate([augment(dataset[0], 64, np.random.default_rng(0), scale_range=(1.0, 1.0), flip=False)], 64)
+    with torch.no_grad():
+        direct = model.encode(fitted.pixel_values)
+    # the cached features are the encoder's output for the fitted image (same op, same input: float-equal)
+    assert torch.allclose(cache.views[0].mask_features, direct.mask_features[0], atol=1e-5)
+    plain, mirror = cache.views[0].target.masks, cache.views[1].target.masks  # [N, 64, 64]; the image fills W
+    assert plain.sum() > 0 and torch.equal(mirror, plain.flip(-1))
+    features, targets = cache.batch(np.random.default_rng(0), 3)
+    assert features.mask_features.shape[0] == 3 and len(targets) == 3
 
 
 # ----- --job-id: status and progress in the jobs table -------------------------------------------
@@ -352,25 +499,33 @@ def test_job_id_marks_running_reports_progress_and_ends_done(base, project_db, t
     seen = []
     report = JobReporter.progress
 
-    def spy(self, fraction, message):  # what the app would read while the job trains
+    def spy(self, fraction, message, force=False):  # what the app would read while the job trains
         job = _job(sessions, job_id)
         seen.append((round(fraction, 3), message.split(",")[0], job.status, job.pid))
-        report(self, fraction, message)
+        report(self, fraction, message, force)
 
     monkeypatch.setattr(JobReporter, "progress", spy)
     out = tmp_path / "hydrants"
-    args = project_args(base, data_dir, out, "--register", "--activate", "--job-id", str(job_id), "--iterations", "3")
+    fake_holdout(monkeypatch, 10.0, 20.0)
+    args = project_args(base, data_dir, out, "--job-id", str(job_id), "--iterations", "3")
     assert main(args) == 0
-    assert seen == [(0.333, "iteration 1/3", JobStatus.RUNNING, os.getpid()),
-                    (0.667, "iteration 2/3", JobStatus.RUNNING, os.getpid()),
-                    (1.0, "iteration 3/3", JobStatus.RUNNING, os.getpid())]
+    running = (JobStatus.RUNNING, os.getpid())
+    assert seen == [(0.0, "measuring the held-out images (before)", *running),
+                    (0.0, "computing the backbone and pixel-decoder features of the training images", *running),
+                    (0.333, "iteration 1/3", *running),
+                    (0.667, "iteration 2/3", *running),
+                    (1.0, "iteration 3/3", *running),
+                    (1.0, "measuring the held-out images (after)", *running)]
     job = _job(sessions, job_id)
     with sessions() as s:
         active = repo.active_model_version(s, project_id)
     assert job.status is JobStatus.DONE and job.progress == 1.0 and job.finished_at is not None
     assert job.result["checkpoint"] == str(out.resolve()) and job.result["model_version_id"] == active.id
     assert job.result["space"] == "hydrants" and job.result["classes"] == ["hydrant", "sign"]
-    assert job.message.startswith(f"Label space 'hydrants' (2 classes) learned: model version {active.id}, now active")
+    assert job.message.startswith(f"Label space 'hydrants' (2 classes, scope lsqe) learned: model version {active.id} "
+                                  "(parent ")
+    assert "is now ACTIVE: held-out PIQ 10.0 -> 20.0 did not drop." in job.message
+    assert job.result["before"]["piq"] == 10.0 and job.result["after"]["piq"] == 20.0 and job.result["active"]
     assert job.message.endswith("Domain: the base checkpoint has no domain head; never held back.")
     assert job.result["domain"] is None
 
@@ -383,7 +538,7 @@ def test_job_message_says_the_domain_of_the_accepted_images(three, project_db, t
     job = _job(sessions, job_id)
     assert job.status is JobStatus.DONE and job.result["domain"] == "drive"
     assert job.message.endswith("Domain: looks like drive's images (1.00); held back on other domains' images.")
-    assert read_meta(tmp_path / "hydrants")["training"]["finetune"]["domain"]["images"] == 2
+    assert read_meta(tmp_path / "hydrants")["training"]["finetune"]["domain"]["images"] == 1  # 1 of 2 held out
 
 
 def test_progress_is_written_at_most_about_once_a_second(project_db):
