@@ -148,6 +148,7 @@ class Predictor:
         self.topk = topk
         self.cache_size = cache_size
         self.max_size = max_size if max_size is not None else int(model.config.max_size)
+        self.upscale = bool(getattr(model.config, "upscale", False))  # as the model was trained (RESIConfig)
         self.size_divisor = size_divisor
         self.out_of_domain_threshold = out_of_domain_threshold
         self._cache: OrderedDict[str, tuple[Any, ResizeInfo]] = OrderedDict()
@@ -156,6 +157,11 @@ class Predictor:
     @property
     def label_spaces(self) -> dict[str, LabelSpace]:
         return dict(self.model.label_spaces)
+
+    def mixed_space(self, request: Request) -> MixedLabelSpace:
+        """The mixed label space `request` classifies over (its class order is the segments' class order);
+        raises RequestError for a bad request, as `predict` would."""
+        return self._resolve(request)[1]
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -322,7 +328,7 @@ class Predictor:
                 self._cache.move_to_end(cache_key)
                 features, info = self._cache[cache_key]
                 return features, info, True
-        resized, info = resize_for_model(rgb, self.max_size, self.size_divisor)
+        resized, info = resize_for_model(rgb, self.max_size, self.size_divisor, self.upscale)
         pixel_values = to_pixel_values(resized, info.padded_hw).to(self.device)  # [1, 3, Hp, Wp]
         features = self.model.encode(pixel_values)
         with self._lock:

@@ -8,6 +8,7 @@ import sys
 # command -> (module, one-line help). Modules are imported only when their command runs.
 COMMANDS: dict[str, tuple[str, str]] = {
     "world": ("train.world_cli", "write a source dataset or mixed benchmark of the generated world"),
+    "predict": ("train.predict", "propose segments for a folder of images with a checkpoint; write COCO results"),
     "evaluate": ("train.evaluate", "score COCO-format predictions: PIQ, mIoU, PQ per label space, AP"),
     "pretrain": ("train.pretrain", "train a RESI model on several COCO-format datasets"),
     "bench": ("train.bench", "train and compare RESI against the baselines on M1-M4"),

@@ -169,13 +169,14 @@ class RESIModel(nn.Module):
 
     # ----- forward passes ------------------------------------------------------------------------------
     def preprocess(self, image_uint8_hwc: np.ndarray) -> tuple[Tensor]:
-        """RGB uint8 HWC -> ([1, 3, Hp, Wp],): long side scaled to at most max_size, normalized, and
-        zero-padded bottom/right to a multiple of 32, exactly as the Predictor prepares images."""
+        """RGB uint8 HWC -> ([1, 3, Hp, Wp],): long side scaled to at most max_size (to max_size with
+        `config.upscale`), normalized, and zero-padded bottom/right to a multiple of 32, exactly as the
+        Predictor prepares images."""
         from resi_core.image_io import resize_for_model, to_pixel_values
 
         if image_uint8_hwc.ndim != 3 or image_uint8_hwc.shape[2] != 3 or image_uint8_hwc.dtype != np.uint8:
             raise ValueError(f"Expected an RGB uint8 HxWx3 image, got {image_uint8_hwc.shape} {image_uint8_hwc.dtype}.")
-        resized, info = resize_for_model(image_uint8_hwc, self.config.max_size, 32)
+        resized, info = resize_for_model(image_uint8_hwc, self.config.max_size, 32, self.config.upscale)
         device = next(self.parameters()).device
         return (to_pixel_values(resized, info.padded_hw).to(device),)
 
