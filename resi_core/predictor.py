@@ -31,10 +31,17 @@ from resi_core.postprocess import (
     esf_fuse,
     instance_list,
     omi_panoptic,
+    rescore,
     semantic_inference,
     semantic_union,
 )
 from resi_core.segment import Segment, Source, segment_id
+
+# What the app and the CLI say about an image that the familiarity check flags (Prediction.notice).
+UNFAMILIAR_NOTICE = (
+    "This photo looks unlike anything the model was trained on; its proposals are hidden below the score "
+    "threshold, because they are likely to be wrong. Lower the threshold to see them, or draw from scratch."
+)
 
 
 class RequestError(ValueError):
@@ -91,6 +98,12 @@ class Prediction:
     # `predict(..., with_semantic=True)`: one segment per class, the union of every pass's semantic map
     # (Mask2Former's semantic inference per pass; what mIoU is scored on). Empty otherwise.
     semantic: list[Segment] = dataclasses.field(default_factory=list)
+    # Familiarity (docs/MODEL.md): how far the image's pooled features lie from the world's images (None
+    # when the model has no familiarity statistics), whether that is beyond the fitted threshold, and
+    # then a plain-words notice for the user (UNFAMILIAR_NOTICE; "" otherwise).
+    familiarity_distance: float | None = None
+    unfamiliar: bool = False
+    notice: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -199,6 +212,9 @@ class Predictor:
 
         tick = time.perf_counter()
         domain_probs, thresholds, held = self._pass_thresholds(features, info, passes)
+        distance = self._familiarity_distance(features, info)
+        unfamiliar = distance is not None and distance > self.model.familiarity.threshold
+        temperature = float(getattr(self.model, "score_temperature", 1.0))
         extent = info.valid_extent(tuple(mask_logits.shape[-2:]))
         per_pass: list[list[Segment]] = []
         instances: list[Segment] = []
@@ -219,6 +235,8 @@ class Predictor:
                 thresholds[i],
                 self.overlap_threshold,
             )
+            if temperature != 1.0:  # calibrated scores (temperature scaling); the segments stay the same
+                raw = rescore(raw, (logits.float() / temperature).softmax(-1))
             per_pass.append(self._name(raw, p, mixed, key, "segment"))
             if with_instances:
                 raw = instance_list(mask_logits[i], probs, info.original_hw, extent, self.topk, isthing)
@@ -234,8 +252,16 @@ class Predictor:
         timings["postprocess"] = time.perf_counter() - tick
         timings["total"] = time.perf_counter() - start
         return Prediction(
-            segments, instances, timings, mixed, key, cache_hit, domain_probs, held, semantic_union(semantic, mixed)
+            segments, instances, timings, mixed, key, cache_hit, domain_probs, held, semantic_union(semantic, mixed),
+            distance, unfamiliar, UNFAMILIAR_NOTICE if unfamiliar else "",
         )
+
+    def _familiarity_distance(self, features: Any, info: ResizeInfo) -> float | None:
+        """The image's familiarity distance (`RESIModel.familiarity_distance`), None without statistics."""
+        if getattr(self.model, "familiarity", None) is None:
+            return None
+        pooled = self.model.pooled_features(features, info.valid_fraction)  # [1, F]
+        return float(self.model.familiarity_distance(pooled)[0])
 
     def _pass_thresholds(
         self, features: Any, info: ResizeInfo, passes: Sequence[_Pass]

@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("train.pretrain", "train a RESI model on several COCO-format datasets"),
     "bench": ("train.bench", "train and compare RESI against the baselines on M1-M4"),
     "domain-head": ("train.domain", "fit a checkpoint's domain head (domain-aware OMI) on its training datasets"),
+    "calibrate": ("train.calibrate", "fit a checkpoint's score temperature and familiarity check on world images"),
     "finetune": ("train.finetune", "fit the LSQE of a new label space (COCO file or accepted annotations)"),
     "db": ("storage.cli", "database: upgrade, backup, restore, check; projects; export a project as COCO"),
 }

@@ -5,7 +5,8 @@ Config JSON (see configs/world_demo.json):
   data_root, out, model (RESIConfig fields), method (resi | text_m2f | merged_m2f | resi_linear),
   iterations, batch_size, lr, weight_decay, warmup, grad_clip, seed, device (auto|cpu|cuda),
   amp (bf16 autocast on CUDA), checkpoint_every, text_cache, threads, scale_range (random rescale,
-  default [0.75, 1.5]), erase_prob (random erasing, 0), query_lr_scale (learning-rate multiplier of
+  default [0.75, 1.5]), crop_size (side of the random training crop, default max_size), erase_prob
+  (random erasing, 0), query_lr_scale (learning-rate multiplier of
   the content query sets, 1), domain_head_images (per dataset for the domain head, 1000; 0 = none),
   init_from (a checkpoint folder whose weights start the run instead of random ones; see `warm_start`).
 Checkpoints go to OUT/step_NNNNNNN (model.safetensors, meta.json, trainer.pt); OUT/latest names the
@@ -83,6 +84,9 @@ class TrainConfig:
     threads: int | None = None
     # Random scale of each training image (1 = its long side fits max_size), then a random crop.
     scale_range: tuple[float, float] = (0.75, 1.5)
+    # Side of that crop in px (a multiple of 32, at most max_size); None = max_size. A smaller crop trains at
+    # the inference scale for a fraction of the compute (the demo: 128 px crops of images scaled to 256).
+    crop_size: int | None = None
     # Probability of random erasing per training image (resi_core.data.erase); 0 = off.
     erase_prob: float = 0.0
     # Learning-rate multiplier for the content query sets (LSQEs, or the baselines' one shared set). They
@@ -102,6 +106,9 @@ class TrainConfig:
         if not values["datasets"]:
             raise ValueError("The config lists no datasets.")
         values["model"] = RESIConfig.from_json(data.get("model", {}))
+        if values.get("crop_size") is not None and values["crop_size"] > values["model"].max_size:
+            raise ValueError(f"crop_size {values['crop_size']} is larger than the model's max_size "
+                             f"{values['model'].max_size}.")
         if "scale_range" in values:
             scale = values["scale_range"]
             if (not isinstance(scale, list | tuple) or len(scale) != 2
@@ -109,6 +116,9 @@ class TrainConfig:
                     or not 0 < scale[0] <= scale[1]):
                 raise ValueError(f"scale_range must be two numbers 0 < low <= high, got {scale!r}.")
             values["scale_range"] = (float(scale[0]), float(scale[1]))
+        crop = values.get("crop_size")
+        if crop is not None and (not isinstance(crop, int) or isinstance(crop, bool) or crop < 32 or crop % 32):
+            raise ValueError(f"crop_size must be a multiple of 32 (at least 32), got {crop!r}.")
         erase = values.get("erase_prob", 0.0)
         if not isinstance(erase, int | float) or isinstance(erase, bool) or not 0 <= erase <= 1:
             raise ValueError(f"erase_prob must be a number between 0 and 1, got {erase!r}.")
@@ -310,7 +320,7 @@ def train(config: TrainConfig, resume: bool, progress: bool, bar_position: int =
     root = Path(config.data_root)
     datasets = [CocoDataset(d.name, root / d.images, root / d.instances) for d in config.datasets]
     sampler = MixedSampler(datasets, size=config.model.max_size, seed=config.seed + 1000 * rank,
-                           scale_range=config.scale_range, erase_prob=config.erase_prob)
+                           scale_range=config.scale_range, erase_prob=config.erase_prob, crop=config.crop_size)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
 
