@@ -84,7 +84,7 @@ class ModelProvider:
     """
 
     def __init__(self, checkpoint: Path, text_encoder: str, device: str, cache_dir: Path, capacity: int = 2,
-                 out_of_domain_threshold: float | None = 0.98):
+                 out_of_domain_threshold: float | None = None):
         self.checkpoint = checkpoint
         self.text_encoder_spec = text_encoder
         self.device = device

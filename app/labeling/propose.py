@@ -74,7 +74,7 @@ def domain_note(domain_probs: dict[str, float], held: Sequence[str], threshold: 
         looks = (f"Of the chosen label spaces, this image looks most like {domain!r} training data{via} "
                  f"(p = {domain_probs[domain]:.2f}), so ")
     return (f"{looks}proposals of {', '.join(map(repr, held))} needed a score of at least {threshold:.2f} "
-            "(domain-aware proposals; start the app with --no-domain-aware to show them all).")
+            "(domain-aware proposals; start the app without --domain-aware to show them all).")
 
 
 def propose(svc: Services, state: UserState, user: str) -> EditResult:

@@ -255,7 +255,7 @@ def test_domain_note_names_the_held_spaces_and_the_way_out() -> None:
     note = domain_note(probs, ("street",), 0.98, asked)
     # Named: the asked set that kept the normal threshold, not the likeliest domain overall (drive).
     assert "most like 'portrait' training data (p = 0.07)" in note and "proposals of 'street'" in note
-    assert "0.98" in note and "--no-domain-aware" in note and "drive" not in note
+    assert "0.98" in note and "without --domain-aware" in note and "drive" not in note
     assert domain_note(probs, (), 0.98, asked) == "" and domain_note({}, ("street",), 0.98, asked) == ""
     assert domain_note(probs, ("street",), None, asked) == ""
     # A fine-tuned space kept by the domain it inherited is named with that domain.
