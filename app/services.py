@@ -61,6 +61,12 @@ class Proposal(Protocol):
     @property
     def out_of_domain(self) -> tuple[str, ...]: ...
 
+    @property
+    def unfamiliar(self) -> bool: ...
+
+    @property
+    def notice(self) -> str: ...
+
 
 class Proposer(Protocol):
     """What the app asks of a predictor: `resi_core.predictor.Predictor`, and the tests' fake."""

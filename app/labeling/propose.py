@@ -111,6 +111,8 @@ def propose(svc: Services, state: UserState, user: str) -> EditResult:
         return conflict(state, exc)
     new_state, view = load_image(svc, state)
     message = f"Proposed {len(segments)} segment(s) in {elapsed_ms:.0f} ms."
+    if prediction.unfamiliar:  # the model's familiarity check: say so before anything else
+        message = f"{prediction.notice} {message}"
     if was_accepted:
         message += " The image was accepted; it is back in review (Undo restores its segments; accept it again when done)."
     return EditResult(new_state, view, f"{message} {note}" if note else message)

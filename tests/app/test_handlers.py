@@ -134,6 +134,20 @@ def test_propose_shows_overlapping_segments_of_each_space(svc: Services, project
     assert result.state.version == view.version
 
 
+def test_propose_on_an_unfamiliar_photo_says_so_first(svc: Services, project: UserState, monkeypatch) -> None:
+    from dataclasses import replace as replace_prediction
+
+    from resi_core.predictor import UNFAMILIAR_NOTICE
+    from tests.app.conftest import FakePredictor
+
+    real = FakePredictor.predict
+    monkeypatch.setattr(FakePredictor, "predict", lambda self, *a, **k: replace_prediction(
+        real(self, *a, **k), unfamiliar=True, notice=UNFAMILIAR_NOTICE))
+    result = propose(svc, project, "ann")
+    assert result.ok and result.message.startswith("This photo looks unlike anything the model was trained on")
+    assert len(result.view.segments) == 4  # kept: the user can still look at them
+
+
 def test_re_propose_with_other_class_set_is_one_undoable_edit(svc: Services, project: UserState) -> None:
     state = propose(svc, project, "ann").state
     save_class_set(svc, state, [], "cat, dog", [])
