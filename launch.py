@@ -63,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how long an opened or edited image stays reserved for its user: Accept & next and "
                         f"Skip send other users to other images meanwhile (default {DEFAULT_CLAIM_MINUTES:g})")
     parser.add_argument("--device", default="auto", help="torch device for the model (default: cuda if present)")
-    parser.add_argument("--no-domain-aware", action="store_true",
-                        help="propose with every chosen label space at the normal score threshold, even on images that "
-                        "look like another space's data (default: such spaces need a score of 0.98)")
+    parser.add_argument("--domain-aware", action="store_true",
+                        help="on an image that looks like another label space's training data, a chosen space's "
+                        "proposals need a score of 0.98 (default: off; it removes the masks of the space whose "
+                        "data the image is not like, so person and face are not both proposed)")
     return parser
 
 
@@ -90,7 +91,7 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
         max_upload_mb=args.max_upload_mb,
         device=args.device,
         claim_minutes=args.claim_minutes,
-        out_of_domain_threshold=None if args.no_domain_aware else 0.98,
+        out_of_domain_threshold=0.98 if args.domain_aware else None,
     )
     check_config(config)
     return config

@@ -37,8 +37,8 @@ class AppConfig:
     # torch device for the predictor: "auto" picks CUDA when present.
     device: str = "auto"
     # Domain-aware OMI: query sets of a domain other than the image's likeliest need this score
-    # (docs/MODEL.md); None shows every set's proposals at the normal threshold.
-    out_of_domain_threshold: float | None = 0.98
+    # (docs/MODEL.md); None (the default) shows every set's proposals at the normal threshold.
+    out_of_domain_threshold: float | None = None
     # How long an image stays "being labeled" by the user who last opened or edited it (image claims:
     # Accept & next and Skip send other users elsewhere meanwhile).
     claim_minutes: float = DEFAULT_CLAIM_MINUTES

@@ -62,6 +62,12 @@ class Proposal(Protocol):
     @property
     def out_of_domain(self) -> tuple[str, ...]: ...
 
+    @property
+    def unfamiliar(self) -> bool: ...
+
+    @property
+    def notice(self) -> str: ...
+
 
 class Proposer(Protocol):
     """What the app asks of a predictor: `resi_core.predictor.Predictor`, and the tests' fake."""
@@ -85,7 +91,7 @@ class ModelProvider:
     """
 
     def __init__(self, checkpoint: Path, text_encoder: str, device: str, cache_dir: Path, capacity: int = 2,
-                 out_of_domain_threshold: float | None = 0.98):
+                 out_of_domain_threshold: float | None = None):
         self.checkpoint = checkpoint
         self.text_encoder_spec = text_encoder
         self.device = device

@@ -28,6 +28,9 @@ EXIF_ORIENTATION_TAG = 0x0112
 
 ImageLike = np.ndarray | Image.Image
 
+# File name suffixes a folder of images or an upload is read by (Pillow reads them all).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
 
 class ImageError(ValueError):
     """An image a user gave that cannot be used (empty, wrong shape, corrupt, too large)."""

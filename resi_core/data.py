@@ -117,9 +117,12 @@ def augment(
     scale_range: tuple[float, float] = (0.75, 1.5),
     flip: bool = True,
     erase_prob: float = 0.0,
+    crop: int | None = None,
 ) -> TrainSample:
-    """Random scale (around fitting the long side to `size`), random crop to at most size x size, h-flip,
-    and with probability `erase_prob` random erasing (`erase`)."""
+    """Random scale (around fitting the long side to `size`), random crop to at most crop x crop (default
+    size x size), h-flip, and with probability `erase_prob` random erasing (`erase`). A crop smaller than
+    `size` shows objects at the scale the model sees at inference for a fraction of the pixels."""
+    crop = size if crop is None else crop
     height, width = sample.image.shape[:2]
     scale = size / max(height, width) * rng.uniform(*scale_range)
     new_h, new_w = max(1, round(height * scale)), max(1, round(width * scale))
@@ -127,10 +130,10 @@ def augment(
     masks = np.stack(
         [np.asarray(Image.fromarray(m).resize((new_w, new_h), Image.Resampling.NEAREST)) for m in sample.masks]
     ) if len(sample.masks) else np.zeros((0, new_h, new_w), dtype=bool)
-    top = int(rng.integers(0, max(new_h - size, 0) + 1))
-    left = int(rng.integers(0, max(new_w - size, 0) + 1))
-    image = image[top : top + size, left : left + size]
-    masks = masks[:, top : top + size, left : left + size]
+    top = int(rng.integers(0, max(new_h - crop, 0) + 1))
+    left = int(rng.integers(0, max(new_w - crop, 0) + 1))
+    image = image[top : top + crop, left : left + crop]
+    masks = masks[:, top : top + crop, left : left + crop]
     if flip and rng.random() < 0.5:
         image, masks = image[:, ::-1], masks[:, :, ::-1]
     if erase_prob > 0 and rng.random() < erase_prob:
@@ -182,12 +185,13 @@ class MixedSampler:
     """Endless batches mixing datasets: each sample picks a dataset uniformly, then an image."""
 
     def __init__(self, datasets: Sequence[CocoDataset], size: int, seed: int, augment_data: bool = True,
-                 scale_range: tuple[float, float] = (0.75, 1.5), erase_prob: float = 0.0):
+                 scale_range: tuple[float, float] = (0.75, 1.5), erase_prob: float = 0.0, crop: int | None = None):
         names = [d.name for d in datasets]
         if not datasets or len(set(names)) != len(names):
             raise DatasetError(f"Give one dataset per label space, each once: {names}.")
         self.datasets = list(datasets)
         self.size = size
+        self.crop = size if crop is None else crop  # batches are crop x crop
         self.augment_data = augment_data
         self.scale_range = scale_range
         self.erase_prob = erase_prob
@@ -201,11 +205,12 @@ class MixedSampler:
         dataset = self.datasets[int(self.rng.integers(len(self.datasets)))]
         sample = dataset[int(self.rng.integers(len(dataset)))]
         if self.augment_data:
-            return augment(sample, self.size, self.rng, scale_range=self.scale_range, erase_prob=self.erase_prob)
-        return augment(sample, self.size, self.rng, scale_range=(1.0, 1.0), flip=False)
+            return augment(sample, self.size, self.rng, scale_range=self.scale_range, erase_prob=self.erase_prob,
+                           crop=self.crop)
+        return augment(sample, self.size, self.rng, scale_range=(1.0, 1.0), flip=False, crop=self.crop)
 
     def batch(self, batch_size: int) -> Batch:
-        return collate([self.sample() for _ in range(batch_size)], self.size)
+        return collate([self.sample() for _ in range(batch_size)], self.crop)
 
 
 def class_names_match(a: LabelSpace, b: LabelSpace) -> bool:

@@ -32,7 +32,7 @@ class ResizeInfo:
 
     @property
     def scale(self) -> float:
-        """resized / original length (≤ 1)."""
+        """resized / original length (≤ 1 unless upscaled)."""
         return self.resized_hw[0] / self.original_hw[0]
 
     @property
@@ -49,9 +49,10 @@ class ResizeInfo:
 
 
 def resize_for_model(
-    image: np.ndarray, max_size: int, size_divisor: int = 32
+    image: np.ndarray, max_size: int, size_divisor: int = 32, upscale: bool = False
 ) -> tuple[np.ndarray, ResizeInfo]:
-    """Scale RGB uint8 HWC so its long side is at most `max_size` (antialiased, never upscaled).
+    """Scale RGB uint8 HWC so its long side is at most `max_size` (antialiased); with `upscale`, a
+    smaller image is scaled up so its long side is `max_size`, as training scales every image.
 
     Returns the resized (unpadded) HWC uint8 image and the ResizeInfo; `to_pixel_values`
     pads it to `info.padded_hw`.
@@ -59,7 +60,7 @@ def resize_for_model(
     if max_size < 1 or size_divisor < 1:
         raise ValueError("max_size and size_divisor must be positive.")
     h, w = image.shape[:2]
-    scale = min(1.0, max_size / max(h, w))
+    scale = max_size / max(h, w) if upscale else min(1.0, max_size / max(h, w))
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
     if (new_h, new_w) != (h, w):
         image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BILINEAR))

@@ -178,6 +178,12 @@ def omi_panoptic(
     )
 
 
+def rescore(segments: Sequence[RawSegment], class_probs: torch.Tensor) -> list[RawSegment]:
+    """The same segments scored by other class probabilities [Q, K + 1] (calibrated ones): each takes the
+    best probability of its class among its queries. Which segments exist, and their masks, are unchanged."""
+    return [dataclasses.replace(s, score=max(float(class_probs[q, s.label]) for q in s.queries)) for s in segments]
+
+
 def standard_panoptic_union(
     mask_logits: torch.Tensor,
     class_probs: torch.Tensor,

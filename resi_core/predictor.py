@@ -25,6 +25,7 @@ from resi_core.postprocess import (
     esf_fuse,
     instance_list,
     omi_panoptic,
+    rescore,
     semantic_inference,
     semantic_union,
     upscale_segments,
@@ -35,6 +36,12 @@ from resi_core.segment import Segment, Source, segment_id
 # Post-processing's working resolution (long side): more than 5x the mask grid of a model run at 1,024
 # pixels, so upsampling its result moves a boundary by under a pixel of that grid.
 POSTPROCESS_MAX_SIDE = 1536
+
+# What the app and the CLI say about an image that the familiarity check flags (Prediction.notice).
+UNFAMILIAR_NOTICE = (
+    "This photo looks unlike anything the model was trained on; its proposals are hidden below the score "
+    "threshold, because they are likely to be wrong. Lower the threshold to see them, or draw from scratch."
+)
 
 
 class RequestError(ValueError):
@@ -115,6 +122,12 @@ class Prediction:
     # `predict(..., with_semantic=True)`: one segment per class, the union of every pass's semantic map
     # (Mask2Former's semantic inference per pass; what mIoU is scored on). Empty otherwise.
     semantic: list[Segment] = dataclasses.field(default_factory=list)
+    # Familiarity (docs/MODEL.md): how far the image's pooled features lie from the world's images (None
+    # when the model has no familiarity statistics), whether that is beyond the fitted threshold, and
+    # then a plain-words notice for the user (UNFAMILIAR_NOTICE; "" otherwise).
+    familiarity_distance: float | None = None
+    unfamiliar: bool = False
+    notice: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,6 +190,7 @@ class Predictor:
         self.topk = topk
         self.cache_size = cache_size
         self.max_size = max_size if max_size is not None else int(model.config.max_size)
+        self.upscale = bool(getattr(model.config, "upscale", False))  # as the model was trained (RESIConfig)
         self.size_divisor = size_divisor
         self.out_of_domain_threshold = out_of_domain_threshold
         self.postprocess_max_side = postprocess_max_side
@@ -186,6 +200,11 @@ class Predictor:
     @property
     def label_spaces(self) -> dict[str, LabelSpace]:
         return dict(self.model.label_spaces)
+
+    def mixed_space(self, request: Request) -> MixedLabelSpace:
+        """The mixed label space `request` classifies over (its class order is the segments' class order);
+        raises RequestError for a bad request, as `predict` would."""
+        return self._resolve(request)[1]
 
     def clear_cache(self) -> None:
         with self._lock:
@@ -223,6 +242,9 @@ class Predictor:
 
         tick = time.perf_counter()
         domain_probs, thresholds, held = self._pass_thresholds(features, info, passes)
+        distance = self._familiarity_distance(features, info)
+        unfamiliar = distance is not None and distance > self.model.familiarity.threshold
+        temperature = float(getattr(self.model, "score_temperature", 1.0))
         extent = info.valid_extent(tuple(mask_logits.shape[-2:]))
         work_hw = working_size(info.original_hw, self.postprocess_max_side)
         per_pass: list[list[Segment]] = []
@@ -244,6 +266,8 @@ class Predictor:
                 thresholds[i],
                 self.overlap_threshold,
             )
+            if temperature != 1.0:  # calibrated scores (temperature scaling); the segments stay the same
+                raw = rescore(raw, (logits.float() / temperature).softmax(-1))
             per_pass.append(self._name(raw, p, mixed, key, "segment"))
             if with_instances:
                 raw = instance_list(mask_logits[i], probs, work_hw, extent, self.topk, isthing)
@@ -265,7 +289,17 @@ class Predictor:
         union = upscale_segments(union, info.original_hw)
         timings["upsample"] = time.perf_counter() - tick
         timings["total"] = time.perf_counter() - start
-        return Prediction(segments, instances, timings, mixed, key, cache_hit, domain_probs, held, union)
+        return Prediction(
+            segments, instances, timings, mixed, key, cache_hit, domain_probs, held, union,
+            distance, unfamiliar, UNFAMILIAR_NOTICE if unfamiliar else "",
+        )
+
+    def _familiarity_distance(self, features: Any, info: ResizeInfo) -> float | None:
+        """The image's familiarity distance (`RESIModel.familiarity_distance`), None without statistics."""
+        if getattr(self.model, "familiarity", None) is None:
+            return None
+        pooled = self.model.pooled_features(features, info.valid_fraction)  # [1, F]
+        return float(self.model.familiarity_distance(pooled)[0])
 
     def _pass_thresholds(
         self, features: Any, info: ResizeInfo, passes: Sequence[_Pass]
@@ -358,7 +392,7 @@ class Predictor:
                 self._cache.move_to_end(cache_key)
                 features, info = self._cache[cache_key]
                 return features, info, True
-        resized, info = resize_for_model(rgb, self.max_size, self.size_divisor)
+        resized, info = resize_for_model(rgb, self.max_size, self.size_divisor, self.upscale)
         pixel_values = to_pixel_values(resized, info.padded_hw).to(self.device)  # [1, 3, Hp, Wp]
         features = self.model.encode(pixel_values)
         with self._lock:

@@ -49,10 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="resi-data/bench/data", help="folder with M1..M4/val (python -m train bench writes it)")
     parser.add_argument("--out", default="docs/demo_proposals.png")
     parser.add_argument("--images", type=int, default=3, help="images per benchmark")
-    parser.add_argument("--no-domain-aware", action="store_true")
+    parser.add_argument("--domain-aware", action="store_true", help="as `launch.py --domain-aware` (default off)")
     args = parser.parse_args(argv)
     predictor = Predictor(load_checkpoint(args.checkpoint), None,
-                          out_of_domain_threshold=None if args.no_domain_aware else 0.98)
+                          out_of_domain_threshold=0.98 if args.domain_aware else None)
     rows, legend = [], set()
     for bench, spaces in BENCHMARKS.items():
         folder = Path(args.data) / bench / "val" / "images"

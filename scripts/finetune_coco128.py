@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 from finetune_runs import ROOT, Labeler, common_arguments, finetune, fresh_folder, parsed, summary
-from resi_core.coco import decode_rle, load_ground_truth
 
+from formats.coco import load_ground_truth
+from formats.rle import decode_rle
 from storage.files import inspect_image
 from train.bench import machine_description
 

@@ -19,8 +19,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from resi_core.coco import encode_mask  # noqa: E402
-
+from formats.rle import encode_mask  # noqa: E402
 from resi_core.model import read_meta  # noqa: E402
 from storage import repo  # noqa: E402
 from storage.db import default_sqlite_url, make_engine, make_session_factory, upgrade  # noqa: E402

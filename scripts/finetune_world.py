@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from finetune_runs import ROOT, Labeler, common_arguments, finetune, fresh_folder, parsed, png, summary
-from resi_core.coco import encode_mask
 
+from formats.rle import encode_mask
 from resi_core.labels import ClassDef, LabelSpace
 from resi_core.model import load_checkpoint
 from resi_core.text import get_text_encoder

@@ -12,7 +12,8 @@ import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+from formats.images import IMAGE_SUFFIXES
+
 MAX_ZIP_MEMBERS = 5000
 CHUNK = 1 << 16  # bytes inflated per read: what one read may cost beyond the cap
 

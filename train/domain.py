@@ -41,7 +41,7 @@ def pooled_dataset_features(
     rows = []
     for index in range(min(count, len(dataset))):
         image = dataset.image(index)  # pixels only: the head never needs the masks
-        resized, info = resize_for_model(image, model.config.max_size, 32)
+        resized, info = resize_for_model(image, model.config.max_size, 32, model.config.upscale)
         features = model.encode(to_pixel_values(resized, info.padded_hw).to(next(model.parameters()).device))
         rows.append(model.pooled_features(features, info.valid_fraction)[0].cpu())
         if progress is not None:

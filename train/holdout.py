@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from resi_core.coco import Prediction as CocoPrediction
-from resi_core.coco import load_ground_truth
 
+from formats.coco import Prediction as CocoPrediction
+from formats.coco import load_ground_truth
 from resi_core.data import DatasetError, TrainSample
 from resi_core.labels import LabelError, LabelSpace, mix
 from resi_core.metrics import evaluate, mask_ap, miou

@@ -16,19 +16,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from sqlalchemy.orm import Session, sessionmaker
 
+from formats.images import ImageError, decode_image
 from formats.names import SPACE_JOIN
-from resi_core.image_io import ImageError
 from resi_core.model import load_checkpoint
 from resi_core.predictor import Predictor, Request, RequestError, class_set_request
 from resi_core.text import get_text_encoder
 from storage import repo
 from storage.db import make_session_factory
 from storage.errors import InvalidInput
-from storage.files import FileStore, load_rgb, path_sha256
+from storage.files import FileStore, path_sha256
 from storage.models import ImageStatus
 from train.database import add_database_arguments, open_database
 from train.jobs import JobReporter, run_as_job
@@ -101,7 +100,7 @@ def propose_one(sessions: sessionmaker[Session], store: FileStore, predictor: Pr
         if image.status != ImageStatus.NEW:
             return False
         sha = image.sha256
-    rgb = np.asarray(load_rgb(store.read(sha)))
+    rgb = decode_image(store.read(sha))
     start = time.perf_counter()
     prediction = predictor.predict(rgb, request, with_instances=False)
     elapsed_ms = (time.perf_counter() - start) * 1000

@@ -5,8 +5,10 @@ Config JSON (see configs/world_demo.json):
   data_root, out, model (RESIConfig fields), method (resi | text_m2f | merged_m2f | resi_linear),
   iterations, batch_size, lr, weight_decay, warmup, grad_clip, seed, device (auto|cpu|cuda),
   amp (bf16 autocast on CUDA), checkpoint_every, text_cache, threads, scale_range (random rescale,
-  default [0.75, 1.5]), erase_prob (random erasing, 0), query_lr_scale (learning-rate multiplier of
-  the content query sets, 1), domain_head_images (per dataset for the domain head, 1000; 0 = none).
+  default [0.75, 1.5]), crop_size (side of the random training crop, default max_size), erase_prob
+  (random erasing, 0), query_lr_scale (learning-rate multiplier of
+  the content query sets, 1), domain_head_images (per dataset for the domain head, 1000; 0 = none),
+  init_from (a checkpoint folder whose weights start the run instead of random ones; see `warm_start`).
 Checkpoints go to OUT/step_NNNNNNN (model.safetensors, meta.json, trainer.pt); OUT/latest names the
 newest. Distributed: `torchrun --nproc_per_node N -m train pretrain ...` (gloo on CPU, nccl on CUDA).
 """
@@ -81,6 +83,9 @@ class TrainConfig:
     threads: int | None = None
     # Random scale of each training image (1 = its long side fits max_size), then a random crop.
     scale_range: tuple[float, float] = (0.75, 1.5)
+    # Side of that crop in px (a multiple of 32, at most max_size); None = max_size. A smaller crop trains at
+    # the inference scale for a fraction of the compute (the demo: 128 px crops of images scaled to 256).
+    crop_size: int | None = None
     # Probability of random erasing per training image (resi_core.data.erase); 0 = off.
     erase_prob: float = 0.0
     # Learning-rate multiplier for the content query sets (LSQEs, or the baselines' one shared set). They
@@ -89,6 +94,9 @@ class TrainConfig:
     query_lr_scale: float = 1.0
     # After the last step, fit the domain head (train/domain.py) on this many images per dataset; 0 = off.
     domain_head_images: int = 1000
+    # A checkpoint folder (same label spaces and architecture; the number of queries and max_size may
+    # differ) whose weights start the run instead of random ones. The demo model starts from the bench's.
+    init_from: str | None = None
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> TrainConfig:
@@ -97,6 +105,9 @@ class TrainConfig:
         if not values["datasets"]:
             raise ValueError("The config lists no datasets.")
         values["model"] = RESIConfig.from_json(data.get("model", {}))
+        if values.get("crop_size") is not None and values["crop_size"] > values["model"].max_size:
+            raise ValueError(f"crop_size {values['crop_size']} is larger than the model's max_size "
+                             f"{values['model'].max_size}.")
         if "scale_range" in values:
             scale = values["scale_range"]
             if (not isinstance(scale, list | tuple) or len(scale) != 2
@@ -104,6 +115,9 @@ class TrainConfig:
                     or not 0 < scale[0] <= scale[1]):
                 raise ValueError(f"scale_range must be two numbers 0 < low <= high, got {scale!r}.")
             values["scale_range"] = (float(scale[0]), float(scale[1]))
+        crop = values.get("crop_size")
+        if crop is not None and (not isinstance(crop, int) or isinstance(crop, bool) or crop < 32 or crop % 32):
+            raise ValueError(f"crop_size must be a multiple of 32 (at least 32), got {crop!r}.")
         erase = values.get("erase_prob", 0.0)
         if not isinstance(erase, int | float) or isinstance(erase, bool) or not 0 <= erase <= 1:
             raise ValueError(f"erase_prob must be a number between 0 and 1, got {erase!r}.")
@@ -223,6 +237,7 @@ def write_checkpoint(out: Path, model: RESIModel, optimizer, step: int, config: 
         "batch_size": config.batch_size,
         "datasets": [dataclasses.asdict(d) for d in config.datasets],
         "iterations_per_second": round(it_s, 3),
+        "init_from": config.init_from,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     save_checkpoint(folder, model, info)
@@ -234,6 +249,40 @@ def write_checkpoint(out: Path, model: RESIModel, optimizer, step: int, config: 
     for old in sorted(p for p in out.glob("step_*") if p.name <= folder.name)[:-KEEP_CHECKPOINTS]:
         shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def warm_start(model: RESIModel, source: Path, seed: int) -> None:
+    """Copy the weights of checkpoint `source` into `model` (built with random weights).
+
+    Every weight must have the same shape, except the query rows: a query set (and the shared positional
+    query embeddings) with more rows than the source's takes the source's rows in turn, plus Gaussian
+    noise of 10 % of their spread so that the copies can learn apart. The source's domain head is left
+    out: features change in training, and the finished run fits a new one.
+    """
+    trained = load_checkpoint(source, text_encoder_id=model.config.text_encoder if model.config.classifier == "text"
+                              else None)
+    if list(trained.label_spaces) != list(model.label_spaces) or not all(
+        class_names_match(a, b) for a, b in zip(trained.label_spaces.values(), model.label_spaces.values(), strict=True)
+    ):
+        raise CheckpointError(f"init_from {source} was trained on other label spaces than this config's datasets.")
+    have = trained.state_dict()
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, target in model.state_dict().items():
+        if name not in have:
+            raise CheckpointError(f"init_from {source} has no weight {name!r}: another architecture.")
+        weight = have[name]
+        grows = name.startswith("query_sets.") or name.endswith("queries_embedder.weight")
+        if weight.shape != target.shape and grows and weight.shape[1:] == target.shape[1:]:
+            rows = weight[torch.arange(target.shape[0]) % weight.shape[0]].clone()  # [Q, D]
+            noise = torch.randn(rows.shape, generator=generator) * 0.1 * weight.std()
+            rows[weight.shape[0]:] += noise[weight.shape[0]:]
+            weight = rows
+        if weight.shape != target.shape:
+            raise CheckpointError(f"init_from {source}: {name} has shape {tuple(weight.shape)}, this model's "
+                                  f"{tuple(target.shape)}; only the number of queries may differ.")
+        state[name] = weight
+    model.load_state_dict(state)
 
 
 def build_or_resume(config: TrainConfig, spaces, resume_from: Path | None) -> tuple[RESIModel, int, dict | None]:
@@ -255,7 +304,10 @@ def build_or_resume(config: TrainConfig, spaces, resume_from: Path | None) -> tu
     if config.model.classifier == "text":
         cache = Path(config.text_cache) if config.text_cache else None
         encoder = get_text_encoder(config.model.text_encoder, cache_dir=cache)
-    return build_model(config.model, spaces, encoder), 0, None
+    model = build_model(config.model, spaces, encoder)
+    if config.init_from:
+        warm_start(model, Path(config.init_from), config.seed)
+    return model, 0, None
 
 
 def train(config: TrainConfig, resume: bool, progress: bool, bar_position: int = 0) -> int:
@@ -267,7 +319,7 @@ def train(config: TrainConfig, resume: bool, progress: bool, bar_position: int =
     root = Path(config.data_root)
     datasets = [CocoDataset(d.name, root / d.images, root / d.instances) for d in config.datasets]
     sampler = MixedSampler(datasets, size=config.model.max_size, seed=config.seed + 1000 * rank,
-                           scale_range=config.scale_range, erase_prob=config.erase_prob)
+                           scale_range=config.scale_range, erase_prob=config.erase_prob, crop=config.crop_size)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n", type=int, default=100, help="number of images (default: 100)")
     parser.add_argument("--seed", type=int, default=0, help="non-negative random seed (default: 0)")
     parser.add_argument("--size", type=int, default=128, help="image height and width in px, at least 32 (default: 128)")
+    parser.add_argument(
+        "--domains",
+        help="a source dataset only: comma-separated scene kinds to draw instead of its own, cycled image by "
+        "image, annotated with the dataset's label space (e.g. street,street,portrait,drive,parts: "
+        "half street scenes); default: its own",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder (created; must be empty)")
     parser.add_argument("--overwrite", action="store_true", help="replace world files in a non-empty output folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -71,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.size < 32:
             raise _UsageError(f"--size must be at least 32, got {args.size}")
         name = args.dataset or args.benchmark
+        domains = None if args.domains is None else [d.strip() for d in args.domains.split(",") if d.strip()]
+        samples = generate(name, args.split, args.n, args.seed, args.size, domains)  # checks before any write
         prepare_out_dir(args.out, args.overwrite)
-        samples = generate(name, args.split, args.n, args.seed, args.size)
         samples = tqdm(samples, total=args.n, desc=f"world {name}/{args.split}", unit="img", disable=args.quiet)
         summary = write_world(samples, name, args.out, split=args.split, seed=args.seed)
     except SystemExit as exit_:  # --help

@@ -66,7 +66,7 @@ def domain_note(domain_probs: dict[str, float], held: Sequence[str], threshold: 
         looks = (f"Of the chosen label spaces, this image looks most like {domain!r} training data{via} "
                  f"(p = {domain_probs[domain]:.2f}), so ")
     return (f"{looks}proposals of {', '.join(map(repr, held))} needed a score of at least {threshold:.2f} "
-            "(domain-aware proposals; start the app with --no-domain-aware to show them all).")
+            "(domain-aware proposals; start the app without --domain-aware to show them all).")
 
 
 def propose(svc: Services, state: UserState, user: str) -> EditResult:
@@ -103,6 +103,8 @@ def propose(svc: Services, state: UserState, user: str) -> EditResult:
         return conflict(state, exc)
     new_state, view = load_image(svc, state)
     message = f"Proposed {len(segments)} segment(s) in {elapsed_ms:.0f} ms."
+    if prediction.unfamiliar:  # the model's familiarity check: say so before anything else
+        message = f"{prediction.notice} {message}"
     if was_accepted:
         message += " The image was accepted; it is back in review (Undo restores its segments; accept it again when done)."
     return EditResult(new_state, view, f"{message} {note}" if note else message)

@@ -83,7 +83,7 @@ def evaluate(gt: GroundTruth, predictions: Sequence[Prediction], *, with_ap: boo
     pairs: dict[tuple[int, int], PairCounts] = {}
     pq_sums = PQAccumulator(gt)
     for seg in iter_image_segments(gt, predictions):
-        counts_by_class, matched = image_matches(seg, isthing, spaces)
+        counts_by_class, matched, _ = image_matches(seg, isthing, spaces)
         for c, counts in counts_by_class.items():
             quality[c] += counts
         for key, found in image_overlap_counts(seg, isthing, spaces, matched).items():

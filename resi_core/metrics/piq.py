@@ -20,6 +20,8 @@ from formats.coco import DEFAULT_SPACE, GroundTruth, Prediction
 from resi_core.metrics.segments import ImageSegments, class_names, from_masks, iter_image_segments, overlap
 
 MATCH_IOU = 0.5
+# What a prediction was in the matching (match_class).
+TRUE_POSITIVE, FALSE_POSITIVE, IGNORED = 1, 0, -1
 # A prediction more than this fraction void-or-crowd is not a false positive (COCO panoptic).
 IGNORE_FRACTION = 0.5
 
@@ -81,18 +83,23 @@ def match_class(
     void: np.ndarray | None,
     crowd: np.ndarray | None,
     isthing: bool,
-) -> tuple[QualityCounts, np.ndarray]:
-    """Match one class's segments in one image: (counts, which ground truths were matched).
+) -> tuple[QualityCounts, np.ndarray, np.ndarray]:
+    """Match one class's segments in one image: (counts, which ground truths were matched, what each
+    prediction was).
 
     pred_masks [D, S] bool, pred_scores [D], gt_masks [G, S] bool (non-crowd), void [S] bool
     (unknown pixels, disjoint from gt_masks), crowd [S] bool (this class's crowd regions), on
     S pixels: all P of the image, or any subset holding every mask of the class.
     Empty masks are ignored on both sides. The matched flags are bool [G], aligned with
     `gt_masks`'s rows (an empty row is never matched); for stuff, every non-empty row shares
-    the outcome of the class's merged segment.
+    the outcome of the class's merged segment. The outcomes are int8 [D], aligned with
+    `pred_masks`'s rows: TRUE_POSITIVE, FALSE_POSITIVE or IGNORED (empty, or mostly void or
+    crowd); for stuff, every non-empty prediction shares the merged segment's outcome.
     """
     rows = np.flatnonzero(gt_masks.any(axis=1))  # [G'] the non-empty ground truths
     matched_rows = np.zeros(len(gt_masks), dtype=bool)  # [G]
+    pred_rows = np.flatnonzero(pred_masks.any(axis=1))  # [D'] the non-empty predictions
+    outcome_rows = np.full(len(pred_masks), IGNORED, dtype=np.int8)  # [D]
     if not isthing:
         pred_masks = pred_masks.any(axis=0, keepdims=True) if len(pred_masks) else pred_masks
         gt_masks = gt_masks.any(axis=0, keepdims=True) if len(gt_masks) else gt_masks
@@ -115,6 +122,7 @@ def match_class(
     iou = np.where(inter > 0, inter / np.maximum(union, 1), 0.0)  # [D, G']
 
     gt_matched = np.zeros(len(gt_masks), dtype=bool)  # [G']
+    outcome = np.full(len(pred_masks), IGNORED, dtype=np.int8)  # [D'']
     for d in np.argsort(-pred_scores, kind="stable"):
         candidates = np.where(gt_matched, 0.0, iou[d])
         g = int(np.argmax(candidates)) if len(candidates) else -1
@@ -122,23 +130,31 @@ def match_class(
             gt_matched[g] = True
             counts.tp += 1
             counts.iou_sum += float(candidates[g])
+            outcome[d] = TRUE_POSITIVE
         elif extra[d, 1] / pred_area[d] <= IGNORE_FRACTION:
             counts.fp += 1
+            outcome[d] = FALSE_POSITIVE
     counts.fn = int((~gt_matched).sum())
     if isthing:
         matched_rows[rows[gt_matched]] = True
-    elif len(gt_matched) and gt_matched[0]:
-        matched_rows[rows] = True
-    return counts, matched_rows
+        outcome_rows[pred_rows] = outcome
+    else:
+        if len(gt_matched) and gt_matched[0]:
+            matched_rows[rows] = True
+        if len(outcome):
+            outcome_rows[pred_rows] = outcome[0]
+    return counts, matched_rows, outcome_rows
 
 
 def image_matches(
     seg: ImageSegments, isthing: Mapping[int, bool], class_spaces: Mapping[int, Sequence[str]]
-) -> tuple[dict[int, QualityCounts], np.ndarray]:
-    """Per-class counts for one image (every class present on either side gets an entry), and
-    which ground-truth segments were matched: bool [G] over `seg`'s rows (crowd never is)."""
+) -> tuple[dict[int, QualityCounts], np.ndarray, np.ndarray]:
+    """Per-class counts for one image (every class present on either side gets an entry), which
+    ground-truth segments were matched (bool [G] over `seg`'s rows; crowd never is), and what each
+    prediction was (int8 [D]: TRUE_POSITIVE, FALSE_POSITIVE or IGNORED)."""
     out: dict[int, QualityCounts] = {}
     matched = np.zeros(len(seg.gt_classes), dtype=bool)  # [G]
+    outcomes = np.full(len(seg.pred_classes), IGNORED, dtype=np.int8)  # [D]
     for c in np.union1d(seg.gt_classes, seg.pred_classes).tolist():
         window = seg.class_window(c)
         gt_rows = seg.gt_classes == c
@@ -146,7 +162,7 @@ def image_matches(
         crowd = seg.gt_crop(crowd_rows, window).any(axis=0) if crowd_rows.any() else None
         pred_rows = seg.pred_classes == c
         truth = gt_rows & ~seg.gt_crowd
-        out[c], class_matched = match_class(
+        out[c], class_matched, class_outcomes = match_class(
             seg.pred_crop(pred_rows, window),
             seg.pred_scores[pred_rows],
             seg.gt_crop(truth, window),
@@ -155,7 +171,8 @@ def image_matches(
             isthing[c],
         )
         matched[np.flatnonzero(truth)] = class_matched
-    return out, matched
+        outcomes[np.flatnonzero(pred_rows)] = class_outcomes
+    return out, matched, outcomes
 
 
 def image_quality_counts(

@@ -85,6 +85,9 @@ def save_checkpoint(
         "git_commit": current_commit() if git_commit is _CURRENT else git_commit,
         "domain_spaces": list(model.domain_spaces),
         "space_domains": dict(model.space_domains),
+        "score_temperature": model.score_temperature,
+        "familiarity_threshold": None if model.familiarity is None else model.familiarity.threshold,
+        "familiarity_kinds": [] if model.familiarity is None else list(model.familiarity.kinds),
         "training": meta or {},
     }
     text = json.dumps(record, indent=2)
@@ -165,10 +168,26 @@ def load_checkpoint(
         raise CheckpointError(f"{folder / META_FILE} has invalid contents: domain_spaces must be a list of names.")
     if not domain_spaces:  # head weights that meta.json does not list (an interrupted rewrite) are ignored
         state = {k: v for k, v in state.items() if not k.startswith("domain_head.")}
+    # Absent in checkpoints saved before `train calibrate` existed: no calibration, no familiarity.
+    temperature, threshold = meta.get("score_temperature", 1.0), meta.get("familiarity_threshold")
+    if threshold is None:  # statistics that meta.json does not list are ignored, as the head's are
+        state = {k: v for k, v in state.items() if not k.startswith("familiarity.")}
     try:
         if domain_spaces:  # shapes are checked here; the values come with load_state_dict
             model.set_domain_head(domain_spaces, torch.zeros(len(domain_spaces), model.pooled_dim()),
                                   torch.zeros(len(domain_spaces)))
+        if not isinstance(temperature, int | float) or isinstance(temperature, bool):
+            raise ValueError(f"score_temperature must be a number, got {temperature!r}")
+        model.set_score_temperature(float(temperature))
+        if threshold is not None:
+            kinds = meta.get("familiarity_kinds")
+            if not isinstance(threshold, int | float) or isinstance(threshold, bool):
+                raise ValueError(f"familiarity_threshold must be a number, got {threshold!r}")
+            if not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds):
+                raise ValueError(f"familiarity_kinds must be a list of names, got {kinds!r}")
+            dim = model.pooled_dim()
+            model.set_familiarity(kinds, torch.zeros(len(kinds), dim), torch.zeros(len(kinds), dim, dim),
+                                  float(threshold))
         model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError) as err:
         raise CheckpointError(f"{weights_path} does not match its metadata: {err}") from err

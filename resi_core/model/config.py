@@ -47,6 +47,9 @@ class RESIConfig:
     train_num_points: int = 1024
     # Input size: the longer image side at inference and the training crop size.
     max_size: int = 128
+    # Inference scales images whose long side is below max_size up to it, as training always does (a
+    # 128 px world image runs at 256 px in a 256 px model). False keeps small images at their size.
+    upscale: bool = False
     # Hub id or local folder for Mask2FormerModel.from_pretrained; None builds from the fields above.
     pretrained: str | None = None
 

@@ -97,6 +97,11 @@ class RESIModel(nn.Module):
         # Label spaces the head does not know (added later by `train finetune`) inherit the domain of the
         # trained space whose images theirs look like: new space -> a name in `domain_spaces`.
         self.space_domains: dict[str, str] = {}
+        # Fitted after training by `python -m train calibrate` (docs/MODEL.md): the predictor divides class
+        # logits by `score_temperature` (temperature scaling), and `familiarity` says how far an image's
+        # pooled features lie from those of the world's images (None until fitted).
+        self.score_temperature: float = 1.0
+        self.familiarity: Familiarity | None = None
 
     # ----- label spaces and class embeddings -------------------------------------------------------
     def _rebuild_union(self) -> None:
@@ -169,13 +174,14 @@ class RESIModel(nn.Module):
 
     # ----- forward passes ------------------------------------------------------------------------------
     def preprocess(self, image_uint8_hwc: np.ndarray) -> tuple[Tensor]:
-        """RGB uint8 HWC -> ([1, 3, Hp, Wp],): long side scaled to at most max_size, normalized, and
-        zero-padded bottom/right to a multiple of 32, exactly as the Predictor prepares images."""
+        """RGB uint8 HWC -> ([1, 3, Hp, Wp],): long side scaled to at most max_size (to max_size with
+        `config.upscale`), normalized, and zero-padded bottom/right to a multiple of 32, exactly as the
+        Predictor prepares images."""
         from resi_core.image_io import resize_for_model, to_pixel_values
 
         if image_uint8_hwc.ndim != 3 or image_uint8_hwc.shape[2] != 3 or image_uint8_hwc.dtype != np.uint8:
             raise ValueError(f"Expected an RGB uint8 HxWx3 image, got {image_uint8_hwc.shape} {image_uint8_hwc.dtype}.")
-        resized, info = resize_for_model(image_uint8_hwc, self.config.max_size, 32)
+        resized, info = resize_for_model(image_uint8_hwc, self.config.max_size, 32, self.config.upscale)
         device = next(self.parameters()).device
         return (to_pixel_values(resized, info.padded_hw).to(device),)
 
@@ -254,6 +260,33 @@ class RESIModel(nn.Module):
                            ) -> dict[str, float]:
         """For one image (features of batch 1): its probability per space of `domain_spaces`."""
         return dict(zip(self.domain_spaces, self.domain_probs(features, extent_fraction)[0].tolist(), strict=True))
+
+    # ----- calibration and familiarity ---------------------------------------------------------------
+    def set_score_temperature(self, temperature: float) -> None:
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"The score temperature must be a positive number, got {temperature!r}.")
+        self.score_temperature = float(temperature)
+
+    def set_familiarity(self, kinds: Sequence[str], means: Tensor, whitening: Tensor, threshold: float) -> None:
+        """Install fitted familiarity statistics: per kind of familiar image (the world's scene kinds), the
+        mean [K, F] and whitening [K, F, F] of pooled features, and the distance above which an image counts
+        as unlike the training data."""
+        dim, k = self.pooled_dim(), len(kinds)
+        if not k or len(set(kinds)) != k:
+            raise ValueError(f"Familiarity needs one or more distinct kinds of images, got {list(kinds)}.")
+        if tuple(means.shape) != (k, dim) or tuple(whitening.shape) != (k, dim, dim):
+            raise ValueError(f"Familiarity statistics of shape {tuple(means.shape)}/{tuple(whitening.shape)} do not "
+                             f"fit {k} kinds x {dim} pooled features.")
+        if not (math.isfinite(threshold) and threshold > 0):
+            raise ValueError(f"The familiarity threshold must be a positive number, got {threshold!r}.")
+        self.familiarity = Familiarity(kinds, means, whitening, threshold)
+
+    def familiarity_distance(self, pooled: Tensor) -> Tensor:
+        """[B, F] pooled features -> [B] distance to the nearest familiar kind (`Familiarity.distance`, about
+        1 for images like the fitting ones); `familiarity.threshold` separates familiar from not."""
+        if self.familiarity is None:
+            raise ValueError("This model has no familiarity statistics; fit them with `python -m train calibrate`.")
+        return self.familiarity.distance(pooled)
 
     def query_set(self, name: str) -> nn.Parameter:
         """[Q, D] content queries for a label space (any name maps to the shared set in shared mode)."""
@@ -339,3 +372,25 @@ class RESIModel(nn.Module):
         for param in self.parameters():
             param.requires_grad_(param is target)
         return [target]
+
+
+class Familiarity(nn.Module):
+    """Gaussian models of the pooled features of familiar images, one per kind (a class-conditional
+    Mahalanobis distance, Lee et al. 2018, with the world's scene kinds as the classes).
+
+    means [K, F] and whitening [K, F, F] (per kind, the inverse Cholesky factor of the shrunk covariance,
+    so that whitening · (x − mean) has unit covariance on that kind's fitting images) are buffers, saved
+    with the weights; kinds and threshold are checkpoint metadata."""
+
+    def __init__(self, kinds: Sequence[str], means: Tensor, whitening: Tensor, threshold: float) -> None:
+        super().__init__()
+        self.kinds = list(kinds)
+        self.register_buffer("means", means.detach().float().clone())
+        self.register_buffer("whitening", whitening.detach().float().clone())
+        self.threshold = float(threshold)
+
+    def distance(self, pooled: Tensor) -> Tensor:
+        """[B, F] -> [B]: min over kinds of sqrt(mean over features of (whitening_k · (x − mean_k))²)."""
+        centered = pooled.to(self.means)[:, None] - self.means  # [B, K, F]
+        whitened = torch.einsum("kgf,bkf->bkg", self.whitening, centered)  # [B, K, F]
+        return whitened.pow(2).mean(-1).sqrt().min(-1).values  # [B]

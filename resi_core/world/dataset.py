@@ -6,7 +6,7 @@ is seeded with them), so the first n images of a larger set are exactly the set 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,17 +38,24 @@ class WorldSample:
         return self.scene.domain
 
 
-def make_sample(name: str, split: str, index: int, seed: int = 0, size: int = 128) -> WorldSample:
+def make_sample(
+    name: str, split: str, index: int, seed: int = 0, size: int = 128, domains: Sequence[str] | None = None
+) -> WorldSample:
     """Image `index` of dataset or benchmark `name` at size x size px.
 
     A source dataset draws scenes from its own domain; a benchmark cycles through its label
     spaces' domains (image i uses domain i mod k), so every involved class appears.
+    `domains` (a source dataset only) replaces its own domain by these scene kinds, cycled the
+    same way (a kind listed twice is drawn twice as often): street's label space annotated on
+    portrait close-ups, as real datasets' broader images would be. The ground truth follows the
+    dataset's policy whatever the scene kind.
     """
     spaces = involved_spaces(name)
     if split not in _SPLIT_CODES:
         raise LabelError(f"Unknown split {split!r}; choose from {', '.join(SPLITS)}.")
+    kinds = _scene_kinds(name, spaces, domains)
     rng = np.random.default_rng([seed, _SPLIT_CODES[split], _NAME_CODES[name], index])
-    scene = compose(spaces[index % len(spaces)], rng, size, size)
+    scene = compose(kinds[index % len(kinds)], rng, size, size)
     segments, void = {}, {}
     for space in spaces:
         segments[space], space_void = annotate(scene, space)
@@ -57,12 +64,25 @@ def make_sample(name: str, split: str, index: int, seed: int = 0, size: int = 12
     return WorldSample(index + 1, index, scene.image, segments, void, scene)
 
 
-def generate(name: str, split: str, n: int, seed: int = 0, size: int = 128) -> Iterator[WorldSample]:
-    """Images 0..n-1 of dataset or benchmark `name` (see `make_sample`)."""
+def _scene_kinds(name: str, spaces: tuple[str, ...], domains: Sequence[str] | None) -> tuple[str, ...]:
+    if domains is None:
+        return spaces
+    if name in BENCHMARKS:
+        raise LabelError(f"Scene kinds can only be chosen for a source dataset, not for benchmark {name!r}.")
+    unknown = [d for d in domains if d not in DATASETS]
+    if unknown or not domains:
+        raise LabelError(f"Unknown scene kinds {unknown or list(domains)}; choose from {', '.join(DATASETS)}.")
+    return tuple(domains)
+
+
+def generate(
+    name: str, split: str, n: int, seed: int = 0, size: int = 128, domains: Sequence[str] | None = None
+) -> Iterator[WorldSample]:
+    """Images 0..n-1 of dataset or benchmark `name` (see `make_sample`). Bad arguments raise
+    LabelError here, before the first image."""
     if n <= 0:
         raise LabelError(f"The number of images must be positive, got {n}.")
     if size < 32:
         raise LabelError(f"Images must be at least 32 px, got {size}.")
-    involved_spaces(name)  # fail before the first image for an unknown name
-    for index in range(n):
-        yield make_sample(name, split, index, seed, size)
+    _scene_kinds(name, involved_spaces(name), domains)
+    return (make_sample(name, split, index, seed, size, domains) for index in range(n))

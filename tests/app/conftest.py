@@ -53,6 +53,8 @@ class FakePrediction:
     segments: list[Segment]
     domain_probs: dict[str, float] = field(default_factory=dict)
     out_of_domain: tuple[str, ...] = ()
+    unfamiliar: bool = False
+    notice: str = ""
 
 
 class FakePredictor:

@@ -134,6 +134,20 @@ def test_propose_shows_overlapping_segments_of_each_space(svc: Services, project
     assert result.state.version == view.version
 
 
+def test_propose_on_an_unfamiliar_photo_says_so_first(svc: Services, project: UserState, monkeypatch) -> None:
+    from dataclasses import replace as replace_prediction
+
+    from resi_core.predictor import UNFAMILIAR_NOTICE
+    from tests.app.conftest import FakePredictor
+
+    real = FakePredictor.predict
+    monkeypatch.setattr(FakePredictor, "predict", lambda self, *a, **k: replace_prediction(
+        real(self, *a, **k), unfamiliar=True, notice=UNFAMILIAR_NOTICE))
+    result = propose(svc, project, "ann")
+    assert result.ok and result.message.startswith("This photo looks unlike anything the model was trained on")
+    assert len(result.view.segments) == 4  # kept: the user can still look at them
+
+
 def test_re_propose_with_other_class_set_is_one_undoable_edit(svc: Services, project: UserState) -> None:
     state = propose(svc, project, "ann").state
     save_class_set(svc, state, [], "cat, dog", [])
@@ -248,7 +262,7 @@ def test_domain_note_names_the_held_spaces_and_the_way_out() -> None:
     note = domain_note(probs, ("street",), 0.98, asked)
     # Named: the asked set that kept the normal threshold, not the likeliest domain overall (drive).
     assert "most like 'portrait' training data (p = 0.07)" in note and "proposals of 'street'" in note
-    assert "0.98" in note and "--no-domain-aware" in note and "drive" not in note
+    assert "0.98" in note and "without --domain-aware" in note and "drive" not in note
     assert domain_note(probs, (), 0.98, asked) == "" and domain_note({}, ("street",), 0.98, asked) == ""
     assert domain_note(probs, ("street",), None, asked) == ""
     # A fine-tuned space kept by the domain it inherited is named with that domain.

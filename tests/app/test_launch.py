@@ -18,8 +18,9 @@ def test_defaults_are_local_and_offline() -> None:
     cfg = config([])
     assert cfg.host == "127.0.0.1" and cfg.data_dir == Path("resi-data") and cfg.text_encoder == "minilm"
     assert cfg.checkpoint == Path("checkpoints/demo") and cfg.auth == ()
-    assert cfg.out_of_domain_threshold == 0.98
-    assert config(["--no-domain-aware"]).out_of_domain_threshold is None
+    # Domain-aware OMI is opt-in: it removes cross-space masks (docs/MODEL.md).
+    assert cfg.out_of_domain_threshold is None
+    assert config(["--domain-aware"]).out_of_domain_threshold == 0.98
 
 
 def test_remote_host_needs_auth_or_explicit_opt_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

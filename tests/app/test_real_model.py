@@ -30,8 +30,9 @@ from storage import repo
 from tests.app.conftest import coco_photo
 
 
-def real_services(data_dir: Path, checkpoint: Path) -> Services:
-    return open_services(AppConfig(data_dir=data_dir, checkpoint=checkpoint, device="cpu"))
+def real_services(data_dir: Path, checkpoint: Path, out_of_domain_threshold: float | None = None) -> Services:
+    return open_services(AppConfig(data_dir=data_dir, checkpoint=checkpoint, device="cpu",
+                                   out_of_domain_threshold=out_of_domain_threshold))
 
 
 def project_with_photo(svc: Services, spaces: list[str], adhoc: str) -> tuple[UserState, Path]:
@@ -121,7 +122,7 @@ def test_propose_with_the_demo_checkpoint_says_when_a_space_was_held_back(tmp_pa
     from resi_core.world import make_sample
 
     demo = Path(__file__).resolve().parents[2] / "checkpoints" / "demo"
-    svc = real_services(tmp_path / "data", demo)
+    svc = real_services(tmp_path / "data", demo, out_of_domain_threshold=0.98)  # `launch.py --domain-aware`
     sample = make_sample("M1", "val", 1, seed=7)  # odd M1 images are portrait-domain close-ups
     assert sample.domain == "portrait"
     path = tmp_path / "portrait.png"

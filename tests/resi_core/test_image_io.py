@@ -25,6 +25,11 @@ def test_resize_for_model_scales_long_side_and_pads():
     assert info.valid_fraction == pytest.approx((38 / 64, 1.0))  # 26 padded rows below the image
     small, info = resize_for_model(np.zeros((20, 10, 3), dtype=np.uint8), 128)
     assert small.shape == (20, 10, 3) and info.padded_hw == (32, 32) and info.scale == 1.0
+    # upscale: a small image is scaled up as training scales it (long side = max_size).
+    up, info = resize_for_model(np.zeros((20, 10, 3), dtype=np.uint8), 128, upscale=True)
+    assert up.shape == (128, 64, 3) and info.padded_hw == (128, 64) and info.original_hw == (20, 10)
+    big, _ = resize_for_model(image, 128, upscale=True)
+    assert big.shape == (38, 128, 3)  # a large image is scaled down either way
 
 
 def test_normalize_and_pixel_values():

@@ -89,6 +89,26 @@ def test_bad_requests_raise_label_errors():
         next(generate("street", "train", 0))
     with pytest.raises(LabelError):
         make_sample("street", "dev", 0)
+    with pytest.raises(LabelError, match="scene kinds"):
+        generate("street", "train", 1, domains=["street", "mall"])  # raised at once, before any image
+    with pytest.raises(LabelError, match="source dataset"):
+        generate("M1", "val", 1, domains=["street"])
+
+
+def test_scene_kinds_cycle_and_keep_the_dataset_policy():
+    # Street's label space on portrait close-ups: the person is annotated whole, no face or hair class.
+    kinds = ["street", "portrait", "portrait"]
+    drawn = list(generate("street", "train", 6, size=64, domains=kinds))
+    assert [s.domain for s in drawn] == kinds * 2
+    assert set(drawn[1].segments) == {"street"}
+    assert {seg.class_name for s in drawn for seg in s.segments["street"]} <= set(source_spaces()["street"].class_names)
+    close_up = max(seg.mask.sum() for s in drawn[1:3] for seg in s.segments["street"] if seg.class_name == "person")
+    assert close_up > 64 * 64 / 10  # a portrait person covers far more than any street person could
+    # Portrait's policy on street scenes: faces only from the tiny street people, hair and face classes only.
+    faces = [seg for s in generate("portrait", "train", 4, size=64, domains=["street"]) for seg in s.segments["portrait"]]
+    assert {seg.class_name for seg in faces} <= {"face", "hair"}
+    # Without domains, a dataset keeps drawing its own scene kind.
+    assert {s.domain for s in generate("portrait", "train", 3, size=64)} == {"portrait"}
 
 
 # Ground truth invariants -------------------------------------------------------------------------

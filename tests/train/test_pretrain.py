@@ -81,7 +81,10 @@ def test_demo_config_parses():
 
     config = TrainConfig.from_json(json.loads((ROOT / "configs" / "world_demo.json").read_text()))
     assert [d.name for d in config.datasets] == ["street", "portrait", "drive", "parts"]
-    assert config.model.feature_size % 32 == 0 and config.model.max_size == 128
+    assert config.model.feature_size % 32 == 0
+    # The demo runs 128 px world images at 256 px (docs/MODEL.md), so inference must scale them up too.
+    assert config.model.max_size == 256 and config.model.upscale
+    assert config.domain_head_images == 0  # fitted afterwards on single-domain data: every dataset has every scene
 
 
 @pytest.mark.slow
@@ -170,3 +173,48 @@ def test_run_saved_with_one_optimizer_group_resumes(data_root, tmp_path, capsys)
     assert main(_args(data_root, out, "--iterations", "2", "--threads", "1", "--resume")) == 0
     assert "AdamW's moments restart" in capsys.readouterr().err
     assert (out / "latest").read_text() == "step_0000002"
+
+
+def test_init_from_copies_weights_and_grows_the_queries(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base = tmp_path / "base"
+    assert main(_args(data_root, base, "--iterations", "1", "--threads", "1")) == 0
+    source = load_checkpoint(base / "step_0000001")
+    config = json.loads(TINY_CONFIG.read_text())
+    queries = config["model"]["num_queries"]
+    config["model"].update(num_queries=queries + 3, max_size=config["model"]["max_size"] * 2, upscale=True)
+    config.update(init_from=str(base / "step_0000001"), domain_head_images=0)
+    grown_config = tmp_path / "grown.json"
+    grown_config.write_text(json.dumps(config))
+    out = tmp_path / "grown"
+    args = ["--config", str(grown_config), "--data-root", str(data_root), "--out", str(out), "--no-progress"]
+    assert main([*args, "--iterations", "1", "--threads", "1"]) == 0
+    # One step at the warm-up's smallest learning rate moves weights far less than re-initializing would:
+    # every shared weight stays close to the source's, and the first rows of each query set are the source's.
+    grown = load_checkpoint(out / "step_0000001")
+    assert grown.config.num_queries == queries + 3 and read_meta(out / "step_0000001")["training"]["init_from"]
+    before, after = source.state_dict(), grown.state_dict()
+    backbone = "mask2former.pixel_level_module.encoder.embedder.embedder.convolution.weight"
+    assert (after[backbone] - before[backbone]).abs().max() < 0.1 * before[backbone].abs().max()
+    rows = after["query_sets.0"]
+    assert rows.shape[0] == queries + 3
+    assert (rows[:queries] - before["query_sets.0"]).abs().max() < 0.1 * before["query_sets.0"].abs().max()
+    # The added rows are copies of the first ones plus noise: near them, never equal to them.
+    extra = rows[queries:] - before["query_sets.0"][:3]
+    assert extra.abs().max() > 0 and extra.abs().max() < before["query_sets.0"].abs().max()
+
+
+def test_init_from_another_architecture_is_one_clear_error(data_root, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base = tmp_path / "base"
+    assert main(_args(data_root, base, "--iterations", "1", "--threads", "1")) == 0
+    config = json.loads(TINY_CONFIG.read_text())
+    config["model"]["hidden_size"] *= 2
+    config.update(init_from=str(base / "step_0000001"), domain_head_images=0)
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(config))
+    out = tmp_path / "other"
+    assert main(["--config", str(path), "--data-root", str(data_root), "--out", str(out), "--no-progress",
+                 "--iterations", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: checkpoint: init_from") and "only the number of queries may differ" in err

@@ -65,6 +65,8 @@ def test_dataset_export_and_overwrite(tmp_path, capsys):
         (["--dataset", "street", "--seed", "-1", "--out", "X"], "--seed"),
         (["--dataset", "street", "--size", "8", "--out", "X"], "--size"),
         (["--dataset", "street"], "--out"),
+        (["--dataset", "street", "--domains", "street,mall", "--out", "X"], "mall"),
+        (["--benchmark", "M1", "--domains", "street", "--out", "X"], "source dataset"),
     ],
 )
 def test_bad_options_give_one_error_line(tmp_path, capsys, argv, message):
@@ -80,3 +82,13 @@ def test_out_path_that_is_a_file(tmp_path, capsys):
     target.write_text("x")
     code, _, err = run(capsys, "--dataset", "parts", "--n", "1", "--out", str(target))
     assert code == 2 and "is a file" in err
+
+
+def test_domains_draw_other_scene_kinds(tmp_path, capsys):
+    out = tmp_path / "street_any"
+    code, _, _ = run(capsys, "--dataset", "street", "--domains", "street, portrait", "--n", "4", "--size", "48",
+                     "--out", str(out), "--quiet")
+    assert code == 0
+    data = json.loads((out / "instances.json").read_text())
+    assert [im["domain"] for im in data["images"]] == ["street", "portrait", "street", "portrait"]
+    assert {c["name"] for c in data["categories"]} == {"person", "car", "truck", "road", "sky"}
