@@ -15,10 +15,12 @@ from resi_core.labels import LabelError
 from resi_core.world.annotate import GTSegment, annotate
 from resi_core.world.render import Scene
 from resi_core.world.scenes import compose
-from resi_core.world.spaces import BENCHMARKS, DATASETS, SPLITS, involved_spaces
+from resi_core.world.spaces import SCENES, SPLITS, involved_spaces
 
-# Stable codes for seeding (never hash(): it changes between processes).
-_NAME_CODES = {name: code for code, name in enumerate(DATASETS + tuple(BENCHMARKS))}
+# Stable codes for seeding (never hash(): it changes between processes). New names take new codes at
+# the end, so the images of the older ones never change.
+_NAME_CODES = {name: code for code, name in enumerate(
+    ("street", "portrait", "drive", "parts", "M1", "M2", "M3", "M4", "avenue", "M5"))}
 _SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
 
 
@@ -41,14 +43,15 @@ class WorldSample:
 def make_sample(name: str, split: str, index: int, seed: int = 0, size: int = 128) -> WorldSample:
     """Image `index` of dataset or benchmark `name` at size x size px.
 
-    A source dataset draws scenes from its own domain; a benchmark cycles through its label
-    spaces' domains (image i uses domain i mod k), so every involved class appears.
+    A source dataset draws scenes from its own domain (avenue: street's, `SCENES`); a benchmark
+    cycles through its label spaces' domains (image i uses domain i mod k), so every involved
+    class appears.
     """
     spaces = involved_spaces(name)
     if split not in _SPLIT_CODES:
         raise LabelError(f"Unknown split {split!r}; choose from {', '.join(SPLITS)}.")
     rng = np.random.default_rng([seed, _SPLIT_CODES[split], _NAME_CODES[name], index])
-    scene = compose(spaces[index % len(spaces)], rng, size, size)
+    scene = compose(SCENES[spaces[index % len(spaces)]], rng, size, size)
     segments, void = {}, {}
     for space in spaces:
         segments[space], space_void = annotate(scene, space)

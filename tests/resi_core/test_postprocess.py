@@ -214,6 +214,18 @@ def test_esf_fuses_synonyms_only_when_declared():
     assert set(fused[0].label_spaces) == {"street", "drive"}
 
 
+def test_esf_never_fuses_same_names_of_a_distinct_space():
+    """M5's rule: avenue's "car" is another class than street's, however well their masks agree."""
+    avenue = LabelSpace("avenue", STREET.classes)
+    street_car, avenue_car = seg("street", "car", 0.9, rect(0, 6, 0, 6)), seg("avenue", "car", 0.8, rect(0, 6, 0, 6))
+    assert len(esf_fuse([[street_car], [avenue_car]], mix([STREET, avenue]))) == 1  # the default: one class
+    kept = esf_fuse([[street_car], [avenue_car]], mix([STREET, avenue], distinct=["avenue"]))
+    assert [s.label_spaces for s in kept] == [("street",), ("avenue",)]
+    # and semantic maps keep them apart too
+    union = semantic_union([[street_car], [avenue_car]], mix([STREET, avenue], distinct=["avenue"]))
+    assert len(union) == 2
+
+
 def test_esf_keeps_same_class_apart_below_iou_threshold():
     a, b = rect(0, 10, 0, 4), rect(0, 10, 2, 6)  # IoU = 20 / 60
     assert mask_iou(a, b) == pytest.approx(1 / 3)
