@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from resi_core.labels import ClassDef, LabelSpace, mix
 from resi_core.postprocess import (
     esf_fuse,
+    hold_out_of_domain,
     instance_list,
     interp_matrix,
     mask_iou,
@@ -248,6 +249,21 @@ def test_esf_adhoc_passes_fuse_by_query_set():
     b = Segment("b", rect(0, 5, 0, 5), "dog", ("adhoc",), 0.7, True, (Source("adhoc", "dog", 4, "drive"),))
     (fused,) = esf_fuse([[a], [b]], mixed)
     assert fused.id == "b" and fused.query_sets == ("drive", "street")
+
+
+def test_hold_out_of_domain_makes_weak_out_of_domain_queries_no_object():
+    """The baselines' domain-aware variant: classes 0 (vegetation, drive only) and 2 are out of the image's
+    likeliest domain, class 1 (sky) in it."""
+    in_domain = [False, True, False]
+    probs = torch.tensor([[0.90, 0.0, 0.0, 0.10],  # out of domain, weak: -> ∅
+                          [0.99, 0.0, 0.0, 0.01],  # out of domain but near-certain: kept
+                          [0.0, 0.60, 0.0, 0.40],  # in domain: kept
+                          [0.0, 0.30, 0.20, 0.50],  # best is ∅: kept as it is
+                          [0.0, 0.0, 0.0, 1.0]])
+    gated = hold_out_of_domain(probs, in_domain, 0.98)
+    assert torch.equal(gated[1:], probs[1:])
+    assert gated[0].tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert torch.equal(hold_out_of_domain(probs, [True] * 3, 0.98), probs)
 
 
 def test_semantic_union_unions_a_class_across_passes_and_keeps_other_classes_overlapping():

@@ -140,28 +140,3 @@ def test_a_run_with_another_budget_is_trained_again_not_reused(smoke, capsys):
     assert "== training resi for 3 iterations" in capsys.readouterr().out
     assert bench.checkpoint_step(bench.latest_checkpoint(out / "runs" / "resi")) == 3
     assert [p.name for p in sorted((out / "runs" / "resi").glob("step_*"))] == ["step_0000003"]
-
-
-def test_domain_aware_variant_for_the_baselines():
-    from resi_core.world import benchmark_mix
-
-    mixed = benchmark_mix("M2")  # street + drive; person ≡ pedestrian is one class from both spaces
-    names = [c.name for c in mixed.classes]
-    m = len(names)
-
-    def row(name: str, p: float) -> list[float]:
-        values = [0.0] * (m + 1)
-        values[names.index(name) if name else m] = p
-        values[m] += 1.0 - p
-        return values
-
-    probs = torch.tensor([row("vegetation", 0.90),  # drive only, out of the street domain, weak: -> ∅
-                          row("vegetation", 0.99),  # out of domain but near-certain: kept
-                          row("sky", 0.60),  # street: in domain
-                          row("person", 0.70),  # person ≡ pedestrian comes from both spaces: in domain
-                          row("", 1.0)])  # already ∅
-    gated = bench.domain_aware(probs, mixed, "street", 0.98)
-    assert torch.equal(gated[1:], probs[1:])
-    assert gated[0, m] == 1.0 and gated[0, :m].sum() == 0.0
-    assert torch.equal(bench.domain_aware(probs, mixed, "drive", 0.98)[[0, 1, 3]], probs[[0, 1, 3]])
-    assert bench.domain_aware(probs, mixed, "drive", 0.98)[2, m] == 1.0  # sky is street's only
