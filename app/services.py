@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from sqlalchemy.engine import make_url
@@ -27,6 +27,10 @@ from resi_core.labels import LabelSpace
 from storage import db
 from storage.files import FileStore, load_rgb, path_sha256
 
+if TYPE_CHECKING:
+    from resi_core.predictor import Request
+    from resi_core.segment import Segment
+
 
 class UserError(Exception):
     """Something the user can fix; the message is shown as is, never a traceback."""
@@ -34,13 +38,39 @@ class UserError(Exception):
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the app needs to know about the loaded checkpoint."""
+    """What the app needs to know about a checkpoint, from its metadata (the weights stay on disk)."""
 
     name: str
     path: Path
     sha256: str
     label_spaces: tuple[LabelSpace, ...]
     text_encoder: str
+    # Label spaces added by fine-tuning -> the trained space whose images theirs look like (domain-aware OMI).
+    space_domains: dict[str, str] = field(default_factory=dict)
+
+
+class Proposal(Protocol):
+    """What the app reads of a prediction (`resi_core.predictor.Prediction`)."""
+
+    @property
+    def segments(self) -> list[Segment]: ...
+
+    @property
+    def domain_probs(self) -> dict[str, float]: ...
+
+    @property
+    def out_of_domain(self) -> tuple[str, ...]: ...
+
+
+class Proposer(Protocol):
+    """What the app asks of a predictor: `resi_core.predictor.Predictor`, and the tests' fake."""
+
+    @property
+    def label_spaces(self) -> dict[str, LabelSpace]: ...
+
+    def predict(self, image: np.ndarray, request: Request, *, with_instances: bool = True) -> Proposal: ...
+
+    def clear_cache(self) -> None: ...
 
 
 class ModelProvider:
@@ -62,15 +92,16 @@ class ModelProvider:
         self.cache_dir = cache_dir
         self.capacity = capacity
         self._lock = threading.Lock()
-        self._predictors: OrderedDict[Path, Any] = OrderedDict()
+        self._predictors: OrderedDict[Path, Proposer] = OrderedDict()
         self._infos: dict[Path, ModelInfo] = {}
         self._encoder: Any = None
 
     def missing_message(self) -> str:
         return (
-            f"No model checkpoint at {self.checkpoint}. Proposals need one: train the demo model with "
-            "`python -m train demo` or start the app with --checkpoint PATH. Uploading, class sets, "
-            "drawing segments by hand and accepting all work without it."
+            f"No model checkpoint at {self.checkpoint}. Proposals need one: restore the committed demo with "
+            "`git checkout -- checkpoints/demo`, train one with `python -m train pretrain --config "
+            "configs/world_demo.json` (README.md), or start the app with --checkpoint PATH. Uploading, class "
+            "sets, drawing segments by hand and accepting all work without it."
         )
 
     @property
@@ -93,7 +124,7 @@ class ModelProvider:
                     raise UserError(f"{exc} (set it with --text-encoder).") from exc
             return self._encoder
 
-    def predictor(self, checkpoint: Path | None = None) -> Any:
+    def predictor(self, checkpoint: Path | None = None) -> Proposer:
         """The predictor of `checkpoint` (default: the app's), loaded on first use."""
         info = self.info(checkpoint)
         encoder = self.text_encoder()
@@ -139,9 +170,10 @@ class ModelProvider:
                     meta = read_meta(path)
                     spaces = tuple(LabelSpace.from_json(s) for s in meta["label_spaces"])
                     text_encoder = str(meta["text_encoder"])
+                    space_domains = {str(k): str(v) for k, v in (meta.get("space_domains") or {}).items()}
                 except CheckpointError as exc:
                     raise UserError(str(exc)) from exc
-                except (KeyError, TypeError, ValueError) as exc:
+                except (AttributeError, KeyError, TypeError, ValueError) as exc:
                     raise UserError(f"The checkpoint {path} has invalid metadata: {exc!r}.") from exc
                 self._infos[key] = ModelInfo(
                     name=path.name,
@@ -149,6 +181,7 @@ class ModelProvider:
                     sha256=path_sha256(path),
                     label_spaces=spaces,
                     text_encoder=text_encoder,
+                    space_domains=space_domains,
                 )
             return self._infos[key]
 

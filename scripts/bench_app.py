@@ -24,12 +24,19 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app import handlers as h  # noqa: E402
+from app.class_sets.handlers import save_class_set  # noqa: E402
 from app.config import DEFAULT_CHECKPOINT, AppConfig  # noqa: E402
+from app.context import UserState, class_options, load_context, trained_spaces  # noqa: E402
+from app.labeling.edits import add_segment, relabel  # noqa: E402
+from app.labeling.images import load_image  # noqa: E402
+from app.labeling.propose import propose  # noqa: E402
+from app.projects.handlers import create_project  # noqa: E402
+from app.projects.upload import upload_images  # noqa: E402
 from app.services import Services, open_services  # noqa: E402
 from storage import repo  # noqa: E402
+from tests.shared_data import COCO128_IMAGES, MISSING  # noqa: E402
 
-COCO = Path("/work/shared/data/coco128/images/train2017")
+COCO = COCO128_IMAGES
 
 
 def photo_512(path: Path) -> bytes:
@@ -49,16 +56,16 @@ def timed(fn: Callable[[], object], repeats: int) -> list[float]:
     return out
 
 
-def setup_project(svc: Services, name: str, photos: Sequence[Path], tmp: Path) -> h.UserState:
-    state = h.create_project(svc, name)
+def setup_project(svc: Services, name: str, photos: Sequence[Path], tmp: Path) -> UserState:
+    state = create_project(svc, name)
     paths = []
     for i, photo in enumerate(photos):
         path = tmp / f"{name}-{i}.png"
         path.write_bytes(photo_512(photo))
         paths.append(path)
-    report = h.upload_images(svc, state, paths)
-    spaces = [s.name for s in h.trained_spaces(svc)]
-    h.save_class_set(svc, state, spaces, "", [])
+    report = upload_images(svc, state, paths)
+    spaces = [s.name for s in trained_spaces(svc)]
+    save_class_set(svc, state, spaces, "", [])
     return replace(state, image_id=report.first_image_id)
 
 
@@ -68,25 +75,25 @@ def bench_handlers(svc: Services, tmp: Path, repeats: int) -> dict[str, float]:
 
     def cold_propose() -> None:
         predictor.clear_cache()
-        h.propose(svc, state, "bench")
+        propose(svc, state, "bench")
 
-    h.propose(svc, state, "bench")  # warm-up: loads the model
+    propose(svc, state, "bench")  # warm-up: loads the model
     propose_ms = timed(cold_propose, repeats)
-    h.save_class_set(svc, state, [], "person, dog, car", [])
-    state = h.load_image(svc, state)[0]
+    save_class_set(svc, state, [], "person, dog, car", [])
+    state = load_image(svc, state)[0]
 
     def re_propose() -> None:
         nonlocal state
-        state = h.propose(svc, state, "bench").state
+        state = propose(svc, state, "bench").state
 
     repropose_ms = timed(re_propose, repeats)
-    options = h.class_options(svc, state)
-    new = h.add_segment(svc, state, "bench", {"layers": [_square(512)]}, options[0])
+    options = class_options(svc, load_context(svc, state))
+    new = add_segment(svc, state, "bench", {"layers": [_square(512)]}, options[0])
     state = new.state
 
     def save() -> None:
         nonlocal state
-        state = h.relabel(svc, state, "bench", state.selected_id, options[len(options) // 2]).state
+        state = relabel(svc, state, "bench", state.selected_id, options[len(options) // 2]).state
 
     save_ms = timed(save, repeats)
     return {
@@ -151,6 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.checkpoint.exists():
         print(f"No checkpoint at {args.checkpoint}; pass --checkpoint.", file=sys.stderr)
+        return 2
+    if MISSING:
+        print(MISSING, file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)

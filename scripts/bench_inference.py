@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from resi_core.image_io import load_image  # noqa: E402
 from resi_core.labels import ClassDef, LabelSpace  # noqa: E402
 from resi_core.predictor import AdHocRequest, Predictor, SpacesRequest  # noqa: E402
+from tests.shared_data import COCO128_IMAGES, MISSING  # noqa: E402
 
-DEFAULT_IMAGES = Path("/work/shared/data/coco128/images/train2017")
 RANDOM_SPACES = (
     LabelSpace("street", (ClassDef("person"), ClassDef("car"), ClassDef("road", isthing=False))),
     LabelSpace("portrait", (ClassDef("face"), ClassDef("hair"))),
@@ -73,11 +73,16 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--images", type=int, default=20, help="how many photos to time (default 20)")
-    parser.add_argument("--image-dir", type=Path, default=DEFAULT_IMAGES, help="folder of .jpg photos")
+    parser.add_argument("--image-dir", type=Path, default=None,
+                        help="folder of .jpg photos (default: coco128's, beside the repository or at $RESI_COCO128)")
     parser.add_argument("--checkpoint", help="RESI checkpoint folder; default: a tiny random model")
     parser.add_argument("--max-size", type=int, help="model input long side (default: the model's)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    if args.image_dir is None:
+        if MISSING:
+            parser.error(MISSING)
+        args.image_dir = COCO128_IMAGES
 
     paths = sorted(args.image_dir.glob("*.jpg"))[: args.images]
     if not paths:

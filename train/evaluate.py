@@ -1,4 +1,5 @@
-"""`python -m train evaluate`: score COCO-format predictions with PIQ, mIoU, PQ per label space and AP."""
+"""`python -m train evaluate`: score COCO-format predictions with PIQ, mIoU, PQ per label space, AP and
+overlap recall."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ definitions, not formulas from the RESI paper, which were not available):
   PQ    COCO panoptic quality per label space, after pasting that space's predictions
         into a non-overlapping map by score; "mixed PQ" is the mean over spaces.
   AP    COCO mask AP (pycocotools) on thing classes, IoU 0.50:0.95; also AP50 and AP75.
+  Overlap recall
+        of the ground-truth pairs of masks of different label spaces that share at least
+        half of the smaller one's pixels (person / face, car / wheel), the share where both
+        masks are matched by a prediction of their class at IoU > 0.5 (PIQ's matching).
+        "-" when the ground truth has no such pair.
 Void pixels (images[i].void) and crowd regions count as in COCO panoptic.
 """
 
@@ -36,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gt", required=True, help="ground truth, COCO instances JSON")
     parser.add_argument("--pred", required=True, help="predictions, COCO results JSON list")
     parser.add_argument("--out", help="write the full result (per class, per space) to this JSON file")
-    parser.add_argument("--per-class", action="store_true", help="also print PIQ and IoU of every class")
+    parser.add_argument("--per-class", action="store_true",
+                        help="also print PIQ and IoU of every class, and overlap recall per pair of classes")
     return parser
 
 
@@ -46,7 +53,7 @@ def _pct(value: float | None) -> str:
 
 def summary_table(result: EvalResult, per_class: bool = False) -> str:
     """Plain-text table of the headline numbers (percent)."""
-    p, ap = result.piq, result.ap
+    p, ap, o = result.piq, result.ap, result.overlap
     rows = [
         ("PIQ", p.piq),
         ("  things", p.piq_things),
@@ -59,6 +66,7 @@ def summary_table(result: EvalResult, per_class: bool = False) -> str:
         ("AP", None if ap is None else ap.ap),
         ("  AP50", None if ap is None else ap.ap50),
         ("  AP75", None if ap is None else ap.ap75),
+        (f"Overlap recall ({o.found}/{o.pairs} pairs)", o.recall),
     ]
     width = max(len(name) for name, _ in rows)
     lines = [f"{result.num_images} images, {result.num_predictions} predictions", ""]
@@ -68,6 +76,10 @@ def summary_table(result: EvalResult, per_class: bool = False) -> str:
         for name, c in p.per_class.items():
             iou = result.miou.per_class.get(name)
             lines.append(f"{name[:24]:<24} {_pct(c.piq)} {c.tp:5d} {c.fp:5d} {c.fn:5d} {_pct(iou)}")
+        if o.per_pair:
+            lines += ["", f"{'overlapping pair':<32} {'found':>6} {'pairs':>6} {'recall':>6}"]
+            for name, c in o.per_pair.items():
+                lines.append(f"{name[:32]:<32} {c.found:6d} {c.pairs:6d} {_pct(c.recall)}")
     return "\n".join(lines)
 
 

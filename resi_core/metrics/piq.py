@@ -81,14 +81,18 @@ def match_class(
     void: np.ndarray | None,
     crowd: np.ndarray | None,
     isthing: bool,
-) -> QualityCounts:
-    """Match one class's segments in one image.
+) -> tuple[QualityCounts, np.ndarray]:
+    """Match one class's segments in one image: (counts, which ground truths were matched).
 
     pred_masks [D, S] bool, pred_scores [D], gt_masks [G, S] bool (non-crowd), void [S] bool
     (unknown pixels, disjoint from gt_masks), crowd [S] bool (this class's crowd regions), on
     S pixels: all P of the image, or any subset holding every mask of the class.
-    Empty masks are ignored on both sides.
+    Empty masks are ignored on both sides. The matched flags are bool [G], aligned with
+    `gt_masks`'s rows (an empty row is never matched); for stuff, every non-empty row shares
+    the outcome of the class's merged segment.
     """
+    rows = np.flatnonzero(gt_masks.any(axis=1))  # [G'] the non-empty ground truths
+    matched_rows = np.zeros(len(gt_masks), dtype=bool)  # [G]
     if not isthing:
         pred_masks = pred_masks.any(axis=0, keepdims=True) if len(pred_masks) else pred_masks
         gt_masks = gt_masks.any(axis=0, keepdims=True) if len(gt_masks) else gt_masks
@@ -97,7 +101,7 @@ def match_class(
     keep = pred_area > 0
     pred_masks, pred_scores, pred_area = pred_masks[keep], pred_scores[keep], pred_area[keep]
     gt_masks = gt_masks[gt_masks.any(axis=1)]
-    gt_area = gt_masks.sum(axis=1)  # [G]
+    gt_area = gt_masks.sum(axis=1)  # [G']
 
     counts = QualityCounts()
     num_pixels = pred_masks.shape[1]
@@ -106,11 +110,11 @@ def match_class(
     ignore = void | (no_pixels if crowd is None else crowd)
     # Pixels in void are removed from the union (void is disjoint from the ground truth).
     extra = overlap(pred_masks, np.stack([void, ignore]))  # [D, 2]: |P ∩ void|, |P ∩ (void ∪ crowd)|
-    inter = overlap(pred_masks, gt_masks)  # [D, G]
-    union = pred_area[:, None] + gt_area[None, :] - inter - extra[:, :1]  # [D, G]
-    iou = np.where(inter > 0, inter / np.maximum(union, 1), 0.0)  # [D, G]
+    inter = overlap(pred_masks, gt_masks)  # [D, G']
+    union = pred_area[:, None] + gt_area[None, :] - inter - extra[:, :1]  # [D, G']
+    iou = np.where(inter > 0, inter / np.maximum(union, 1), 0.0)  # [D, G']
 
-    gt_matched = np.zeros(len(gt_masks), dtype=bool)
+    gt_matched = np.zeros(len(gt_masks), dtype=bool)  # [G']
     for d in np.argsort(-pred_scores, kind="stable"):
         candidates = np.where(gt_matched, 0.0, iou[d])
         g = int(np.argmax(candidates)) if len(candidates) else -1
@@ -121,29 +125,44 @@ def match_class(
         elif extra[d, 1] / pred_area[d] <= IGNORE_FRACTION:
             counts.fp += 1
     counts.fn = int((~gt_matched).sum())
-    return counts
+    if isthing:
+        matched_rows[rows[gt_matched]] = True
+    elif len(gt_matched) and gt_matched[0]:
+        matched_rows[rows] = True
+    return counts, matched_rows
 
 
-def image_quality_counts(
+def image_matches(
     seg: ImageSegments, isthing: Mapping[int, bool], class_spaces: Mapping[int, Sequence[str]]
-) -> dict[int, QualityCounts]:
-    """Per-class counts for one image; every class present on either side gets an entry."""
+) -> tuple[dict[int, QualityCounts], np.ndarray]:
+    """Per-class counts for one image (every class present on either side gets an entry), and
+    which ground-truth segments were matched: bool [G] over `seg`'s rows (crowd never is)."""
     out: dict[int, QualityCounts] = {}
+    matched = np.zeros(len(seg.gt_classes), dtype=bool)  # [G]
     for c in np.union1d(seg.gt_classes, seg.pred_classes).tolist():
         window = seg.class_window(c)
         gt_rows = seg.gt_classes == c
         crowd_rows = gt_rows & seg.gt_crowd
         crowd = seg.gt_crop(crowd_rows, window).any(axis=0) if crowd_rows.any() else None
         pred_rows = seg.pred_classes == c
-        out[c] = match_class(
+        truth = gt_rows & ~seg.gt_crowd
+        out[c], class_matched = match_class(
             seg.pred_crop(pred_rows, window),
             seg.pred_scores[pred_rows],
-            seg.gt_crop(gt_rows & ~seg.gt_crowd, window),
+            seg.gt_crop(truth, window),
             seg.class_void(c, class_spaces.get(c, ()), window),
             crowd,
             isthing[c],
         )
-    return out
+        matched[np.flatnonzero(truth)] = class_matched
+    return out, matched
+
+
+def image_quality_counts(
+    seg: ImageSegments, isthing: Mapping[int, bool], class_spaces: Mapping[int, Sequence[str]]
+) -> dict[int, QualityCounts]:
+    """Per-class counts for one image; every class present on either side gets an entry."""
+    return image_matches(seg, isthing, class_spaces)[0]
 
 
 def _mean(values: Sequence[float]) -> float | None:

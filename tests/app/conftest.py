@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
+from app.class_sets.handlers import save_class_set
 from app.config import AppConfig
-from app.handlers import UserState
+from app.context import UserState
+from app.projects.handlers import create_project
+from app.projects.upload import upload_images
 from app.services import ModelInfo, ModelProvider, Services, open_services
 from resi_core.labels import ClassDef, LabelSpace
+from resi_core.predictor import AdHocRequest, MixedRequest, Request, RequestError
 from resi_core.segment import Segment, Source
-from tests.shared_data import COCO128_IMAGES
+from tests.shared_data import coco128_photos
 
 STREET = LabelSpace("street", (ClassDef("person"), ClassDef("car"), ClassDef("road", isthing=False)))
 DRIVE = LabelSpace("drive", (ClassDef("pedestrian"), ClassDef("vehicle")))
@@ -42,13 +46,25 @@ class FakeEncoder:
         return torch.stack(rows)
 
 
+@dataclass(frozen=True)
+class FakePrediction:
+    """The fields of `resi_core.predictor.Prediction` that the app reads (`app.services.Proposal`)."""
+
+    segments: list[Segment]
+    domain_probs: dict[str, float] = field(default_factory=dict)
+    out_of_domain: tuple[str, ...] = ()
+
+
 class FakePredictor:
-    """Two boxes per request: the first class of each space top-left, the second bottom-right."""
+    """Two boxes per request: the first class of each space top-left, the second bottom-right.
+    It implements `app.services.Proposer`, as the real predictor does."""
 
     label_spaces = {"street": STREET, "drive": DRIVE}
 
-    def predict(self, image: np.ndarray, request: Any, *, with_instances: bool = True) -> Any:
-        from resi_core.predictor import AdHocRequest, MixedRequest, RequestError
+    def clear_cache(self) -> None:
+        pass
+
+    def predict(self, image: np.ndarray, request: Request, *, with_instances: bool = True) -> FakePrediction:
 
         h, w = image.shape[:2]
         names = () if isinstance(request, AdHocRequest) else request.spaces
@@ -67,7 +83,7 @@ class FakePredictor:
                 src = (Source(space.name, cls.name, j, space.name),)
                 segments.append(Segment(f"{space.name}-{j}", mask, cls.name, (space.name,), 0.9 - 0.1 * j,
                                         cls.isthing, src))
-        return type("Prediction", (), {"segments": segments})()
+        return FakePrediction(segments)
 
 
 class FakeModel(ModelProvider):
@@ -105,12 +121,10 @@ def write_image(path: Path, **kwargs: Any) -> Path:
 @pytest.fixture
 def project(svc: Services, tmp_path: Path) -> UserState:
     """A project with two uploaded images and a street+drive class set; the first image is open."""
-    from app import handlers as h
-
-    state = h.create_project(svc, "demo")
-    report = h.upload_images(svc, state, [write_image(tmp_path / "a.png"),
-                                          write_image(tmp_path / "b.png", color=(10, 200, 10))])
-    h.save_class_set(svc, state, ["street", "drive"], "", [])
+    state = create_project(svc, "demo")
+    report = upload_images(svc, state, [write_image(tmp_path / "a.png"),
+                                        write_image(tmp_path / "b.png", color=(10, 200, 10))])
+    save_class_set(svc, state, ["street", "drive"], "", [])
     return replace(state, image_id=report.first_image_id)
 
 
@@ -122,7 +136,6 @@ TINY_MODEL = {  # the model section of configs/world_tiny.json
     "num_heads": 2, "dim_feedforward": 64, "encoder_feedforward_dim": 64, "num_queries": 8,
     "text_encoder": "minilm", "text_dim": 384, "train_num_points": 256, "max_size": 64,
 }
-COCO_IMAGES = COCO128_IMAGES
 
 
 @pytest.fixture(scope="session")
@@ -139,7 +152,4 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def coco_photo() -> Path:
-    photos = sorted(COCO_IMAGES.glob("*.jpg"))
-    if not photos:
-        pytest.skip(f"no coco128 photos under {COCO_IMAGES}")
-    return photos[0]
+    return coco128_photos(1)[0]

@@ -7,9 +7,7 @@ The app runs in this process with the fake model of conftest.py, so the test che
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import subprocess
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,27 +16,14 @@ import pytest
 
 from app.config import AppConfig
 from app.services import open_services
+from tests.app.browser import CHROMIUM_ARGS, chromium_executable
 from tests.app.conftest import FakeModel
-from tests.shared_data import COCO128_IMAGES
+from tests.shared_data import coco128_photos
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]
-COCO = COCO128_IMAGES
 SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "browser"
 TIMEOUT_MS = 30_000
-
-
-def ensure_chromium() -> str:
-    if not Path(CHROMIUM).exists() and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "install", "-y", "chromium"], capture_output=True, timeout=600, check=False)
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed at /usr/bin/chromium and `apt-get install -y chromium` failed.")
-    return CHROMIUM
 
 
 def free_port() -> int:
@@ -66,7 +51,7 @@ def app_url(tmp_path: Path) -> Iterator[str]:
 def page(app_url: str) -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
-    executable = ensure_chromium()
+    executable = chromium_executable()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -129,9 +114,7 @@ def brush_and_apply(page, expected: str, attempts: int = 3) -> None:
 
 
 def test_label_two_photos_end_to_end(page) -> None:
-    photos = sorted(COCO.glob("*.jpg"))[:2]
-    if len(photos) < 2:
-        pytest.skip(f"coco128 photos are not at {COCO}.")
+    photos = coco128_photos(2)
 
     page.locator("#project-name textarea, #project-name input").first.fill("browser test")
     page.click("#create-project-btn")

@@ -14,7 +14,14 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from app import handlers as h
+from app.class_sets.handlers import save_class_set
+from app.context import UserState, class_options, file_slug, find_option, load_context
+from app.labeling.accept import accept
+from app.labeling.edits import add_segment
+from app.labeling.images import ImageView, load_image
+from app.projects.export import ExportResult, export_coco
+from app.projects.handlers import create_project, open_project
+from app.projects.upload import upload_images
 from app.services import Services, UserError
 from tests.app.conftest import write_image
 
@@ -25,25 +32,25 @@ def brush(shape: tuple[int, int], rows: slice, cols: slice) -> dict:
     return {"background": None, "layers": [layer], "composite": None}
 
 
-def draw(svc: Services, state: h.UserState, parts: list[tuple[str, slice, slice]]) -> h.UserState:
+def draw(svc: Services, state: UserState, parts: list[tuple[str, slice, slice]]) -> UserState:
     """Draw one segment per (class label, rows, cols) by hand, then accept the image."""
-    state, view = h.load_image(svc, state)
-    options = h.class_options(svc, state)
+    state, view = load_image(svc, state)
+    options = class_options(svc, load_context(svc, state))
     for label, rows, cols in parts:
-        result = h.add_segment(svc, state, "ann", brush(view.image.shape[:2], rows, cols), h.find_option(options, label))
+        result = add_segment(svc, state, "ann", brush(view.image.shape[:2], rows, cols), find_option(options, label))
         assert result.ok
         state = result.state
-    assert h.accept(svc, state, "ann").ok
+    assert accept(svc, state, "ann").ok
     return state
 
 
 @pytest.fixture
-def exported(svc: Services, tmp_path: Path) -> tuple[h.ExportResult, dict[int, h.ImageView]]:
-    state = h.create_project(svc, "Städte & Leute")
-    report = h.upload_images(svc, state, [write_image(tmp_path / "a.png"),
+def exported(svc: Services, tmp_path: Path) -> tuple[ExportResult, dict[int, ImageView]]:
+    state = create_project(svc, "Städte & Leute")
+    report = upload_images(svc, state, [write_image(tmp_path / "a.png"),
                                           write_image(tmp_path / "b.png", color=(10, 200, 10)),
                                           write_image(tmp_path / "c.png", color=(10, 10, 200))])
-    h.save_class_set(svc, state, ["street"], "face", [])
+    save_class_set(svc, state, ["street"], "face", [])
     a, b = report.first_image_id, report.first_image_id + 1
     # a: a face drawn on a person (two label spaces, so both panoptic sets keep it) and a car.
     draw(svc, replace(state, image_id=a), [("person [street]", slice(0, 40), slice(0, 30)),
@@ -53,8 +60,8 @@ def exported(svc: Services, tmp_path: Path) -> tuple[h.ExportResult, dict[int, h
     draw(svc, replace(state, image_id=b), [("person [street]", slice(0, 40), slice(0, 30)),
                                            ("road [street]", slice(30, 48), slice(0, 64)),
                                            ("face [adhoc]", slice(2, 12), slice(5, 15))])
-    views = {i: h.load_image(svc, replace(state, image_id=i))[1] for i in (a, b)}
-    return h.export_coco(svc, state), views
+    views = {i: load_image(svc, replace(state, image_id=i))[1] for i in (a, b)}
+    return export_coco(svc, state), views
 
 
 def test_export_zip_instances_match_the_saved_masks(svc: Services, exported, tmp_path: Path) -> None:
@@ -114,10 +121,10 @@ def test_export_panoptic_png_ids_decode_to_segments_info(exported, tmp_path: Pat
 
 def test_export_needs_an_accepted_image_and_never_overwrites(svc: Services, exported) -> None:
     result, views = exported
-    state = h.UserState(project_id=h.open_project(svc, "Städte & Leute").project_id)
-    again = h.export_coco(svc, state)
+    state = UserState(project_id=open_project(svc, "Städte & Leute").project_id)
+    again = export_coco(svc, state)
     assert again.path != result.path and result.path.exists() and again.path.exists()
-    empty = h.create_project(svc, "empty")
+    empty = create_project(svc, "empty")
     with pytest.raises(UserError, match="accept at least one image"):
-        h.export_coco(svc, empty)
-    assert h._file_slug("猫", "project-9") == "project-9"
+        export_coco(svc, empty)
+    assert file_slug("猫", "project-9") == "project-9"

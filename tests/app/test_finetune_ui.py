@@ -17,9 +17,28 @@ import gradio as gr
 import numpy as np
 import pytest
 
-from app import handlers as h
+from app.class_sets.handlers import save_class_set
 from app.config import AppConfig
-from app.events import guarded, job_progress_html, jobs_frame
+from app.context import ClassSetChoice, UserState, class_options, find_option, load_context, trained_spaces
+from app.events import guarded
+from app.finetune.jobs import (
+    JOB_START_TIMEOUT_S,
+    JobsReport,
+    cancel_job,
+    finetune_sources,
+    job_folder,
+    jobs_report,
+    list_jobs,
+    start_finetune,
+)
+from app.finetune.models import model_choices, model_summary, use_model
+from app.finetune.tab import job_progress_html, jobs_frame
+from app.labeling.accept import accept
+from app.labeling.edits import add_segment
+from app.labeling.images import load_image, open_image
+from app.labeling.propose import predict_segments, propose
+from app.projects.handlers import create_project, project_overview
+from app.projects.upload import upload_images
 from app.services import ProcessState, Services, UserError, open_services
 from storage import repo
 from storage.models import JobStatus
@@ -47,39 +66,39 @@ def brush(shape: tuple[int, int], rows: slice, cols: slice) -> dict:
     return {"background": None, "layers": [layer], "composite": None}
 
 
-def labeled_project(svc: Services, tmp_path: Path, accept: bool = True) -> h.UserState:
+def labeled_project(svc: Services, tmp_path: Path, accepted: bool = True) -> UserState:
     """Three images with hand-drawn ad-hoc hydrant and sign segments (accepted), and one new image."""
-    state = h.create_project(svc, "streets")
+    state = create_project(svc, "streets")
     paths = [write_image(tmp_path / f"{i}.png", color=(40 * i, 90, 200 - 40 * i)) for i in range(4)]
-    report = h.upload_images(svc, state, paths)
+    report = upload_images(svc, state, paths)
     assert len(report.added) == 4
-    h.save_class_set(svc, state, [], "hydrant, sign", [])
-    options = h.class_options(svc, state)
-    image_ids = [int(row[0]) for row in h.project_overview(svc, state).rows]
+    save_class_set(svc, state, [], "hydrant, sign", [])
+    options = class_options(svc, load_context(svc, state))
+    image_ids = [int(row[0]) for row in project_overview(svc, state).rows]
     for image_id in image_ids[:3]:
-        current, view = h.open_image(svc, state, image_id)
+        current, view = open_image(svc, state, image_id)
         shape = view.image.shape[:2]
-        current = h.add_segment(svc, current, "ann", brush(shape, slice(4, 24), slice(4, 28)),
-                                h.find_option(options, "hydrant [adhoc]")).state
-        current = h.add_segment(svc, current, "ann", brush(shape, slice(26, 44), slice(30, 60)),
-                                h.find_option(options, "sign [adhoc]")).state
-        if accept:
-            assert h.accept(svc, current, "ann").ok
+        current = add_segment(svc, current, "ann", brush(shape, slice(4, 24), slice(4, 28)),
+                                find_option(options, "hydrant [adhoc]")).state
+        current = add_segment(svc, current, "ann", brush(shape, slice(26, 44), slice(30, 60)),
+                                find_option(options, "sign [adhoc]")).state
+        if accepted:
+            assert accept(svc, current, "ann").ok
     return replace(state, image_id=image_ids[3])
 
 
-def wait_until_finished(svc: Services, state: h.UserState, job_id: int,
-                        seen: list[tuple[str, float]] | None = None) -> h.JobsReport:
+def wait_until_finished(svc: Services, state: UserState, job_id: int,
+                        seen: list[tuple[str, float]] | None = None) -> JobsReport:
     """Poll as the UI's timer does; `seen` collects (status, progress) of each look."""
     deadline = time.monotonic() + JOB_TIMEOUT_S
     while time.monotonic() < deadline:
-        report = h.jobs_report(svc, state, [job_id])
+        report = jobs_report(svc, state, [job_id])
         if seen is not None:
             seen.append((report.current.status, report.current.progress))
         if report.finished_now:
             return report
         time.sleep(0.3)
-    job = next(j for j in h.list_jobs(svc, state) if j.id == job_id)
+    job = next(j for j in list_jobs(svc, state) if j.id == job_id)
     log = Path(job.args["log"])
     pytest.fail(f"job {job_id} did not finish in {JOB_TIMEOUT_S} s: {job}\n"
                 f"{log.read_text() if log.exists() else 'no log'}")
@@ -96,14 +115,14 @@ def process_exit(svc: Services, job_id: int) -> ProcessState | None:
 def test_validation_errors_are_one_clear_message_each(tiny_checkpoint: Path, tmp_path: Path) -> None:
     svc = real_services(tmp_path / "data", tiny_checkpoint)
     with pytest.raises(UserError, match="Open or create a project"):
-        h.start_finetune(svc, h.UserState(), "hydrants", "adhoc", 3)
-    state = labeled_project(svc, tmp_path, accept=False)
+        start_finetune(svc, UserState(), "hydrants", "adhoc", 3)
+    state = labeled_project(svc, tmp_path, accepted=False)
     with pytest.raises(UserError, match="No accepted image has segments of label space 'adhoc' yet"):
-        h.start_finetune(svc, state, "hydrants", "adhoc", 3)
-    for image_id in [int(r[0]) for r in h.project_overview(svc, state).rows][:3]:
-        opened, _ = h.open_image(svc, state, image_id)
-        assert h.accept(svc, opened, "ann").ok
-    assert h.finetune_sources(svc, state) == [("adhoc (3 accepted image(s))", "adhoc")]
+        start_finetune(svc, state, "hydrants", "adhoc", 3)
+    for image_id in [int(r[0]) for r in project_overview(svc, state).rows][:3]:
+        opened, _ = open_image(svc, state, image_id)
+        assert accept(svc, opened, "ann").ok
+    assert finetune_sources(svc, state) == [("adhoc (3 accepted image(s))", "adhoc")]
 
     cases = [
         (("hydrants", "street", 3), "No accepted image has segments of label space 'street'"),
@@ -122,28 +141,28 @@ def test_validation_errors_are_one_clear_message_each(tiny_checkpoint: Path, tmp
     ]
     for args, message in cases:
         with pytest.raises(UserError, match=message):
-            h.start_finetune(svc, state, *args)
+            start_finetune(svc, state, *args)
     with pytest.raises(gr.Error) as caught:  # what the UI shows: one message, no traceback
-        guarded(h.start_finetune)(svc, state, "street", "adhoc", 3)
+        guarded(start_finetune)(svc, state, "street", "adhoc", 3)
     assert "has a label space 'street' already" in caught.value.message
 
     no_model = real_services(tmp_path / "data", tmp_path / "no-checkpoint")
     with pytest.raises(UserError, match="No model checkpoint at"):
-        h.start_finetune(no_model, state, "hydrants", "adhoc", 3)
-    assert h.list_jobs(svc, state) == []  # nothing was started
-    assert h.jobs_report(svc, state).current is None and "No fine-tuning job" in job_progress_html(None)
+        start_finetune(no_model, state, "hydrants", "adhoc", 3)
+    assert list_jobs(svc, state) == []  # nothing was started
+    assert jobs_report(svc, state).current is None and "No fine-tuning job" in job_progress_html(None)
 
 
 def test_a_job_runs_to_done_and_its_model_becomes_the_projects_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
     svc = real_services(tmp_path / "data", tiny_checkpoint)
     state = labeled_project(svc, tmp_path)
-    assert [s.name for s in h.trained_spaces(svc, state)] == TINY_SPACES
+    assert [s.name for s in trained_spaces(svc, load_context(svc, state))] == TINY_SPACES
 
-    job = h.start_finetune(svc, state, "hydrants", "adhoc", 30)
+    job = start_finetune(svc, state, "hydrants", "adhoc", 30)
     assert job.status in ("queued", "running") and job.space == "hydrants" and job.args["iterations"] == 30
     assert f"--job-id={job.id}" in job.args["command"] and not any("sqlite" in part for part in job.args["command"])
     with pytest.raises(UserError, match=f"Job {job.id} is learning label space 'hydrants' already"):
-        h.start_finetune(svc, state, "Hydrants", "adhoc", 3)
+        start_finetune(svc, state, "Hydrants", "adhoc", 3)
 
     seen: list[tuple[str, float]] = []
     report = wait_until_finished(svc, state, job.id, seen)
@@ -165,28 +184,28 @@ def test_a_job_runs_to_done_and_its_model_becomes_the_projects_model(tiny_checkp
     with svc.sessions() as session:
         active = repo.active_model_version(session, state.project_id)
         assert active.id == version_id and active.checkpoint_path == str(out)
-    assert h.model_checkpoint(svc, state.project_id) == out
-    assert [s.name for s in h.trained_spaces(svc, state)] == [*TINY_SPACES, "hydrants"]
-    assert [s.name for s in h.trained_spaces(svc)] == TINY_SPACES  # the app's checkpoint is unchanged
-    assert "hydrants" in h.model_summary(svc, state) and "fine-tuned" in h.model_summary(svc, state)
-    choices, in_use = h.model_choices(svc, state)
+    assert load_context(svc, state).checkpoint == out
+    assert [s.name for s in trained_spaces(svc, load_context(svc, state))] == [*TINY_SPACES, "hydrants"]
+    assert [s.name for s in trained_spaces(svc)] == TINY_SPACES  # the app's checkpoint is unchanged
+    assert "hydrants" in model_summary(svc, state) and "fine-tuned" in model_summary(svc, state)
+    choices, in_use = model_choices(svc, state)
     assert in_use == version_id and [v for _, v in choices] == [0, version_id]
 
-    h.save_class_set(svc, state, ["hydrants"], "", [])
-    proposed = h.propose(svc, state, "ann")
+    save_class_set(svc, state, ["hydrants"], "", [])
+    proposed = propose(svc, state, "ann")
     assert proposed.ok
     with svc.sessions() as session:
         assert repo.latest_proposal(session, state.image_id).model_version_id == version_id
     assert "hydrants" in svc.model.predictor(out).label_spaces
     with pytest.raises(UserError, match="has a label space 'hydrants' already"):
-        h.start_finetune(svc, state, "hydrants", "adhoc", 3)
+        start_finetune(svc, state, "hydrants", "adhoc", 3)
 
     # Back to the app's checkpoint, and forth again.
-    assert "the app's checkpoint" in h.use_model(svc, state, 0)
-    assert [s.name for s in h.trained_spaces(svc, state)] == TINY_SPACES
-    assert h.model_choices(svc, state)[1] == 0
-    h.use_model(svc, state, version_id)
-    assert h.model_checkpoint(svc, state.project_id) == out
+    assert "the app's checkpoint" in use_model(svc, state, 0)
+    assert [s.name for s in trained_spaces(svc, load_context(svc, state))] == TINY_SPACES
+    assert model_choices(svc, state)[1] == 0
+    use_model(svc, state, version_id)
+    assert load_context(svc, state).checkpoint == out
 
 
 def test_a_failing_job_ends_failed_with_its_message_and_the_app_keeps_working(tiny_checkpoint: Path,
@@ -196,7 +215,7 @@ def test_a_failing_job_ends_failed_with_its_message_and_the_app_keeps_working(ti
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     svc = real_services(tmp_path / "data", broken)
     state = labeled_project(svc, tmp_path)  # the metadata is fine: the job starts, then fails to load
-    job = h.start_finetune(svc, state, "hydrants", "adhoc", 3)
+    job = start_finetune(svc, state, "hydrants", "adhoc", 3)
     (failed,) = wait_until_finished(svc, state, job.id).finished_now
     assert failed.status == "failed" and "is corrupt or truncated" in failed.message
     assert failed.finished_at is not None and "\n" not in failed.message
@@ -204,21 +223,21 @@ def test_a_failing_job_ends_failed_with_its_message_and_the_app_keeps_working(ti
     assert process_exit(svc, job.id) == ProcessState(alive=False, returncode=2)
 
     # Nothing changed for the project, and everything that needs no model works.
-    assert h.model_checkpoint(svc, state.project_id) == broken
-    assert h.model_choices(svc, state) == ([("broken (the app's checkpoint)", 0)], 0)
-    assert h.project_overview(svc, state).counts["accepted"] == 3
-    state, view = h.load_image(svc, state)
-    added = h.add_segment(svc, state, "ann", brush(view.image.shape[:2], slice(0, 10), slice(0, 10)),
-                          h.find_option(h.class_options(svc, state), "sign [adhoc]"))
-    assert added.ok and h.accept(svc, added.state, "ann").ok
-    assert [j.status for j in h.list_jobs(svc, state)] == ["failed"]
+    assert load_context(svc, state).checkpoint == broken
+    assert model_choices(svc, state) == ([("broken (the app's checkpoint)", 0)], 0)
+    assert project_overview(svc, state).counts["accepted"] == 3
+    state, view = load_image(svc, state)
+    added = add_segment(svc, state, "ann", brush(view.image.shape[:2], slice(0, 10), slice(0, 10)),
+                          find_option(class_options(svc, load_context(svc, state)), "sign [adhoc]"))
+    assert added.ok and accept(svc, added.state, "ann").ok
+    assert [j.status for j in list_jobs(svc, state)] == ["failed"]
 
 
 def test_a_job_whose_process_vanished_is_marked_failed(tmp_path: Path) -> None:
     from tests.app.conftest import FakeModel
 
     svc = replace(open_services(AppConfig(data_dir=tmp_path / "data")), model=FakeModel())
-    state = h.create_project(svc, "p")
+    state = create_project(svc, "p")
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     log = tmp_path / "job.log"
@@ -230,21 +249,21 @@ def test_a_job_whose_process_vanished_is_marked_failed(tmp_path: Path) -> None:
         elsewhere = repo.create_job(session, state.project_id, "finetune", {"space": "b", "host": "other-machine"})
         repo.update_job(session, elsewhere.id, status=JobStatus.RUNNING, pid=gone.pid)
         stale = repo.create_job(session, state.project_id, "finetune", {"space": "c", "host": here})
-        stale.created_at -= timedelta(seconds=h.JOB_START_TIMEOUT_S + 1)
+        stale.created_at -= timedelta(seconds=JOB_START_TIMEOUT_S + 1)
         fresh = repo.create_job(session, state.project_id, "finetune", {"space": "d", "host": here})
         ids = killed.id, elsewhere.id, stale.id, fresh.id
-    jobs = {j.id: j for j in h.list_jobs(svc, state)}
+    jobs = {j.id: j for j in list_jobs(svc, state)}
     assert jobs[ids[0]].status == "failed" and jobs[ids[0]].message == \
         "The job's process ended without finishing: Killed"
     assert jobs[ids[1]].status == "running"  # its pid is another machine's: nothing is known here
     assert jobs[ids[2]].status == "failed" and "never started" in jobs[ids[2]].message
     assert jobs[ids[3]].status == "queued"  # just created: its process may still be starting
-    assert h.jobs_report(svc, state, ids).unfinished == (ids[3], ids[1])
+    assert jobs_report(svc, state, ids).unfinished == (ids[3], ids[1])
 
 
 def test_job_folders_of_names_with_the_same_ascii_slug_differ(tmp_path: Path) -> None:
     svc = open_services(AppConfig(data_dir=tmp_path / "data", checkpoint=tmp_path / "none", device="cpu"))
-    first, second = h._job_folder(svc, "汽车", 1), h._job_folder(svc, "火车", 2)
+    first, second = job_folder(svc, "汽车", 1), job_folder(svc, "火车", 2)
     assert first != second and "job1" in first.name and "job2" in second.name
 
 
@@ -252,26 +271,26 @@ def test_a_class_set_space_the_model_lacks_is_one_clear_message() -> None:
     class Predictor:
         label_spaces: dict = {}
 
-    choice = h.ClassSetChoice(label_spaces=("hydrants",), adhoc=(), synonyms=())
+    choice = ClassSetChoice(label_spaces=("hydrants",), adhoc=(), synonyms=())
     with pytest.raises(UserError, match="no label space 'hydrants'"):
-        h.predict_segments(Predictor(), np.zeros((8, 8, 3), np.uint8), choice)
+        predict_segments(Predictor(), np.zeros((8, 8, 3), np.uint8), choice)
 
 
 def test_a_running_job_can_be_cancelled_and_registers_no_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
     svc = real_services(tmp_path / "data", tiny_checkpoint)
     state = labeled_project(svc, tmp_path)
     with pytest.raises(UserError, match="No fine-tuning job of this project is running"):
-        h.cancel_job(svc, state)
-    job = h.start_finetune(svc, state, "hydrants", "adhoc", 100000)
+        cancel_job(svc, state)
+    job = start_finetune(svc, state, "hydrants", "adhoc", 100000)
     deadline = time.monotonic() + JOB_TIMEOUT_S
-    while h.jobs_report(svc, state).current.status != "running" and time.monotonic() < deadline:
+    while jobs_report(svc, state).current.status != "running" and time.monotonic() < deadline:
         time.sleep(0.3)
-    cancelled = h.cancel_job(svc, state)
+    cancelled = cancel_job(svc, state)
     assert (cancelled.id, cancelled.status, cancelled.message) == (job.id, "failed", "Cancelled by the user.")
     exited = process_exit(svc, job.id)
     assert exited is not None and not exited.alive and exited.returncode == -15  # SIGTERM
     with svc.sessions() as session:
         assert not any(v.training.get("finetune") for v in repo.list_model_versions(session, state.project_id))
-    assert h.jobs_report(svc, state).current.message == "Cancelled by the user."  # not overwritten
+    assert jobs_report(svc, state).current.message == "Cancelled by the user."  # not overwritten
     with pytest.raises(UserError, match="No fine-tuning job of this project is running"):
-        h.cancel_job(svc, state)
+        cancel_job(svc, state)

@@ -10,8 +10,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app import handlers as h
+from app.class_sets.handlers import current_class_set, save_class_set, suggest_synonyms
+from app.context import UserState, class_options, find_option, load_context
 from app.editing import BrushMode
+from app.labeling.accept import accept
+from app.labeling.edits import (
+    add_segment,
+    delete_segment,
+    edit_mask,
+    merge_segments,
+    redo,
+    relabel,
+    save_pending_anyway,
+    undo,
+)
+from app.labeling.images import delete_image, load_image, next_open_image, open_image, skip_image
+from app.labeling.propose import domain_note, propose, propose_all
+from app.projects.handlers import create_project, open_project, project_names, project_overview
+from app.projects.upload import upload_images
+from app.quality.handlers import quality
 from app.services import Services, UserError
 from resi_core.labels import LabelError
 from storage.errors import InvalidInput
@@ -25,17 +42,17 @@ def brush(shape: tuple[int, int], rows: slice, cols: slice) -> dict:
 
 
 def test_projects_create_open_and_list(svc: Services) -> None:
-    state = h.create_project(svc, "birds")
-    assert h.project_names(svc) == ["birds"]
-    assert h.open_project(svc, "birds").project_id == state.project_id
+    state = create_project(svc, "birds")
+    assert project_names(svc) == ["birds"]
+    assert open_project(svc, "birds").project_id == state.project_id
     with pytest.raises(InvalidInput, match="exists already"):
-        h.create_project(svc, "birds")
-    overview = h.project_overview(svc, state)
+        create_project(svc, "birds")
+    overview = project_overview(svc, state)
     assert overview.counts["new"] == 0 and "0 images" in overview.summary
 
 
 def test_upload_single_many_zip_duplicates_and_bad_files(svc: Services, tmp_path: Path) -> None:
-    state = h.create_project(svc, "p")
+    state = create_project(svc, "p")
     a = write_image(tmp_path / "a.png")
     b = write_image(tmp_path / "b.jpg", color=(1, 2, 3), fmt="JPEG")
     corrupt = tmp_path / "broken.png"
@@ -47,66 +64,66 @@ def test_upload_single_many_zip_duplicates_and_bad_files(svc: Services, tmp_path
         zf.writestr("c.png", image_bytes(color=(9, 9, 9)))
         zf.writestr("a-again.png", a.read_bytes())
         zf.writestr("readme.txt", "hi")
-    report = h.upload_images(svc, state, [a, b, corrupt, text, archive])
+    report = upload_images(svc, state, [a, b, corrupt, text, archive])
     assert report.added == ["a.png", "b.jpg", "more.zip/c.png"]
     assert report.duplicates == ["more.zip/a-again.png"]
     assert {name for name, _ in report.rejected} == {"broken.png", "notes.png", "more.zip/readme.txt"}
     assert "duplicate" in report.message and "Rejected broken.png" in report.message
-    overview = h.project_overview(svc, state)
+    overview = project_overview(svc, state)
     assert overview.counts["new"] == 3 and [r[2] for r in overview.rows] == ["new"] * 3
     with pytest.raises(UserError):
-        h.upload_images(svc, state, [])
+        upload_images(svc, state, [])
 
 
 def test_upload_over_pixel_cap_is_rejected(svc: Services, tmp_path: Path) -> None:
-    state = h.create_project(svc, "p")
+    state = create_project(svc, "p")
     big = write_image(tmp_path / "big.png", width=7000, height=6000)
-    report = h.upload_images(svc, state, [big])
+    report = upload_images(svc, state, [big])
     assert report.added == [] and "MP" in report.rejected[0][1]
 
 
 def test_class_set_validation(svc: Services) -> None:
-    state = h.create_project(svc, "p")
+    state = create_project(svc, "p")
     with pytest.raises(UserError, match="empty"):
-        h.save_class_set(svc, state, [], "  , ,", [])
+        save_class_set(svc, state, [], "  , ,", [])
     with pytest.raises(LabelError, match="twice"):
-        h.save_class_set(svc, state, [], "Cat, cat", [])
+        save_class_set(svc, state, [], "Cat, cat", [])
     with pytest.raises(UserError, match="no label space"):
-        h.save_class_set(svc, state, ["nope"], "", [])
+        save_class_set(svc, state, ["nope"], "", [])
     many = ", ".join(f"class {i}" for i in range(200))
-    assert len(h.save_class_set(svc, state, [], many, []).adhoc) == 200
-    choice = h.save_class_set(svc, state, ["street"], "Straße, قطة, 猫", [])
+    assert len(save_class_set(svc, state, [], many, []).adhoc) == 200
+    choice = save_class_set(svc, state, ["street"], "Straße, قطة, 猫", [])
     assert choice.adhoc == ("Straße", "قطة", "猫")
-    assert h.current_class_set(svc, state) == choice
-    labels = [o.label for o in h.class_options(svc, state)]
+    assert current_class_set(svc, state) == choice
+    labels = [o.label for o in class_options(svc, load_context(svc, state))]
     assert labels[:3] == ["person [street]", "car [street]", "road [street]"] and "قطة [adhoc]" in labels
 
 
 def test_synonym_suggestions_are_confirmed_by_the_user(svc: Services) -> None:
-    state = h.create_project(svc, "p")
-    suggestions = h.suggest_synonyms(svc, ["street", "drive"], "")
+    state = create_project(svc, "p")
+    suggestions = suggest_synonyms(svc, ["street", "drive"], "")
     labels = [s.label for s in suggestions]
     assert any(label.startswith("person ≈ pedestrian (") for label in labels)
     person = next(s for s in suggestions if s.a == "person")
-    choice = h.save_class_set(svc, state, ["street", "drive"], "", [person])
+    choice = save_class_set(svc, state, ["street", "drive"], "", [person])
     assert choice.synonyms == (("person", "pedestrian"),)
-    assert h.suggest_synonyms(svc, ["street"], "") == []
+    assert suggest_synonyms(svc, ["street"], "") == []
 
 
 def test_propose_without_class_set_or_model(svc: Services, tmp_path: Path) -> None:
-    state = h.create_project(svc, "p")
-    report = h.upload_images(svc, state, [write_image(tmp_path / "a.png")])
+    state = create_project(svc, "p")
+    report = upload_images(svc, state, [write_image(tmp_path / "a.png")])
     state = replace(state, image_id=report.first_image_id)
     with pytest.raises(UserError, match="class set"):
-        h.propose(svc, state, "ann")
-    h.save_class_set(svc, state, [], "cat", [])
+        propose(svc, state, "ann")
+    save_class_set(svc, state, [], "cat", [])
     no_model = replace(svc, model=FakeModel(available=False))
     with pytest.raises(UserError, match="No model checkpoint"):
-        h.propose(no_model, state, "ann")
+        propose(no_model, state, "ann")
 
 
-def test_propose_shows_overlapping_segments_of_each_space(svc: Services, project: h.UserState) -> None:
-    result = h.propose(svc, project, "ann")
+def test_propose_shows_overlapping_segments_of_each_space(svc: Services, project: UserState) -> None:
+    result = propose(svc, project, "ann")
     assert result.ok and result.view is not None
     view = result.view
     assert view.status == "proposed" and len(view.segments) == 4
@@ -117,122 +134,121 @@ def test_propose_shows_overlapping_segments_of_each_space(svc: Services, project
     assert result.state.version == view.version
 
 
-def test_re_propose_with_other_class_set_is_one_undoable_edit(svc: Services, project: h.UserState) -> None:
-    state = h.propose(svc, project, "ann").state
-    h.save_class_set(svc, state, [], "cat, dog", [])
-    result = h.propose(svc, state, "ann")
+def test_re_propose_with_other_class_set_is_one_undoable_edit(svc: Services, project: UserState) -> None:
+    state = propose(svc, project, "ann").state
+    save_class_set(svc, state, [], "cat, dog", [])
+    result = propose(svc, state, "ann")
     assert sorted(s.class_name for s in result.view.segments) == ["cat", "dog"]
-    undone = h.undo(svc, result.state, "ann")
+    undone = undo(svc, result.state, "ann")
     assert len(undone.view.segments) == 4
 
 
-def test_corrections_relabel_delete_merge_brush_add_undo_redo(svc: Services, project: h.UserState) -> None:
-    result = h.propose(svc, project, "ann")
+def test_corrections_relabel_delete_merge_brush_add_undo_redo(svc: Services, project: UserState) -> None:
+    result = propose(svc, project, "ann")
     state, view = result.state, result.view
     shape = view.image.shape[:2]
     person = next(s for s in view.segments if s.class_name == "person")
     car = next(s for s in view.segments if s.class_name == "car")
-    options = h.class_options(svc, state)
+    options = class_options(svc, load_context(svc, state))
 
-    result = h.relabel(svc, state, "ann", person.id, h.find_option(options, "pedestrian [drive]"))
+    result = relabel(svc, state, "ann", person.id, find_option(options, "pedestrian [drive]"))
     assert next(s for s in result.view.segments if s.id == person.id).class_name == "pedestrian"
 
-    result = h.edit_mask(svc, result.state, "ann", person.id, brush(shape, slice(40, 48), slice(0, 8)), BrushMode.ADD)
+    result = edit_mask(svc, result.state, "ann", person.id, brush(shape, slice(40, 48), slice(0, 8)), BrushMode.ADD)
     grown = next(s for s in result.view.segments if s.id == person.id)
     assert grown.mask[40:48, 0:8].all() and grown.area == person.area + 64
 
-    result = h.edit_mask(svc, result.state, "ann", person.id, brush(shape, slice(0, 4), slice(0, 64)), "remove from mask")
+    result = edit_mask(svc, result.state, "ann", person.id, brush(shape, slice(0, 4), slice(0, 64)), "remove from mask")
     assert not next(s for s in result.view.segments if s.id == person.id).mask[0:4].any()
 
     with pytest.raises(UserError, match="Paint"):
-        h.edit_mask(svc, result.state, "ann", person.id, {"background": None, "layers": [], "composite": None}, "add to mask")
+        edit_mask(svc, result.state, "ann", person.id, {"background": None, "layers": [], "composite": None}, "add to mask")
 
-    result = h.merge_segments(svc, result.state, "ann", person.id, car.id)
+    result = merge_segments(svc, result.state, "ann", person.id, car.id)
     assert car.id not in {s.id for s in result.view.segments}
     merged = next(s for s in result.view.segments if s.id == person.id)
     assert merged.mask[car.mask].all()
 
-    result = h.add_segment(svc, result.state, "ann", brush(shape, slice(10, 20), slice(10, 20)),
-                           h.find_option(options, "road [street]"))
+    result = add_segment(svc, result.state, "ann", brush(shape, slice(10, 20), slice(10, 20)),
+                           find_option(options, "road [street]"))
     road = next(s for s in result.view.segments if s.class_name == "road" and s.id == result.state.selected_id)
     assert road.area == 100 and not road.isthing
 
-    result = h.delete_segment(svc, result.state, "ann", road.id)
+    result = delete_segment(svc, result.state, "ann", road.id)
     assert road.id not in {s.id for s in result.view.segments} and result.view.can_undo
-    result = h.undo(svc, result.state, "ann")
+    result = undo(svc, result.state, "ann")
     assert road.id in {s.id for s in result.view.segments} and result.view.can_redo
-    result = h.redo(svc, result.state, "ann")
+    result = redo(svc, result.state, "ann")
     assert road.id not in {s.id for s in result.view.segments}
     assert result.view.status == "in_review"
 
 
-def test_two_tabs_editing_the_same_image_conflict_without_losing_work(svc: Services, project: h.UserState) -> None:
-    result = h.propose(svc, project, "ann")
+def test_two_tabs_editing_the_same_image_conflict_without_losing_work(svc: Services, project: UserState) -> None:
+    result = propose(svc, project, "ann")
     tab_a = tab_b = result.state
     seg = result.view.segments[0]
     other = result.view.segments[1]
-    options = h.class_options(svc, tab_a)
-    saved = h.relabel(svc, tab_a, "alice", seg.id, h.find_option(options, "car [street]"))
+    options = class_options(svc, load_context(svc, tab_a))
+    saved = relabel(svc, tab_a, "alice", seg.id, find_option(options, "car [street]"))
     assert saved.ok
-    clash = h.delete_segment(svc, tab_b, "bob", other.id)
+    clash = delete_segment(svc, tab_b, "bob", other.id)
     assert not clash.ok and "changed by someone else" in clash.message
     assert clash.state.pending is not None
-    refused = h.accept(svc, clash.state, "bob")  # accepting now would drop Bob's edit
+    refused = accept(svc, clash.state, "bob")  # accepting now would drop Bob's edit
     assert not refused.ok and "Save mine" in refused.message and refused.state.pending is not None
     # Alice's edit is saved; Bob's is kept and can be saved as a new revision.
-    kept = h.save_pending_anyway(svc, clash.state, "bob")
+    kept = save_pending_anyway(svc, clash.state, "bob")
     ids = {s.id for s in kept.view.segments}
     assert other.id not in ids and next(s for s in kept.view.segments if s.id == seg.id).class_name == "car"
     with pytest.raises(UserError):
-        h.save_pending_anyway(svc, kept.state, "bob")
+        save_pending_anyway(svc, kept.state, "bob")
 
 
-def test_accept_records_piq_and_opens_next_then_quality(svc: Services, project: h.UserState) -> None:
-    result = h.propose(svc, project, "ann")
+def test_accept_records_piq_and_opens_next_then_quality(svc: Services, project: UserState) -> None:
+    result = propose(svc, project, "ann")
     state = result.state
-    accepted = h.accept(svc, state, "ann")
+    accepted = accept(svc, state, "ann")
     assert accepted.ok and accepted.piq == pytest.approx(1.0)
     assert accepted.next_image_id is not None and accepted.next_image_id != project.image_id
-    nxt = h.propose(svc, accepted.state, "ann")
+    nxt = propose(svc, accepted.state, "ann")
     victim = nxt.view.segments[0]
-    edited = h.delete_segment(svc, nxt.state, "ann", victim.id)
-    second = h.accept(svc, edited.state, "ann")
+    edited = delete_segment(svc, nxt.state, "ann", victim.id)
+    second = accept(svc, edited.state, "ann")
     assert second.piq is not None and second.piq < 1.0 and second.next_image_id is None
-    report = h.quality(svc, state)
+    report = quality(svc, state)
     assert len(report.over_time) == 2 and report.accepted_images == 2
     assert report.unchanged_share == pytest.approx(7 / 8)
     assert report.per_model[0]["images"] == 2 and "Mean PIQ" in report.summary
     # Accepted by mistake: open it again and undo; it is back in review and out of the quality report.
-    reopened_state, _ = h.open_image(svc, state, edited.state.image_id)
-    reopened = h.undo(svc, reopened_state, "ann")
+    reopened_state, _ = open_image(svc, state, edited.state.image_id)
+    reopened = undo(svc, reopened_state, "ann")
     assert reopened.ok and reopened.view.status == "in_review" and "in review again" in reopened.message
     assert [s.id for s in reopened.view.segments] == [s.id for s in edited.view.segments]
-    again = h.quality(svc, state)
+    again = quality(svc, state)
     assert len(again.over_time) == 1 and again.accepted_images == 1
-    assert h.accept(svc, reopened.state, "ann").ok and len(h.quality(svc, state).over_time) == 2
+    assert accept(svc, reopened.state, "ann").ok and len(quality(svc, state).over_time) == 2
     # Proposing again on an accepted image says that it goes back to review.
-    first, _ = h.open_image(svc, state, project.image_id)
-    re_proposed = h.propose(svc, first, "ann")
+    first, _ = open_image(svc, state, project.image_id)
+    re_proposed = propose(svc, first, "ann")
     assert re_proposed.view.status == "in_review" and "back in review" in re_proposed.message
 
 
-def test_propose_all_prelabels_every_new_image(svc: Services, project: h.UserState) -> None:
+def test_propose_all_prelabels_every_new_image(svc: Services, project: UserState) -> None:
     seen: list[tuple[int, int]] = []
-    message = h.propose_all(svc, project, "ann", lambda done, total: seen.append((done, total)))
+    message = propose_all(svc, project, "ann", lambda done, total: seen.append((done, total)))
     assert message.startswith("Pre-labeled 2 of 2") and seen[-1] == (2, 2)
-    assert h.project_overview(svc, project).counts["proposed"] == 2
+    assert project_overview(svc, project).counts["proposed"] == 2
 
 
 def test_no_project_or_image_gives_a_clear_message(svc: Services) -> None:
     with pytest.raises(UserError, match="project"):
-        h.project_overview(svc, h.UserState())
-    state = h.create_project(svc, "p")
+        project_overview(svc, UserState())
+    state = create_project(svc, "p")
     with pytest.raises(UserError, match="image"):
-        h.propose(svc, state, "ann")
+        propose(svc, state, "ann")
 
 
 def test_domain_note_names_the_held_spaces_and_the_way_out() -> None:
-    from app.handlers import domain_note
 
     probs = {"street": 0.01, "portrait": 0.07, "drive": 0.91, "parts": 0.01}
     asked = ("street", "portrait")
@@ -248,7 +264,7 @@ def test_domain_note_names_the_held_spaces_and_the_way_out() -> None:
 
 
 def test_a_damaged_zip_member_is_rejected_and_the_rest_kept(svc: Services, tmp_path: Path) -> None:
-    state = h.create_project(svc, "p")
+    state = create_project(svc, "p")
     damaged = image_bytes(color=(5, 6, 7))
     archive = tmp_path / "batch.zip"
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
@@ -259,102 +275,102 @@ def test_a_damaged_zip_member_is_rejected_and_the_rest_kept(svc: Services, tmp_p
     at = raw.index(damaged) + len(damaged) // 2
     raw[at] ^= 0xFF  # the stored CRC no longer matches
     archive.write_bytes(bytes(raw))
-    report = h.upload_images(svc, state, [archive])
+    report = upload_images(svc, state, [archive])
     assert report.added == ["batch.zip/a.png", "batch.zip/c.png"]
     [(name, reason)] = report.rejected
     assert name == "batch.zip/b.png" and "damaged" in reason
 
 
 def test_two_annotators_are_sent_to_different_images(svc: Services, tmp_path: Path) -> None:
-    state = h.create_project(svc, "team")
+    state = create_project(svc, "team")
     paths = [write_image(tmp_path / f"{i}.png", color=(i * 40, 9, 9)) for i in range(3)]
-    h.upload_images(svc, state, paths)
-    h.save_class_set(svc, state, ["street"], "", [])
-    first, second, third = (int(r[0]) for r in h.project_overview(svc, state).rows)
-    ann, _ = h.open_image(svc, state, first, "ann")
-    bob, view = h.open_image(svc, state, second, "bob")
+    upload_images(svc, state, paths)
+    save_class_set(svc, state, ["street"], "", [])
+    first, second, third = (int(r[0]) for r in project_overview(svc, state).rows)
+    ann, _ = open_image(svc, state, first, "ann")
+    bob, view = open_image(svc, state, second, "bob")
     assert view.other_labeler is None
-    rows = {int(r[0]): r for r in h.project_overview(svc, state).rows}
+    rows = {int(r[0]): r for r in project_overview(svc, state).rows}
     assert (rows[first][-1], rows[second][-1], rows[third][-1]) == ("ann", "bob", "")
     # Ann accepts: the next image in order is Bob's, so she goes on to the third.
-    done = h.accept(svc, ann, "ann")
+    done = accept(svc, ann, "ann")
     assert done.ok and done.next_image_id == third
     # Opening an image someone else holds works, and says who.
-    _, peek = h.open_image(svc, state, second, "ann")
-    assert peek.other_labeler == "bob" and h.project_overview(svc, state).rows[1][-1] == "bob"
+    _, peek = open_image(svc, state, second, "ann")
+    assert peek.other_labeler == "bob" and project_overview(svc, state).rows[1][-1] == "bob"
     # Bob accepts too; the only open image is Ann's now.
-    finished = h.accept(svc, bob, "bob")
+    finished = accept(svc, bob, "bob")
     assert finished.next_image_id is None and "labeled by others" in finished.message
     with pytest.raises(UserError, match="not an image id"):
-        h.open_image(svc, state, "latest", "ann")
+        open_image(svc, state, "latest", "ann")
 
 
 def test_saving_a_class_set_over_a_newer_one_is_refused(svc: Services) -> None:
-    state = h.create_project(svc, "p")
-    assert h.current_class_set(svc, state) is None
-    ann = h.save_class_set(svc, state, ["street"], "", [], based_on=None)  # Ann starts from no set
+    state = create_project(svc, "p")
+    assert current_class_set(svc, state) is None
+    ann = save_class_set(svc, state, ["street"], "", [], based_on=None)  # Ann starts from no set
     # Bob loaded the project before Ann saved: his save would drop her set, so it is refused.
     with pytest.raises(UserError, match="Someone saved another class set.*label spaces: street"):
-        h.save_class_set(svc, state, ["drive"], "hydrant", [], based_on=None)
-    assert h.current_class_set(svc, state).label_spaces == ("street",)
+        save_class_set(svc, state, ["drive"], "hydrant", [], based_on=None)
+    assert current_class_set(svc, state).label_spaces == ("street",)
     # Loading the current set first, then saving, works.
-    bob = h.save_class_set(svc, state, ["street", "drive"], "", [], based_on=h.current_class_set(svc, state).id)
-    assert bob.id != ann.id and h.current_class_set(svc, state).id == bob.id
+    bob = save_class_set(svc, state, ["street", "drive"], "", [], based_on=current_class_set(svc, state).id)
+    assert bob.id != ann.id and current_class_set(svc, state).id == bob.id
 
 
 def test_second_propose_on_a_just_proposed_image_is_a_conflict_not_a_silent_no_op(
-        svc: Services, project: h.UserState) -> None:
+        svc: Services, project: UserState) -> None:
     tab_a = tab_b = project  # both opened the new image at version 0
-    first = h.propose(svc, tab_a, "alice")
+    first = propose(svc, tab_a, "alice")
     assert first.ok and first.view.version == 1
-    second = h.propose(svc, tab_b, "bob")
+    second = propose(svc, tab_b, "bob")
     assert not second.ok and "changed by someone else" in second.message and second.state.pending is not None
-    assert h.load_image(svc, tab_a)[1].version == 1  # nothing of Bob's was applied
+    assert load_image(svc, tab_a)[1].version == 1  # nothing of Bob's was applied
 
 
-def test_skip_opens_the_next_image_without_accepting(svc: Services, project: h.UserState) -> None:
-    skipped = h.skip_image(svc, project, "ann")
+def test_skip_opens_the_next_image_without_accepting(svc: Services, project: UserState) -> None:
+    skipped = skip_image(svc, project, "ann")
     assert skipped.ok and skipped.state.image_id != project.image_id and "Skipped to b.png" in skipped.message
-    assert h.project_overview(svc, project).counts["accepted"] == 0
-    back = h.skip_image(svc, skipped.state, "ann")  # wraps round to the first image
+    assert project_overview(svc, project).counts["accepted"] == 0
+    back = skip_image(svc, skipped.state, "ann")  # wraps round to the first image
     assert back.state.image_id == project.image_id
     # With the other image taken by Bob, there is nowhere to skip to.
-    h.open_image(svc, project, skipped.state.image_id, "bob")
-    stuck = h.skip_image(svc, back.state, "ann")
+    open_image(svc, project, skipped.state.image_id, "bob")
+    stuck = skip_image(svc, back.state, "ann")
     assert not stuck.ok and stuck.state.image_id == project.image_id and "No other image" in stuck.message
 
 
-def test_claim_time_is_a_setting(svc: Services, project: h.UserState) -> None:
+def test_claim_time_is_a_setting(svc: Services, project: UserState) -> None:
     import time
     from dataclasses import replace
 
-    other = h.next_open_image(svc, project.project_id, project.image_id)
-    h.open_image(svc, project, other, "bob")
-    h.open_image(svc, project, project.image_id, "ann")
-    assert not h.skip_image(svc, project, "ann").ok  # Bob's claim (15 minutes by default) is live
+    other = next_open_image(svc, project.project_id, project.image_id)
+    open_image(svc, project, other, "bob")
+    open_image(svc, project, project.image_id, "ann")
+    assert not skip_image(svc, project, "ann").ok  # Bob's claim (15 minutes by default) is live
     short = replace(svc, config=replace(svc.config, claim_minutes=0.001))  # 60 ms
     time.sleep(0.1)
-    assert h.project_overview(short, project).rows[1][-1] == ""  # no one is labeling it now
-    skipped = h.skip_image(short, project, "ann")
+    assert project_overview(short, project).rows[1][-1] == ""  # no one is labeling it now
+    skipped = skip_image(short, project, "ann")
     assert skipped.ok and skipped.state.image_id == other
 
 
-def test_delete_image_opens_the_next_and_refuses_a_stale_tab(svc: Services, project: h.UserState) -> None:
+def test_delete_image_opens_the_next_and_refuses_a_stale_tab(svc: Services, project: UserState) -> None:
     stale = project
-    edited = h.propose(svc, project, "bob")  # Bob changed the image after the stale tab loaded it
+    edited = propose(svc, project, "bob")  # Bob changed the image after the stale tab loaded it
     with pytest.raises(InvalidInput, match="reload it"):
-        h.delete_image(svc, stale, "ann")
-    fresh, view = h.open_image(svc, project, project.image_id, "ann")
+        delete_image(svc, stale, "ann")
+    fresh, view = open_image(svc, project, project.image_id, "ann")
     with pytest.raises(UserError, match="Another image is open now"):  # the first click was for another image
-        h.delete_image(svc, fresh, "ann", confirmed_image_id=fresh.image_id + 1)
+        delete_image(svc, fresh, "ann", confirmed_image_id=fresh.image_id + 1)
     with pytest.raises(InvalidInput, match="ann is labeling image"):  # Bob may not delete Ann's image
-        h.delete_image(svc, fresh, "bob")
-    result = h.delete_image(svc, fresh, "ann", confirmed_image_id=fresh.image_id)
+        delete_image(svc, fresh, "bob")
+    result = delete_image(svc, fresh, "ann", confirmed_image_id=fresh.image_id)
     assert result.ok and f"Deleted {view.name}" in result.message and edited.view.image_id != result.state.image_id
-    overview = h.project_overview(svc, project)
+    overview = project_overview(svc, project)
     assert [r[1] for r in overview.rows] == ["b.png"] and result.view.name == "b.png"
-    last = h.delete_image(svc, result.state, "ann")
-    assert last.view is None and last.state.image_id is None and h.project_overview(svc, project).rows == []
+    last = delete_image(svc, result.state, "ann")
+    assert last.view is None and last.state.image_id is None and project_overview(svc, project).rows == []
 
 
 def test_upload_racing_another_upload_of_the_same_image_ends_as_a_duplicate(svc: Services, tmp_path: Path,
@@ -363,7 +379,7 @@ def test_upload_racing_another_upload_of_the_same_image_ends_as_a_duplicate(svc:
 
     from storage import repo
 
-    state = h.create_project(svc, "p")
+    state = create_project(svc, "p")
     a = write_image(tmp_path / "a.png")
     real = repo.add_image
     calls = []
@@ -377,12 +393,12 @@ def test_upload_racing_another_upload_of_the_same_image_ends_as_a_duplicate(svc:
         return real(session, store, project_id, data, name)
 
     monkeypatch.setattr(repo, "add_image", racing)
-    report = h.upload_images(svc, state, [a])
+    report = upload_images(svc, state, [a])
     assert report.duplicates == ["a.png"] and report.rejected == [] and len(calls) == 2
-    assert [r[1] for r in h.project_overview(svc, state).rows] == ["theirs.png"]
+    assert [r[1] for r in project_overview(svc, state).rows] == ["theirs.png"]
 
 
-def test_open_undo_and_delete_wait_for_another_writer(svc: Services, project: h.UserState) -> None:
+def test_open_undo_and_delete_wait_for_another_writer(svc: Services, project: UserState) -> None:
     """Each of these reads, then writes, in one transaction; on SQLite they must take the lock first or
     fail with "database is locked" when someone else commits in between."""
     from storage import repo
@@ -392,12 +408,12 @@ def test_open_undo_and_delete_wait_for_another_writer(svc: Services, project: h.
         return another_writer_holding_the_lock(svc.sessions, lambda s: repo.create_project(s, f"busy {time.time()}"))
 
     with busy():
-        opened, view = h.open_image(svc, project, project.image_id, "ann")
-    proposed = h.propose(svc, opened, "ann")
-    edited = h.delete_segment(svc, proposed.state, "ann", proposed.view.segments[0].id)
+        opened, view = open_image(svc, project, project.image_id, "ann")
+    proposed = propose(svc, opened, "ann")
+    edited = delete_segment(svc, proposed.state, "ann", proposed.view.segments[0].id)
     with busy():
-        undone = h.undo(svc, edited.state, "ann")
+        undone = undo(svc, edited.state, "ann")
     assert undone.ok and len(undone.view.segments) == len(proposed.view.segments)
     with busy():
-        deleted = h.delete_image(svc, undone.state, "ann")
+        deleted = delete_image(svc, undone.state, "ann")
     assert deleted.ok and view.name in deleted.message

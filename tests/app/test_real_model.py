@@ -15,9 +15,16 @@ import pytest
 import torch
 from PIL import Image
 
-from app import handlers as h
+from app.class_sets.handlers import save_class_set
 from app.config import AppConfig
+from app.context import UserState, class_options, find_option, load_context, trained_spaces
 from app.events import guarded
+from app.labeling.accept import accept
+from app.labeling.edits import add_segment, redo, undo
+from app.labeling.images import load_image
+from app.labeling.propose import propose
+from app.projects.handlers import create_project, project_overview
+from app.projects.upload import upload_images
 from app.services import Services, UserError, open_services
 from storage import repo
 from tests.app.conftest import coco_photo
@@ -27,20 +34,20 @@ def real_services(data_dir: Path, checkpoint: Path) -> Services:
     return open_services(AppConfig(data_dir=data_dir, checkpoint=checkpoint, device="cpu"))
 
 
-def project_with_photo(svc: Services, spaces: list[str], adhoc: str) -> tuple[h.UserState, Path]:
+def project_with_photo(svc: Services, spaces: list[str], adhoc: str) -> tuple[UserState, Path]:
     photo = coco_photo()
-    state = h.create_project(svc, "coco")
-    report = h.upload_images(svc, state, [photo])  # read in place
+    state = create_project(svc, "coco")
+    report = upload_images(svc, state, [photo])  # read in place
     assert report.added == [photo.name]
-    h.save_class_set(svc, state, spaces, adhoc, [])
+    save_class_set(svc, state, spaces, adhoc, [])
     return replace(state, image_id=report.first_image_id), photo
 
 
 def test_propose_with_a_real_tiny_checkpoint_saves_the_proposal(tiny_checkpoint: Path, tmp_path: Path) -> None:
     svc = real_services(tmp_path / "data", tiny_checkpoint)
-    assert [s.name for s in h.trained_spaces(svc)] == ["street", "portrait", "drive", "parts"]
+    assert [s.name for s in trained_spaces(svc)] == ["street", "portrait", "drive", "parts"]
     state, photo = project_with_photo(svc, ["street", "portrait"], "cat")
-    result = h.propose(svc, state, "ann")
+    result = propose(svc, state, "ann")
     assert result.ok and result.message.startswith("Proposed ")
     view = result.view
     width, height = Image.open(photo).size
@@ -59,12 +66,12 @@ def test_propose_with_a_real_tiny_checkpoint_saves_the_proposal(tiny_checkpoint:
     with torch.no_grad():
         predictor.model.no_object_embedding.zero_()
     predictor.clear_cache()
-    again = h.propose(svc, result.state, "ann")
+    again = propose(svc, result.state, "ann")
     assert again.ok and again.view.segments and again.view.status == "in_review"
     check_segments(again.view.segments, (height, width))
-    undone = h.undo(svc, again.state, "ann")
+    undone = undo(svc, again.state, "ann")
     assert len(undone.view.segments) == len(view.segments)
-    assert h.accept(svc, h.redo(svc, undone.state, "ann").state, "ann").ok
+    assert accept(svc, redo(svc, undone.state, "ann").state, "ann").ok
 
 
 def check_segments(segments: list, shape: tuple[int, int]) -> None:
@@ -84,8 +91,8 @@ def test_checkpoint_of_another_text_encoder_gives_one_clear_message(tiny_checkpo
     for _ in range(2):  # the same message every time; nothing is left half loaded
         with pytest.raises(UserError, match=r"trained with text encoder 'open_clip:ViT-B-32:openai'.*"
                                             r"--text-encoder open_clip:ViT-B-32:openai"):
-            h.propose(svc, state, "ann")
-    assert h.project_overview(svc, state).counts["new"] == 1  # the app is still usable
+            propose(svc, state, "ann")
+    assert project_overview(svc, state).counts["new"] == 1  # the app is still usable
 
 
 def test_corrupt_checkpoint_gives_one_clear_message_and_the_app_stays_up(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -95,18 +102,18 @@ def test_corrupt_checkpoint_gives_one_clear_message_and_the_app_stays_up(tiny_ch
     svc = real_services(tmp_path / "data", broken)
     state, _ = project_with_photo(svc, ["street"], "")
     with pytest.raises(UserError, match="corrupt or truncated"):
-        h.propose(svc, state, "ann")
+        propose(svc, state, "ann")
     with pytest.raises(gr.Error) as caught:  # what the UI shows: one message, no traceback
-        guarded(h.propose)(svc, state, "ann")
+        guarded(propose)(svc, state, "ann")
     assert "corrupt or truncated" in caught.value.message and "Traceback" not in caught.value.message
     # Everything that does not need the model still works.
-    state, view = h.load_image(svc, state)
-    options = h.class_options(svc, state)
+    state, view = load_image(svc, state)
+    options = class_options(svc, load_context(svc, state))
     layer = np.zeros((*view.image.shape[:2], 4), dtype=np.uint8)
     layer[10:50, 10:50] = 255
-    added = h.add_segment(svc, state, "ann", {"background": None, "layers": [layer], "composite": None},
-                          h.find_option(options, "person [street]"))
-    assert added.ok and h.accept(svc, added.state, "ann").ok
+    added = add_segment(svc, state, "ann", {"background": None, "layers": [layer], "composite": None},
+                          find_option(options, "person [street]"))
+    assert added.ok and accept(svc, added.state, "ann").ok
 
 
 def test_propose_with_the_demo_checkpoint_says_when_a_space_was_held_back(tmp_path: Path) -> None:
@@ -118,10 +125,10 @@ def test_propose_with_the_demo_checkpoint_says_when_a_space_was_held_back(tmp_pa
     assert sample.domain == "portrait"
     path = tmp_path / "portrait.png"
     Image.fromarray(sample.image).save(path)
-    state = h.create_project(svc, "world")
-    report = h.upload_images(svc, state, [path])
-    h.save_class_set(svc, state, ["street", "portrait"], "", [])
-    result = h.propose(svc, replace(state, image_id=report.first_image_id), "ann")
+    state = create_project(svc, "world")
+    report = upload_images(svc, state, [path])
+    save_class_set(svc, state, ["street", "portrait"], "", [])
+    result = propose(svc, replace(state, image_id=report.first_image_id), "ann")
     assert result.ok
     assert "looks most like 'portrait'" in result.message and "proposals of 'street' needed" in result.message
     assert {s.class_name for s in result.view.segments} & {"face", "hair"}

@@ -22,9 +22,7 @@ from resi_core.coco import (
     read_panoptic_png,
 )
 from resi_core.metrics import mask_ap, miou, piq, pq
-from tests.shared_data import COCO128
-
-needs_coco128 = pytest.mark.skipif(not COCO128.is_dir(), reason="shared/data/coco128 is not available")
+from tests.shared_data import COCO128, needs_coco128
 
 THINGS, STUFFS = (1, 2, 3), (10, 11)
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from resi_core.labels import ClassDef, LabelSpace
 from resi_core.predictor import AdHocRequest, Predictor, RequestError, SpacesRequest
-from tests.shared_data import COCO128_IMAGES
+from tests.shared_data import coco128_photos
 
 DIM = 4  # hidden size = text dim; class embeddings are one-hot
 NUM_QUERIES = 3
@@ -220,9 +220,7 @@ def test_round_trip_with_a_tiny_real_model_on_a_coco_photo():
 
     from resi_core.model import RESIConfig, build_model
 
-    photos = sorted(COCO128_IMAGES.glob("*.jpg"))
-    if not photos:
-        pytest.skip("coco128 photos are not available")
+    photos = coco128_photos(1)
     image = np.asarray(Image.open(photos[0]).convert("RGB"))
     torch.manual_seed(0)
     config = RESIConfig(text_encoder=HashEncoder.id, text_dim=HashEncoder.dim, max_size=64, num_queries=8)

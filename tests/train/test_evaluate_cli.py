@@ -54,9 +54,11 @@ def test_evaluate_writes_json_and_prints_table(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "PIQ" in printed and "mIoU" in printed and "PQ default" in printed and "AP50" in printed
     assert "100.00" in printed and "road" in printed
+    assert "Overlap recall (0/0 pairs)" in printed  # car and road never overlap: no pair, no figure
     result = json.loads(out.read_text())
     assert result["piq"]["piq"] == 1.0 and result["miou"]["miou"] == 1.0
     assert result["pq"]["pq_mean"] == 1.0 and result["ap"]["ap"] == pytest.approx(1.0)
+    assert result["overlap"]["overlap_recall"] is None and result["overlap"]["pairs"] == 0
 
 
 @pytest.mark.parametrize(
@@ -98,3 +100,26 @@ def test_module_entry_point_help_and_error(tmp_path):
         [*run, "--gt", str(gt_path), "--pred", str(pred_path)], cwd=ROOT, capture_output=True, text=True
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_overlap_recall_per_pair_is_printed(tmp_path, capsys):
+    person, face = np.zeros((8, 8), dtype=bool), np.zeros((8, 8), dtype=bool)
+    person[1:8, 2:6], face[1:3, 2:6] = True, True
+    gt = {
+        "images": [{"id": 1, "height": 8, "width": 8}],
+        "categories": [{"id": 1, "name": "person", "isthing": 1, "label_spaces": ["street"]},
+                       {"id": 2, "name": "face", "isthing": 1, "label_spaces": ["portrait"]}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "segmentation": encode_mask(person), "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 2, "segmentation": encode_mask(face), "iscrowd": 0},
+        ],
+    }
+    gt_path, pred_path = tmp_path / "gt.json", tmp_path / "pred.json"
+    gt_path.write_text(json.dumps(gt))
+    # Only the person is proposed: the one person/face pair is not found.
+    pred_path.write_text(json.dumps([{"image_id": 1, "category_id": 1, "segmentation": encode_mask(person),
+                                      "score": 0.9}]))
+    assert main(["--gt", str(gt_path), "--pred", str(pred_path), "--per-class"]) == 0
+    printed = capsys.readouterr().out
+    assert "Overlap recall (0/1 pairs)" in printed
+    assert any(line.split() == ["person", "/", "face", "0", "1", "0.00"] for line in printed.splitlines())

@@ -1,0 +1,133 @@
+"""The open image: load it with its annotation, open one, go to the next, skip, delete."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from app.context import UserState, require_image, require_project
+from app.segments import SegmentView
+from app.services import Services, UserError
+from resi_core.coco import decode_rle, encode_mask
+from storage import repo
+from storage.models import ImageStatus
+
+OPEN_STATUSES = (ImageStatus.NEW, ImageStatus.PROPOSED, ImageStatus.IN_REVIEW)
+
+
+@dataclass(frozen=True)
+class ImageView:
+    image_id: int
+    name: str
+    status: str
+    version: int
+    image: np.ndarray  # RGB uint8 HxWx3
+    segments: list[SegmentView]
+    can_undo: bool
+    can_redo: bool
+    # Another user who opened or edited this image in the last --claim-minutes (set by open_image).
+    other_labeler: str | None = None
+
+
+@dataclass(frozen=True)
+class EditResult:
+    state: UserState
+    view: ImageView | None
+    message: str
+    ok: bool = True
+
+
+def to_view(seg: repo.Segment) -> SegmentView:
+    return SegmentView(seg.id, seg.class_name, seg.label_space, decode_rle(seg.rle), seg.score, seg.isthing)
+
+
+def to_storage(seg: SegmentView) -> dict[str, Any]:
+    return repo.Segment(seg.id, seg.class_name, seg.label_space, seg.isthing, encode_mask(seg.mask),
+                        seg.score).to_json()
+
+
+def load_image(svc: Services, state: UserState) -> tuple[UserState, ImageView]:
+    """The open image with its current annotation; the state's version follows the stored one."""
+    image_id = require_image(state)
+    with svc.sessions() as session:
+        image = repo.get_image(session, image_id)
+        annotation = repo.current_annotation(session, image_id)
+        can_undo, can_redo = repo.can_undo_redo(session, image_id)
+    view = ImageView(
+        image_id=image.id,
+        name=image.original_name,
+        status=annotation.status.value,
+        version=annotation.version,
+        image=svc.images.rgb(image.sha256),
+        segments=[to_view(s) for s in annotation.segments],
+        can_undo=can_undo,
+        can_redo=can_redo,
+    )
+    selected = state.selected_id if any(s.id == state.selected_id for s in view.segments) else None
+    return replace(state, version=annotation.version, selected_id=selected), view
+
+
+def open_image(svc: Services, state: UserState, image_id: int | str, user: str | None = None
+               ) -> tuple[UserState, ImageView]:
+    """Open an image; with `user`, record that they are labeling it (unless someone else is: then the
+    view names that user, and the image opens anyway)."""
+    project_id = require_project(state)
+    try:
+        image_id = int(image_id)
+    except (TypeError, ValueError):
+        raise UserError(f"{image_id!r} is not an image id: pick an image from the list.") from None
+    with svc.sessions.begin() as session:
+        # The claim (a write) comes first: SQLite cannot turn a read transaction into a write one after
+        # someone else committed. A refusal below rolls it back.
+        holder = repo.claim_image(session, image_id, user, svc.config.claim_seconds) if user is not None else None
+        if repo.get_image(session, image_id).project_id != project_id:
+            raise UserError(f"Image {image_id} belongs to another project.")
+    new_state, view = load_image(svc, UserState(project_id=project_id, image_id=image_id))
+    return new_state, replace(view, other_labeler=holder)
+
+
+def delete_image(svc: Services, state: UserState, user: str, confirmed_image_id: int | None = None) -> EditResult:
+    """Delete the open image with its annotation and history, then open the next image to label.
+    Refused if someone changed it after this tab loaded it, if someone else is labeling it, or if the
+    image asked about (`confirmed_image_id`, from the first click) is no longer the open one."""
+    project_id, image_id = require_project(state), require_image(state)
+    if confirmed_image_id is not None and confirmed_image_id != image_id:
+        raise UserError("Another image is open now than when you clicked Delete image…: nothing was deleted. "
+                        "Click Delete image… again to delete the open one.")
+    with svc.sessions.begin() as session:
+        name = repo.delete_image(session, image_id, state.version, user, svc.config.claim_seconds)
+    next_id = next_open_image(svc, project_id, None, user)
+    message = f"Deleted {name} with its annotation, history and PIQ records."
+    if next_id is None:
+        return EditResult(UserState(project_id=project_id), None, message)
+    new_state, view = open_image(svc, UserState(project_id=project_id), next_id, user)
+    return EditResult(new_state, view, f"{message} Opened {view.name}.")
+
+
+def skip_image(svc: Services, state: UserState, user: str) -> EditResult:
+    """Open the next image still to label that nobody else is labeling, leaving this one as it is."""
+    project_id = require_project(state)
+    next_id = next_open_image(svc, project_id, state.image_id, user)
+    if next_id is None or next_id == state.image_id:
+        if state.image_id is None:
+            raise UserError("No image is left to label: every image is accepted or being labeled by someone else.")
+        new_state, view = load_image(svc, state)
+        return EditResult(new_state, view, "No other image is left to label.", ok=False)
+    new_state, view = open_image(svc, state, next_id, user)
+    return EditResult(new_state, view, f"Skipped to {view.name}.")
+
+
+def next_open_image(svc: Services, project_id: int, after_id: int | None, user: str | None = None) -> int | None:
+    """The next image still to label (new, proposed or in review), after `after_id` and wrapping round;
+    with `user`, images that another user is labeling now are skipped."""
+    with svc.sessions() as session:
+        ids = repo.image_ids(session, project_id, OPEN_STATUSES)
+        if user is not None:
+            taken = {i for i, holder in repo.active_claims(session, project_id, claim_seconds=svc.config.claim_seconds).items() if holder != user}
+            ids = [i for i in ids if i not in taken]
+    if not ids:
+        return None
+    later = [i for i in ids if after_id is None or i > after_id]
+    return (later or ids)[0]
