@@ -1,7 +1,9 @@
 """`python -m train bench --config CONFIG`: RESI against the baselines on the mixed benchmarks M1-M5.
 
 Every method is trained on the same generated source datasets with the same budget and seed
-(SPEC §6), then evaluated on each mixed benchmark with mIoU, PQ, AP and PIQ, through the
+(SPEC §6), then evaluated on each mixed benchmark with mIoU, PQ, AP, PIQ and overlap recall
+(OR: of the ground-truth pairs of masks of two label spaces on the same pixels, the share where
+both are found, SPEC §5), through the
 Predictor's own stages (`Predictor.decode`, then ESF-OMI or the baselines' rules):
 - Merged-M2F and Text-M2F (one shared query set): evaluated with the two fair inference rules of
   SPEC §6, (a) non-overlapping panoptic inference over the union and (b) overlapping instance-style
@@ -79,7 +81,7 @@ from train.pretrain import (
     with_method,
 )
 
-METRICS = ("miou", "pq", "ap", "piq")
+METRICS = ("miou", "pq", "ap", "piq", "overlap")  # overlap: overlap recall (SPEC §5)
 BENCH_STAMP = "bench.json"  # in each run folder: the budget, data and config it was trained with
 # Rows of the table: (row name, trained method, inference).
 ROWS: tuple[tuple[str, str, str], ...] = (
@@ -178,6 +180,7 @@ class Scores:
     pq: float
     ap: float
     piq: float
+    overlap: float  # overlap recall; NaN when the ground truth has no overlapping pair
     rule: dict[str, str]  # metric -> inference rule that gave it
     # Of the rule that gave PIQ: class -> {piq, sq, rq, tp, fp, fn, isthing}; of the rule that gave PQ:
     # label space -> its PQ.
@@ -201,6 +204,7 @@ def _scores(
         pq=result.pq.pq_mean,
         ap=instances_ap.ap if instances_ap is not None else float("nan"),
         piq=result.piq.piq,
+        overlap=float("nan") if result.overlap.recall is None else result.overlap.recall,
         rule={**dict.fromkeys(METRICS, rule), **({"miou": f"{rule}_semantic"} if semantic is not None else {})},
         piq_per_class={name: dataclasses.asdict(c) for name, c in result.piq.per_class.items()},
         pq_per_space={space: r.piq for space, r in result.pq.per_space.items()},
@@ -295,7 +299,7 @@ def evaluate_benchmark(
 # ----- the table -------------------------------------------------------------------------------------------
 
 
-METRIC_LABELS = {"miou": "mIoU", "pq": "PQ", "ap": "AP", "piq": "PIQ"}
+METRIC_LABELS = {"miou": "mIoU", "pq": "PQ", "ap": "AP", "piq": "PIQ", "overlap": "OR"}
 # SPEC §6's two headings: RESI against the prior method, and against its own ablations (Text-M2F is RESI
 # without its query sets, so it is an ablation as much as a baseline).
 PRIOR_METHODS: tuple[str, ...] = ("Merged-M2F",)
@@ -437,7 +441,7 @@ def run(
             base["threads"] = max(1, torch.get_num_threads() // jobs)
         # A finished run is reused only if it was trained on exactly this budget, data and config.
         fingerprint = {"train": config.train, "train_images": config.train_images, "seed": config.seed,
-                       "iterations": config.iterations, "method": method}
+                       "iterations": config.iterations, "method": method, "datasets": list(DATASETS)}
         finished = latest_checkpoint(run_dir)
         stamp = run_dir / BENCH_STAMP
         same = stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == fingerprint
