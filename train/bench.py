@@ -412,7 +412,7 @@ def run(
     of the training seed's (the same trained runs on another sample of images)."""
     from tqdm import tqdm
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     data_root = out / "data"
     for name in DATASETS:
         ensure_world(name, "train", config.train_images, config.seed, data_root / name / "train")
@@ -498,6 +498,10 @@ def run(
         "device": "cuda" if torch.cuda.is_available() and config.train.get("device", "auto") != "cpu" else "cpu",
         "seconds": {"data": data_seconds, "train": train_seconds, "evaluate": eval_seconds,
                     "total": time.perf_counter() - start},
+        # CPU time of this process and its finished training processes: on a machine shared with other
+        # work, wall time says little, so this and the load average say what the run itself cost.
+        "cpu_seconds": cpu_seconds() - cpu_start,
+        "load_average": os.getloadavg(),
         "results": {row: {b: s.to_json() for b, s in per.items()} for row, per in results.items()},
     }
     markdown = [markdown_table(results, config.benchmarks)]
@@ -512,6 +516,14 @@ def run(
                 markdown += [f"{title}:", margins_markdown(report["margins"][key])]
     report["markdown"] = "\n\n".join(markdown)
     return report
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its children that have ended (the training pool)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def machine_description() -> str:
@@ -557,7 +569,9 @@ def main(argv: list[str] | None = None) -> int:
     if "resi_margin_points" in report:
         print("RESI minus best baseline, mean over benchmarks (points):",
               ", ".join(f"{k} {v:+.1f}" for k, v in report["resi_margin_points"].items()))
-    print(f"total {report['seconds']['total']:.0f} s; results in {out}/{stem}.md and {stem}.json")
+    load = ", ".join(f"{v:.1f}" for v in report["load_average"])
+    print(f"total {report['seconds']['total']:.0f} s wall, {report['cpu_seconds']:.0f} s CPU (load average at the end "
+          f"{load}); results in {out}/{stem}.md and {stem}.json")
     return 0
 
 
