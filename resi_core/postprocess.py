@@ -273,6 +273,19 @@ def semantic_inference(
     return sorted(segments, key=lambda s: -s.score)
 
 
+def hold_out_of_domain(probs: torch.Tensor, in_domain: Sequence[bool], threshold: float) -> torch.Tensor:
+    """The baselines' domain-aware variant (SPEC §6 fairness to domain-aware OMI, docs/BENCH.md): a query
+    whose best class is of no label space of the image's likeliest domain must score above `threshold`,
+    else it becomes ∅. probs [N, G + 1] (last = ∅); in_domain [G]. Returns a gated copy."""
+    scores, labels = probs.max(-1)  # [N], [N]
+    inside = torch.tensor([*in_domain, True], device=probs.device)  # ∅ is never held
+    weak = ~inside[labels] & (scores <= threshold)  # [N]
+    gated = probs.clone()
+    gated[weak] = 0.0
+    gated[weak, -1] = 1.0
+    return gated
+
+
 def semantic_union(segments_from_passes: Sequence[Sequence[Segment]], mixed: MixedLabelSpace) -> list[Segment]:
     """The per-pass semantic maps as one multi-label map: for each class of `mixed`, the union of
     the pixels every pass gave it (passes may overlap: "person" and "face"; "car" and "vehicle").

@@ -3,6 +3,12 @@
 Layering as in segment-anything: the model (`RESIModel`) computes tensors; this class
 converts the image, caches `model.encode`, runs one batched `model.decode` for all query
 sets, classifies, and calls the pure functions of `postprocess` (OMI per pass, then ESF).
+
+Two stages, each usable on its own: `decode` (preprocessing, the decoder passes, their class
+probabilities and domain-aware OMI's decision, as a `Decoded`) and `postprocess` (ESF-OMI,
+instance list, semantic maps); `predict` is the two in a row. The benchmark runs the
+baselines' inference rules on `Decoded.joint()` of the same `decode`, so every method is
+measured on the code users run.
 """
 
 from __future__ import annotations
@@ -19,7 +25,17 @@ import torch
 
 from formats.images import ImageLike, to_rgb_uint8
 from resi_core.image_io import ResizeInfo, image_hash, resize_for_model, to_pixel_values
-from resi_core.labels import LabelError, LabelSpace, MixedLabelSpace, adhoc_space, mix, space_domain
+from resi_core.labels import (
+    ADHOC_SPACE,
+    ClassDef,
+    LabelError,
+    LabelSpace,
+    MixedLabelSpace,
+    adhoc_space,
+    mix,
+    normalize_name,
+    space_domain,
+)
 from resi_core.postprocess import (
     RawSegment,
     esf_fuse,
@@ -50,10 +66,13 @@ class RequestError(ValueError):
 
 @dataclass(frozen=True)
 class SpacesRequest:
-    """Segment with the classes of trained label spaces; `synonyms` are declared-equal class pairs."""
+    """Segment with the classes of trained label spaces; `synonyms` are declared-equal class pairs;
+    `distinct` names label spaces whose same-named classes are not the other spaces' classes
+    (labels.mix: "car (street)" and "car (avenue)" are two classes, never fused by ESF)."""
 
     spaces: tuple[str, ...]
     synonyms: tuple[tuple[str, str], ...] = ()
+    distinct: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,6 +93,7 @@ class MixedRequest:
     class_names: tuple[str, ...]
     synonyms: tuple[tuple[str, str], ...] = ()
     query_sets: tuple[str, ...] | None = None
+    distinct: tuple[str, ...] = ()
 
 
 Request = SpacesRequest | AdHocRequest | MixedRequest
@@ -131,16 +151,108 @@ class Prediction:
 
 
 @dataclass(frozen=True, eq=False)
-class _Pass:
+class Pass:
     """One decoder pass: the query set that runs and the label space it classifies against.
 
     adhoc_embeddings [K, Dt]: the ad-hoc classes' text embeddings; None for a trained space,
     which the model classifies itself (`space_logits`, text or linear head).
+    union_columns: set for the baselines' one pass over the union (`Predictor.decode(union=True)`):
+    the model's union columns (`model.union_names`) that `space`'s classes stand for.
     """
 
     query_set: str
     space: LabelSpace
     adhoc_embeddings: torch.Tensor | None = None
+    union_columns: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class DomainDecision:
+    """Domain-aware OMI's decision for one image (docs/MODEL.md).
+
+    probs: the domain head's probability per trained domain ({} when the rule did not apply);
+    likeliest: the domain the image most resembles among the asked trained spaces' domains (None
+    when they span fewer than two); thresholds: the score threshold of each pass; held: the chosen
+    trained label spaces held to the out-of-domain threshold; domains: the domain of each asked
+    label space (None: it has none and is never held)."""
+
+    probs: dict[str, float]
+    likeliest: str | None
+    thresholds: tuple[float, ...]
+    held: tuple[str, ...]
+    domains: dict[str, str | None]
+
+
+@dataclass(frozen=True, eq=False)
+class JointQueries:
+    """Every query of a Decoded's passes classified over one list of rule classes, for the baselines'
+    inference rules (SPEC §6), which run over all queries at once.
+
+    mask_logits [N, h, w] and probs [N, G + 1] (last = ∅): the passes' queries, pass after pass, each
+    query's class probabilities summed into the rule classes. A rule class stands for one or more mixed
+    classes (`classes[g]`, indices into `mixed.classes`): one for a pass per label space and for a
+    union column; several where one union column serves two classes of the mix that share a name
+    ("car (street)" and "car (avenue)" of a model with one "car" column). in_domain [G]: whether a rule
+    class belongs to a label space of the image's likeliest domain (None when no domains contest).
+    pass_rows: each pass's rows."""
+
+    mask_logits: torch.Tensor
+    probs: torch.Tensor
+    classes: tuple[tuple[int, ...], ...]
+    isthing: tuple[bool, ...]
+    in_domain: tuple[bool, ...] | None
+    pass_rows: tuple[slice, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class Decoded:
+    """One image run through the model for one request, before post-processing (`Predictor.decode`).
+
+    mask_logits [k, Q, h, w] (last decoder layer); probs: per pass [Q, K + 1], the softmax over the
+    pass's classes and ∅; class_targets: per pass, for each of its classes, the mixed classes it
+    stands for; info: how the image was resized and padded; extent: the part of the h×w grid that
+    covers the image."""
+
+    passes: tuple[Pass, ...]
+    mixed: MixedLabelSpace
+    mask_logits: torch.Tensor
+    probs: tuple[torch.Tensor, ...]
+    class_targets: tuple[tuple[tuple[int, ...], ...], ...]
+    info: ResizeInfo
+    extent: tuple[float, float]
+    image_hash: str
+    cache_hit: bool
+    domain: DomainDecision
+    timings: dict[str, float]
+    familiarity_distance: float | None = None  # RESIModel.familiarity_distance; None without statistics
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return self.info.original_hw
+
+    def joint(self) -> JointQueries:
+        """All passes' queries over the rule classes (see JointQueries)."""
+        order = sorted({t for targets in self.class_targets for t in targets}, key=lambda t: (min(t), t))
+        index = {t: g for g, t in enumerate(order)}
+        parts = []
+        for probs, targets in zip(self.probs, self.class_targets, strict=True):
+            joint = torch.zeros(probs.shape[0], len(order) + 1, dtype=probs.dtype, device=probs.device)
+            columns = torch.tensor([index[t] for t in targets] + [len(order)], device=probs.device)
+            parts.append(joint.index_add_(1, columns, probs))  # [Q, G + 1]; synonyms add up
+        rows, start = [], 0
+        for probs in self.probs:
+            rows.append(slice(start, start + probs.shape[0]))
+            start += probs.shape[0]
+        isthing = tuple(self.mixed.classes[t[0]].isthing for t in order)
+        in_domain = None
+        if self.domain.likeliest is not None:
+            in_domain = tuple(
+                any(self.domain.domains.get(space) == self.domain.likeliest
+                    for c in t for space in self.mixed.classes[c].label_spaces)
+                for t in order
+            )
+        return JointQueries(self.mask_logits.flatten(0, 1), torch.cat(parts), tuple(order), isthing, in_domain,
+                            tuple(rows))
 
 
 class Predictor:
@@ -224,8 +336,24 @@ class Predictor:
         queries above its threshold) and unions the passes per class into `Prediction.semantic`.
         Raises RequestError for a bad request and formats.images.ImageError for a bad image.
         """
+        return self.postprocess(self.decode(image, request), with_instances=with_instances,
+                                with_semantic=with_semantic)
+
+    @torch.inference_mode()
+    def decode(self, image: ImageLike, request: Request, *, union: bool = False) -> Decoded:
+        """Stage 1: the image prepared as the model expects (features cached), one batched decoder pass
+        per query set of the request, each pass's class probabilities, and domain-aware OMI's decision.
+
+        `union=True` is the baselines' inference (SPEC §6): ONE pass of a shared-query model classified
+        over the union of the request's classes at once, a softmax over their union columns and ∅ (a
+        column per normalized class name, so one column may stand for two same-named classes of a
+        distinct space; declared synonyms are several columns of one class). Only for a
+        `SpacesRequest` and a model with one shared query set.
+        """
         start = time.perf_counter()
         passes, mixed = self._resolve(request)
+        if union:
+            passes = [self._union_pass(request, passes)]
         rgb = to_rgb_uint8(image)
         key = image_hash(rgb)
         timings = {"hash": time.perf_counter() - start}
@@ -238,60 +366,67 @@ class Predictor:
         output = self.model.decode(features, [p.query_set for p in passes])
         hidden = output.hidden_states[-1]  # [k, Q, D]
         mask_logits = output.masks_queries_logits[-1]  # [k, Q, h, w]
+        probs = tuple(self._classify(hidden[i], p) for i, p in enumerate(passes))  # [Q, K + 1] each
         timings["decode"] = time.perf_counter() - tick
+        domain = self._domain_decision(features, info, passes, [s.name for s in mixed.spaces if s.name != ADHOC_SPACE])
+        return Decoded(
+            passes=tuple(passes),
+            mixed=mixed,
+            mask_logits=mask_logits,
+            probs=probs,
+            class_targets=tuple(self._class_targets(p, mixed) for p in passes),
+            info=info,
+            extent=info.valid_extent(tuple(mask_logits.shape[-2:])),
+            image_hash=key,
+            cache_hit=cache_hit,
+            domain=domain,
+            timings=timings,
+            familiarity_distance=self._familiarity_distance(features, info),
+        )
 
+    @torch.inference_mode()
+    def postprocess(self, decoded: Decoded, *, with_instances: bool = True, with_semantic: bool = False) -> Prediction:
+        """Stage 2: ESF-OMI on a `decode` (see `predict` for the flags)."""
+        if any(p.union_columns is not None for p in decoded.passes):
+            raise ValueError("ESF-OMI runs on one pass per label space; a union decode is for the baselines' rules.")
         tick = time.perf_counter()
-        domain_probs, thresholds, held = self._pass_thresholds(features, info, passes)
-        distance = self._familiarity_distance(features, info)
-        unfamiliar = distance is not None and distance > self.model.familiarity.threshold
         temperature = float(getattr(self.model, "score_temperature", 1.0))
-        extent = info.valid_extent(tuple(mask_logits.shape[-2:]))
-        work_hw = working_size(info.original_hw, self.postprocess_max_side)
+        work_hw = working_size(decoded.image_hw, self.postprocess_max_side)
         per_pass: list[list[Segment]] = []
         instances: list[Segment] = []
         semantic: list[list[Segment]] = []
-        for i, p in enumerate(passes):
-            if p.adhoc_embeddings is None:
-                logits = self.model.space_logits(hidden[i], p.space.name)  # [Q, K + 1]
-            else:
-                logits = self.model.class_logits(hidden[i], p.adhoc_embeddings)  # [Q, K + 1]
-            probs = logits.float().softmax(-1)
+        hw, extent, key, mixed = decoded.image_hw, decoded.extent, decoded.image_hash, decoded.mixed
+        thresholds = decoded.domain.thresholds
+        for i, p in enumerate(decoded.passes):
+            probs, masks = decoded.probs[i], decoded.mask_logits[i]
             isthing = [c.isthing for c in p.space.classes]
-            raw = omi_panoptic(
-                mask_logits[i],
-                probs,
-                isthing,
-                work_hw,
-                extent,
-                thresholds[i],
-                self.overlap_threshold,
-            )
+            raw = omi_panoptic(masks, probs, isthing, work_hw, extent, thresholds[i], self.overlap_threshold)
             if temperature != 1.0:  # calibrated scores (temperature scaling); the segments stay the same
-                raw = rescore(raw, (logits.float() / temperature).softmax(-1))
+                raw = rescore(raw, (probs.clamp_min(1e-30).log() / temperature).softmax(-1))
             per_pass.append(self._name(raw, p, mixed, key, "segment"))
             if with_instances:
-                raw = instance_list(mask_logits[i], probs, work_hw, extent, self.topk, isthing)
+                raw = instance_list(masks, probs, work_hw, extent, self.topk, isthing)
                 instances.extend(self._name(raw, p, mixed, key, "instance"))
             if with_semantic:
                 min_score = thresholds[i] if thresholds[i] > self.score_threshold else None  # held pass
-                raw = semantic_inference(
-                    mask_logits[i], probs, work_hw, extent, self.semantic_threshold, min_score
-                )
+                raw = semantic_inference(masks, probs, work_hw, extent, self.semantic_threshold, min_score)
                 semantic.append(self._name(raw, p, mixed, key, "semantic"))
         segments = esf_fuse(per_pass, mixed, self.iou_threshold)
         instances.sort(key=lambda s: -s.score)
         union = semantic_union(semantic, mixed)
-        timings["postprocess"] = time.perf_counter() - tick
+        timings = {**decoded.timings, "postprocess": time.perf_counter() - tick}
 
         tick = time.perf_counter()  # one upsampling of the final masks (nothing to do when work_hw is the image's)
-        segments = upscale_segments(segments, info.original_hw)
-        instances = upscale_segments(instances, info.original_hw)
-        union = upscale_segments(union, info.original_hw)
+        segments = upscale_segments(segments, hw)
+        instances = upscale_segments(instances, hw)
+        union = upscale_segments(union, hw)
         timings["upsample"] = time.perf_counter() - tick
-        timings["total"] = time.perf_counter() - start
+        timings["total"] = sum(timings.values())
+        distance = decoded.familiarity_distance
+        unfamiliar = distance is not None and distance > self.model.familiarity.threshold
         return Prediction(
-            segments, instances, timings, mixed, key, cache_hit, domain_probs, held, union,
-            distance, unfamiliar, UNFAMILIAR_NOTICE if unfamiliar else "",
+            segments, instances, timings, mixed, key, decoded.cache_hit, decoded.domain.probs, decoded.domain.held,
+            union, distance, unfamiliar, UNFAMILIAR_NOTICE if unfamiliar else "",
         )
 
     def _familiarity_distance(self, features: Any, info: ResizeInfo) -> float | None:
@@ -301,64 +436,110 @@ class Predictor:
         pooled = self.model.pooled_features(features, info.valid_fraction)  # [1, F]
         return float(self.model.familiarity_distance(pooled)[0])
 
-    def _pass_thresholds(
-        self, features: Any, info: ResizeInfo, passes: Sequence[_Pass]
-    ) -> tuple[dict[str, float], list[float], tuple[str, ...]]:
+    def _classify(self, hidden: torch.Tensor, p: Pass) -> torch.Tensor:
+        """hidden [Q, D] of one pass -> [Q, K + 1] probabilities over the pass's classes and ∅."""
+        if p.union_columns is not None:
+            logits = self.model.union_logits(hidden)  # [Q, U + 1]
+            logits = logits[:, [*p.union_columns, logits.shape[-1] - 1]]  # the asked columns + ∅
+        elif p.adhoc_embeddings is None:
+            logits = self.model.space_logits(hidden, p.space.name)  # [Q, K + 1]
+        else:
+            logits = self.model.class_logits(hidden, p.adhoc_embeddings)  # [Q, K + 1]
+        return logits.float().softmax(-1)
+
+    def _union_pass(self, request: Request, passes: Sequence[Pass]) -> Pass:
+        """The baselines' one pass over the union columns of the request's label spaces."""
+        if not isinstance(request, SpacesRequest):
+            raise RequestError("A union decode takes trained label spaces (a SpacesRequest).")
+        if getattr(self.model.config, "query_mode", None) != "shared":
+            raise RequestError("A union decode needs a model with one shared query set (a baseline).")
+        columns = sorted({c for p in passes for c in self.model.space_columns[p.space.name]})
+        by_column: dict[int, ClassDef] = {}
+        for p in passes:
+            for c, col in zip(p.space.classes, self.model.space_columns[p.space.name], strict=True):
+                by_column.setdefault(col, c)
+        space = LabelSpace("union", tuple(ClassDef(self.model.union_names[c], by_column[c].isthing) for c in columns))
+        return Pass(passes[0].query_set, space, union_columns=tuple(columns))
+
+    def _class_targets(self, p: Pass, mixed: MixedLabelSpace) -> tuple[tuple[int, ...], ...]:
+        """For each class of pass `p`, the mixed classes it stands for (one, except a union column that
+        serves same-named classes of several label spaces kept distinct)."""
+        if p.union_columns is None:
+            return tuple((mixed.class_of(p.space.name, c.name),) for c in p.space.classes)
+        targets = []
+        for c in p.space.classes:
+            key = normalize_name(c.name)
+            targets.append(tuple(i for i, m in enumerate(mixed.classes)
+                                 if any(normalize_name(n) == key for _, n in m.sources)))
+        return tuple(targets)
+
+    def _domain_decision(
+        self, features: Any, info: ResizeInfo, passes: Sequence[Pass], asked: Sequence[str]
+    ) -> DomainDecision:
         """Domain-aware OMI: the score threshold of each pass for this image.
 
         A pass's domain is its query set when the fitted domain head knows that set, else the domain
         the set inherited (`model.space_domains`: a label space added later by `train finetune` whose
-        training images looked like one trained space's), else none. Passes of trained label spaces and
+        training images looked like one trained space's, or one whose training images the head could not
+        tell from a trained space's, `train/domain.py`), else none. Passes of trained label spaces and
         passes of typed names are two groups. In a group whose passes span two or more domains, the
         passes of the domain this image most resembles keep `score_threshold` and the group's passes of
-        other domains are held to `out_of_domain_threshold`; passes of one domain (street and a new
+        other domains are held to `out_of_domain_threshold`; passes of one domain (street and a
         street-like space) are kept alike. So a chosen space is never held because of the query sets
-        that typed names run through. Passes without a domain always keep `score_threshold`.
-        Returns (domain probabilities, threshold per pass, the held trained label spaces).
+        that typed names run through. Passes without a domain always keep `score_threshold`. A union
+        pass (the baselines') is one pass and never held; `likeliest` is then decided over the asked
+        label spaces' domains, for the baselines' class-level variant (`postprocess.hold_out_of_domain`).
         """
         thresholds = [self.score_threshold] * len(passes)
-        if self.out_of_domain_threshold is None or getattr(self.model, "domain_head", None) is None:
-            return {}, thresholds, ()
         head_sets = list(getattr(self.model, "domain_spaces", []))
         inherited = getattr(self.model, "space_domains", {})
-        groups: dict[bool, list[tuple[int, str]]] = {True: [], False: []}  # trained / typed: (pass, domain)
+        domains = {s: space_domain(s, head_sets, inherited) for s in asked}
+        if self.out_of_domain_threshold is None or getattr(self.model, "domain_head", None) is None:
+            return DomainDecision({}, None, tuple(thresholds), (), domains)
+        groups: dict[bool, list[tuple[int | None, str]]] = {True: [], False: []}  # trained / typed
         for i, p in enumerate(passes):
+            if p.union_columns is not None:  # one pass over every asked space: decide over the spaces
+                groups[True] += [(None, d) for d in domains.values() if d in head_sets]
+                continue
             domain = space_domain(p.query_set, head_sets, inherited)
             if domain in head_sets:
                 groups[p.adhoc_embeddings is None].append((i, domain))
-        contested = [g for g in groups.values() if len({d for _, d in g}) > 1]
+        contested = {trained: g for trained, g in groups.items() if len({d for _, d in g}) > 1}
         if not contested:
-            return {}, thresholds, ()
+            return DomainDecision({}, None, tuple(thresholds), (), domains)
         domain_probs = self.model.image_domain_probs(features, info.valid_fraction)
         held: list[str] = []
-        for members in contested:
+        likeliest_trained = None
+        for trained, members in contested.items():
             likeliest = max((d for _, d in members), key=domain_probs.__getitem__)  # ties: the first pass's
+            if trained:
+                likeliest_trained = likeliest
             for i, domain in members:
-                if domain != likeliest:
+                if i is not None and domain != likeliest:
                     thresholds[i] = max(self.score_threshold, self.out_of_domain_threshold)
                     if passes[i].adhoc_embeddings is None:
                         held.append(passes[i].query_set)
-        return domain_probs, thresholds, tuple(held)
+        return DomainDecision(domain_probs, likeliest_trained, tuple(thresholds), tuple(held), domains)
 
-    def _resolve(self, request: Request) -> tuple[list[_Pass], MixedLabelSpace]:
+    def _resolve(self, request: Request) -> tuple[list[Pass], MixedLabelSpace]:
         """Check the request; return its decoder passes and its mixed label space."""
         trained = self.label_spaces
         if isinstance(request, SpacesRequest):
             names = self._check_spaces(request.spaces, trained, what="label space")
             spaces = [trained[n] for n in names]
             try:
-                mixed = mix(spaces, request.synonyms)
+                mixed = mix(spaces, request.synonyms, request.distinct)
             except LabelError as err:
                 raise RequestError(str(err)) from err
-            return [_Pass(s.name, s) for s in spaces], mixed
+            return [Pass(s.name, s) for s in spaces], mixed
         if isinstance(request, AdHocRequest | MixedRequest):
-            spaces, synonyms = [], ()
+            spaces, synonyms, distinct = [], (), ()
             if isinstance(request, MixedRequest):
                 spaces = [trained[n] for n in self._check_spaces(request.spaces, trained, what="label space")]
-                synonyms = request.synonyms
+                synonyms, distinct = request.synonyms, request.distinct
             try:
                 space = adhoc_space(request.class_names)
-                mixed = mix([*spaces, space], synonyms)
+                mixed = mix([*spaces, space], synonyms, distinct)
             except LabelError as err:
                 raise RequestError(str(err)) from err
             if self.text_encoder is None or getattr(self.model.config, "classifier", "text") != "text":
@@ -368,7 +549,7 @@ class Predictor:
             chosen = request.query_sets if request.query_sets is not None else tuple(trained)
             names = self._check_spaces(chosen, trained, what="query set")
             embeddings = self.text_encoder.encode(space.class_names).to(self.device)  # [K, Dt]
-            passes = [_Pass(s.name, s) for s in spaces] + [_Pass(n, space, embeddings) for n in names]
+            passes = [Pass(s.name, s) for s in spaces] + [Pass(n, space, embeddings) for n in names]
             return passes, mixed
         raise RequestError(f"Unknown request type {type(request).__name__}.")
 
@@ -403,7 +584,7 @@ class Predictor:
 
     @staticmethod
     def _name(
-        raw: list[RawSegment], p: _Pass, mixed: MixedLabelSpace, image_key: str, kind: str
+        raw: list[RawSegment], p: Pass, mixed: MixedLabelSpace, image_key: str, kind: str
     ) -> list[Segment]:
         """Class indices of one pass → Segments named by the mixed label space."""
         named = []

@@ -21,7 +21,8 @@ from resi_core.world import BENCHMARKS, DATASETS, generate, make_sample, prepare
 from resi_core.world.export import overlay  # noqa: E402
 
 # (dataset or benchmark, image index) shown in docs/WORLD.md
-SAMPLES = (("street", 1), ("portrait", 0), ("drive", 2), ("parts", 4), ("M1", 1), ("M3", 1))
+SAMPLES = (("street", 1), ("portrait", 0), ("drive", 2), ("parts", 4), ("avenue", 1), ("M1", 1), ("M3", 1),
+           ("M5", 24))
 
 
 def write_samples(out_dir: Path, size: int) -> None:

@@ -1,9 +1,10 @@
-"""Draw a checkpoint's ESF-OMI proposals on the first validation images of M1-M4 (docs/demo_proposals.png).
+"""Draw a checkpoint's ESF-OMI proposals on the first validation images of M1-M5 (docs/demo_proposals.png).
 
     python scripts/draw_proposals.py --checkpoint checkpoints/demo --data resi-data/bench/data --out docs/demo_proposals.png
 
-Rows are benchmarks; each pair of tiles is the image and its segments in class colors (later
-segments drawn over earlier ones, overlaps blended). The title line of each row names the label
+Rows are benchmarks (those whose label spaces the checkpoint knows); each pair of tiles is the
+image and its segments in class colors (later segments drawn over earlier ones, overlaps blended;
+M5's "car (street)" and "car (avenue)" share car's color). The title line of each row names the label
 spaces that domain-aware OMI held back on each image.
 """
 
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from resi_core.model import load_checkpoint  # noqa: E402
 from resi_core.predictor import Predictor, SpacesRequest  # noqa: E402
-from resi_core.world import BENCHMARK_SYNONYMS, BENCHMARKS  # noqa: E402
+from resi_core.world import BENCHMARK_DISTINCT, BENCHMARK_SYNONYMS, BENCHMARKS  # noqa: E402
 
 PALETTE = {  # the world's classes; anything else gets a color from its name
     "person": (230, 60, 60), "pedestrian": (230, 60, 60), "face": (255, 200, 40), "hair": (150, 70, 200),
@@ -30,6 +31,7 @@ PALETTE = {  # the world's classes; anything else gets a color from its name
 
 
 def color(name: str) -> np.ndarray:
+    name = name.split(" (")[0]  # "car (avenue)": a distinct space's class, car's color
     if name in PALETTE:
         return np.array(PALETTE[name])
     rng = np.random.default_rng(sum(ord(c) * 31**i for i, c in enumerate(name)) % 2**32)
@@ -55,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
                           out_of_domain_threshold=0.98 if args.domain_aware else None)
     rows, legend = [], set()
     for bench, spaces in BENCHMARKS.items():
+        if not set(spaces) <= set(predictor.label_spaces):
+            print(f"{bench}: skipped, the checkpoint was not trained on {' + '.join(spaces)}")
+            continue
         folder = Path(args.data) / bench / "val" / "images"
         files = sorted(folder.glob("*.png"))[: args.images]
         if not files:
@@ -63,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         tiles, notes = [], []
         for path in files:
             image = np.asarray(Image.open(path).convert("RGB"))
-            pred = predictor.predict(image, SpacesRequest(tuple(spaces), BENCHMARK_SYNONYMS.get(bench, ())),
-                                     with_instances=False)
+            request = SpacesRequest(tuple(spaces), BENCHMARK_SYNONYMS.get(bench, ()), BENCHMARK_DISTINCT.get(bench, ()))
+            pred = predictor.predict(image, request, with_instances=False)
             legend |= {s.class_name for s in pred.segments}
             tiles += [image, overlay(image, pred.segments)]
             notes.append("held: " + (", ".join(pred.out_of_domain) or "none"))

@@ -1,7 +1,10 @@
-"""`python -m train bench --config CONFIG`: RESI against the baselines on the mixed benchmarks M1-M4.
+"""`python -m train bench --config CONFIG`: RESI against the baselines on the mixed benchmarks M1-M5.
 
 Every method is trained on the same generated source datasets with the same budget and seed
-(SPEC §6), then evaluated on each mixed benchmark with mIoU, PQ, AP and PIQ:
+(SPEC §6), then evaluated on each mixed benchmark with mIoU, PQ, AP, PIQ and overlap recall
+(OR: of the ground-truth pairs of masks of two label spaces on the same pixels, the share where
+both are found, SPEC §5), through the
+Predictor's own stages (`Predictor.decode`, then ESF-OMI or the baselines' rules):
 - Merged-M2F and Text-M2F (one shared query set): evaluated with the two fair inference rules of
   SPEC §6, (a) non-overlapping panoptic inference over the union and (b) overlapping instance-style
   inference, plus (c) Mask2Former's semantic inference over the union (its own rule for mIoU), each
@@ -12,13 +15,22 @@ Every method is trained on the same generated source datasets with the same budg
 - the ablations: RESI with a linear class head instead of text embeddings, with ESF-OMI; and RESI
   without LSQEs: Text-M2F's weights (one shared query set, trained like RESI otherwise) under
   ESF-OMI, one pass per label space, each classified over its own classes.
-The table is written as Markdown and JSON.
+The table is written as Markdown and JSON, with RESI's margins under two headings (SPEC §6): against the
+prior-method baseline (Merged-M2F) and against the ablations (Text-M2F = RESI without LSQE, RESI without
+ESF-OMI, the linear head, RESI without LSQE under ESF-OMI). The JSON also holds each row's per-class PIQ
+and per-space PQ on every benchmark.
+
+Same-named classes of a distinct label space (M5: street's and avenue's car) are two classes everywhere:
+ground truth, ESF, metrics. A model with one column per class name (Merged-M2F, Text-M2F, as SPEC §6
+defines them: a classifier over the union of class names) has one "car" column; under the union rules its
+"car" answers for both spaces' cars, which is all a prior method of that kind can say.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -38,20 +50,28 @@ import torch
 from formats.coco import GroundTruth, Prediction, load_ground_truth
 from formats.images import decode_image
 from formats.rle import encode_mask
-from resi_core.labels import MixedLabelSpace, normalize_name
+from resi_core.labels import MixedLabelSpace
 from resi_core.metrics import APResult, evaluate, mask_ap
 from resi_core.metrics import miou as multi_label_miou
 from resi_core.model import RESIModel, load_checkpoint
 from resi_core.model.config import known_fields
 from resi_core.postprocess import (
     RawSegment,
+    hold_out_of_domain,
     instance_list,
     overlapping_instances,
     semantic_inference,
     standard_panoptic_union,
 )
 from resi_core.predictor import Predictor, SpacesRequest
-from resi_core.world import BENCHMARK_SYNONYMS, BENCHMARKS, DATASETS, benchmark_mix, generate
+from resi_core.world import (
+    BENCHMARK_DISTINCT,
+    BENCHMARK_SYNONYMS,
+    BENCHMARKS,
+    DATASETS,
+    benchmark_mix,
+    generate,
+)
 from resi_core.world.export import prepare_out_dir, write_world
 from train.pretrain import (
     TrainConfig,
@@ -62,9 +82,7 @@ from train.pretrain import (
     with_method,
 )
 
-METRICS = ("miou", "pq", "ap", "piq")
-TOPK = 100  # instances per decoder pass for AP, as in the Predictor
-SEMANTIC_THRESHOLD = 0.5  # semantic inference: a pixel's best class must score this, as in the Predictor
+METRICS = ("miou", "pq", "ap", "piq", "overlap")  # overlap: overlap recall (SPEC §5)
 BENCH_STAMP = "bench.json"  # in each run folder: the budget, data and config it was trained with
 # Rows of the table: (row name, trained method, inference).
 ROWS: tuple[tuple[str, str, str], ...] = (
@@ -129,92 +147,23 @@ def _info_seed(info: dict) -> int | None:
 # ----- inference rules -----------------------------------------------------------------------------
 
 
-def _mixed_columns(model: RESIModel, space: str, mixed: MixedLabelSpace) -> list[int]:
-    """For each class of a trained space, its column in the mixed label space."""
-    return [mixed.class_of(space, c.name) for c in model.label_spaces[space].classes]
-
-
-def _union_column_groups(model: RESIModel, mixed: MixedLabelSpace) -> list[list[int]]:
-    """For each mixed class, the model's union columns of all its source names (shared-query baselines).
-
-    A declared synonym pair (person ≡ pedestrian) is one mixed class with two columns.
-    """
-    index = {normalize_name(n): i for i, n in enumerate(model.union_names)}
-    groups = []
-    for c in mixed.classes:
-        cols = sorted({index[normalize_name(n)] for _, n in c.sources if normalize_name(n) in index})
-        if not cols:
-            raise ValueError(f"The model was not trained on class {c.name!r}.")
-        groups.append(cols)
-    return groups
-
-
-@torch.inference_mode()
-def rule_inputs(
-    model: RESIModel, image: np.ndarray, spaces: Sequence[str], mixed: MixedLabelSpace
-) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int], tuple[float, float], str | None]:
-    """Mask logits and class probabilities over the mixed classes of every query that runs.
-
-    Shared-query models run one pass classified over all mixed classes. Per-space models
-    run one pass per space, each classified over its own classes, scattered into the mixed
-    columns. Returns mask_logits [N, h, w], class_probs [N, M + 1], the image size, the
-    valid extent of the padded logit grid, and the involved space whose domain the model's
-    domain head finds likeliest (None without a head).
-    """
-    from resi_core.image_io import resize_for_model, to_pixel_values
-
-    resized, info = resize_for_model(image, model.config.max_size, 32)
-    features = model.encode(to_pixel_values(resized, info.padded_hw))
-    m = len(mixed.classes)
-    if model.config.query_mode == "shared":
-        out = model.decode(features, [spaces[0]])
-        logits = model.union_logits(out.hidden_states[-1][0])  # [Q, U + 1]
-        groups = _union_column_groups(model, mixed)
-        # Softmax over the asked classes + ∅ only, then synonym columns add up into their mixed class.
-        asked = sorted({c for g in groups for c in g}) + [logits.shape[-1] - 1]
-        position = {c: i for i, c in enumerate(asked)}
-        p = logits[:, asked].float().softmax(-1)  # [Q, |asked|]
-        probs = torch.stack([p[:, [position[c] for c in g]].sum(-1) for g in groups] + [p[:, -1]], -1)  # [Q, M+1]
-        masks = out.masks_queries_logits[-1][0]  # [Q, h, w]
-    else:
-        out = model.decode(features, list(spaces))
-        all_probs = []
-        for i, space in enumerate(spaces):
-            own = model.space_logits(out.hidden_states[-1][i], space).float().softmax(-1)  # [Q, K + 1]
-            scattered = torch.zeros(own.shape[0], m + 1)  # [Q, M + 1]
-            scattered[:, _mixed_columns(model, space, mixed) + [m]] = own
-            all_probs.append(scattered)
-        probs = torch.cat(all_probs)  # [k*Q, M + 1]
-        masks = out.masks_queries_logits[-1].flatten(0, 1)  # [k*Q, h, w]
-    extent = info.valid_extent(tuple(masks.shape[-2:]))
-    likeliest = None
-    known = [s for s in spaces if s in model.domain_spaces]
-    if model.domain_head is not None and len(known) > 1:
-        likeliest = max(known, key=model.image_domain_probs(features, info.valid_fraction).__getitem__)
-    return masks, probs, info.original_hw, extent, likeliest
-
-
-def domain_aware(probs: torch.Tensor, mixed: MixedLabelSpace, likeliest: str, threshold: float) -> torch.Tensor:
-    """The baselines' domain-aware variant (fair to domain-aware OMI): a query whose best class comes
-    from no label space of the image's likeliest domain must score above `threshold`, else it is ∅."""
-    m = len(mixed.classes)
-    scores, labels = probs.max(-1)  # [N], [N]
-    in_domain = torch.tensor([any(space == likeliest for space, _ in c.sources) for c in mixed.classes] + [True],
-                             device=probs.device)
-    weak = ~in_domain[labels] & (scores <= threshold)  # [N]
-    gated = probs.clone()
-    gated[weak] = 0.0
-    gated[weak, m] = 1.0
-    return gated
+def benchmark_request(benchmark: str) -> SpacesRequest:
+    """What a user asks for on benchmark `benchmark`: its label spaces, declared synonyms and distinct spaces."""
+    return SpacesRequest(tuple(BENCHMARKS[benchmark]), BENCHMARK_SYNONYMS.get(benchmark, ()),
+                         BENCHMARK_DISTINCT.get(benchmark, ()))
 
 
 def _raw_to_predictions(
-    raw: Sequence[RawSegment], image_id: int, mixed: MixedLabelSpace, category_ids: dict[str, int]
+    raw: Sequence[RawSegment], image_id: int, mixed: MixedLabelSpace, classes: Sequence[Sequence[int]],
+    category_ids: dict[str, int],
 ) -> list[Prediction]:
+    """Rule segments (labels index `classes`, each standing for one or more mixed classes) -> predictions,
+    one per mixed class: a union column that serves "car (street)" and "car (avenue)" answers both."""
     return [
-        Prediction(image_id, category_ids[mixed.classes[r.label].name], encode_mask(r.mask), r.score)
+        Prediction(image_id, category_ids[mixed.classes[c].name], encode_mask(r.mask), r.score)
         for r in raw
         if r.mask.any()
+        for c in classes[r.label]
     ]
 
 
@@ -227,7 +176,12 @@ class Scores:
     pq: float
     ap: float
     piq: float
+    overlap: float  # overlap recall; NaN when the ground truth has no overlapping pair
     rule: dict[str, str]  # metric -> inference rule that gave it
+    # Of the rule that gave PIQ: class -> {piq, sq, rq, tp, fp, fn, isthing}; of the rule that gave PQ:
+    # label space -> its PQ.
+    piq_per_class: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    pq_per_space: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -246,34 +200,47 @@ def _scores(
         pq=result.pq.pq_mean,
         ap=instances_ap.ap if instances_ap is not None else float("nan"),
         piq=result.piq.piq,
+        overlap=float("nan") if result.overlap.recall is None else result.overlap.recall,
         rule={**dict.fromkeys(METRICS, rule), **({"miou": f"{rule}_semantic"} if semantic is not None else {})},
+        piq_per_class={name: dataclasses.asdict(c) for name, c in result.piq.per_class.items()},
+        pq_per_space={space: r.piq for space, r in result.pq.per_space.items()},
     )
 
 
 def _best(a: Scores, b: Scores) -> Scores:
+    """Each metric from the rule that scores it higher (its per-class or per-space detail goes with it)."""
     values, rules = {}, {}
     for metric in METRICS:
         x, y = getattr(a, metric), getattr(b, metric)
         pick = a if (np.isnan(y) or x >= y) else b
         values[metric], rules[metric] = getattr(pick, metric), pick.rule[metric]
-    return Scores(**values, rule=rules)
+    piq_from = a if rules["piq"] == a.rule["piq"] else b
+    pq_from = a if rules["pq"] == a.rule["pq"] else b
+    return Scores(**values, rule=rules, piq_per_class=piq_from.piq_per_class, pq_per_space=pq_from.pq_per_space)
 
 
 def evaluate_benchmark(
     model: RESIModel, inference: str, benchmark: str, data_dir: Path, score_threshold: float,
     progress: Callable[[], None] | None = None, out_of_domain_threshold: float | None = None,
 ) -> Scores:
+    """Scores of `model` on benchmark `benchmark`'s images in `data_dir`, through the Predictor's stages.
+
+    inference "esf_omi": `Predictor.predict` (ESF-OMI segments for PQ and PIQ, the per-pass instance
+    lists for AP, the per-pass semantic maps for mIoU). "best_rule": `Predictor.decode` (one union pass for
+    a shared-query model, one pass per label space otherwise), then the baselines' rules on all its
+    queries (`Decoded.joint`): panoptic union, overlapping and semantic union, each as is and, where the
+    asked spaces span two or more domains, domain-aware (`hold_out_of_domain`); each metric its best.
+    """
     gt = load_ground_truth(data_dir / "instances.json")
     mixed = benchmark_mix(benchmark)
-    spaces = BENCHMARKS[benchmark]
     category_ids = {c.name: c.id for c in gt.categories.values()}
     missing = [c.name for c in mixed.classes if c.name not in category_ids]
     if missing:
         raise ValueError(f"{data_dir} lacks categories {missing} of {benchmark}; regenerate it.")
+    predictor = Predictor(model, None, score_threshold=score_threshold, cache_size=1,
+                          out_of_domain_threshold=out_of_domain_threshold)
+    request = benchmark_request(benchmark)
     if inference == "esf_omi":
-        predictor = Predictor(model, None, score_threshold=score_threshold, cache_size=1,
-                              out_of_domain_threshold=out_of_domain_threshold)
-        request = SpacesRequest(tuple(spaces), BENCHMARK_SYNONYMS.get(benchmark, ()))
         segments, instances, semantic = [], [], []
         for image in gt.images.values():
             pred = predictor.predict(decode_image(data_dir / "images" / image.file_name), request, with_semantic=True)
@@ -282,37 +249,33 @@ def evaluate_benchmark(
             if progress:
                 progress()
         return _scores(gt, segments, mask_ap(gt, instances), "esf_omi", semantic)
-    # Rules: panoptic union, overlapping and semantic union, each as is and (with a domain head)
-    # domain-aware.
     union: dict[str, list[Prediction]] = {"": []}
     overlap: dict[str, list[Prediction]] = {"": []}
     semantic: dict[str, list[Prediction]] = {"": []}
     instances: list[Prediction] = []
-    isthing = [c.isthing for c in mixed.classes]
+    shared = model.config.query_mode == "shared"
     for image in gt.images.values():
-        masks, probs, hw, extent, likeliest = rule_inputs(
-            model, decode_image(data_dir / "images" / image.file_name), spaces, mixed
-        )
-        variants = {"": probs}
-        if likeliest is not None and out_of_domain_threshold is not None:
-            variants["domain_aware_"] = domain_aware(probs, mixed, likeliest, out_of_domain_threshold)
+        decoded = predictor.decode(decode_image(data_dir / "images" / image.file_name), request, union=shared)
+        joint = decoded.joint()
+        hw, extent, isthing = decoded.image_hw, decoded.extent, list(joint.isthing)
+        predictions = functools.partial(_raw_to_predictions, image_id=image.id, mixed=mixed, classes=joint.classes,
+                                        category_ids=category_ids)
+
+        variants = {"": joint.probs}
+        if joint.in_domain is not None and out_of_domain_threshold is not None:
+            variants["domain_aware_"] = hold_out_of_domain(joint.probs, joint.in_domain, out_of_domain_threshold)
         for name, p in variants.items():
-            union.setdefault(name, []).extend(_raw_to_predictions(
-                standard_panoptic_union(masks, p, isthing, hw, extent, score_threshold), image.id, mixed, category_ids
-            ))
-            overlap.setdefault(name, []).extend(_raw_to_predictions(
-                overlapping_instances(masks, p, hw, extent, score_threshold), image.id, mixed, category_ids
-            ))
-            semantic.setdefault(name, []).extend(_raw_to_predictions(
-                semantic_inference(masks, p, hw, extent, SEMANTIC_THRESHOLD), image.id, mixed, category_ids
-            ))
-        # AP is scored on the same kind of top-k instance list that RESI's predictor gives, for every rule.
-        per_pass = masks.shape[0] // (1 if model.config.query_mode == "shared" else len(spaces))
-        for start in range(0, masks.shape[0], per_pass):  # top-k per decoder pass, as the Predictor does
-            rows = slice(start, start + per_pass)
-            instances += _raw_to_predictions(
-                instance_list(masks[rows], probs[rows], hw, extent, TOPK, isthing), image.id, mixed, category_ids
-            )
+            union.setdefault(name, []).extend(predictions(standard_panoptic_union(
+                joint.mask_logits, p, isthing, hw, extent, predictor.score_threshold, predictor.overlap_threshold)))
+            overlap.setdefault(name, []).extend(predictions(overlapping_instances(
+                joint.mask_logits, p, hw, extent, predictor.score_threshold)))
+            semantic.setdefault(name, []).extend(predictions(semantic_inference(
+                joint.mask_logits, p, hw, extent, predictor.semantic_threshold)))
+        # AP is scored on the same kind of top-k instance list that RESI's predictor gives, for every rule:
+        # top-k per decoder pass.
+        for rows in joint.pass_rows:
+            instances += predictions(instance_list(
+                joint.mask_logits[rows], joint.probs[rows], hw, extent, predictor.topk, isthing))
         if progress:
             progress()
     instances_ap = mask_ap(gt, instances)  # one list for every rule: score it once
@@ -323,8 +286,8 @@ def evaluate_benchmark(
             (f"{name}overlapping", overlap[name]),
             (f"{name}semantic_union", semantic[name]),
         )
-        for rule, predictions in rules:
-            scores = _scores(gt, predictions, instances_ap, rule)
+        for rule, predictions_ in rules:
+            scores = _scores(gt, predictions_, instances_ap, rule)
             best = scores if best is None else _best(best, scores)
     return best
 
@@ -332,15 +295,36 @@ def evaluate_benchmark(
 # ----- the table -------------------------------------------------------------------------------------------
 
 
+METRIC_LABELS = {"miou": "mIoU", "pq": "PQ", "ap": "AP", "piq": "PIQ", "overlap": "OR"}
+# SPEC §6's two headings: RESI against the prior method, and against its own ablations (Text-M2F is RESI
+# without its query sets, so it is an ablation as much as a baseline).
+PRIOR_METHODS: tuple[str, ...] = ("Merged-M2F",)
+ABLATIONS: tuple[str, ...] = ("Text-M2F", "RESI w/o ESF-OMI", "RESI (linear head)", "RESI w/o LSQE")
+
+
+def mean_columns(benchmarks: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The means the table reports: over every benchmark, and, when benchmarks with a distinct label space
+    (M5) are among others, over the others alone ("mean M1–M4": the comparison as it was before M5)."""
+    plain = tuple(b for b in benchmarks if not BENCHMARK_DISTINCT.get(b))
+    out = {}
+    if plain and len(plain) < len(benchmarks):
+        out["mean M1–M4" if plain == ("M1", "M2", "M3", "M4") else "mean " + "+".join(plain)] = plain
+    out["mean"] = tuple(benchmarks)
+    return out
+
+
+def _columns(benchmarks: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Every column group of a table: each benchmark alone, then the means."""
+    return {**{b: (b,) for b in benchmarks}, **mean_columns(benchmarks)}
+
+
 def markdown_table(results: dict[str, dict[str, Scores]], benchmarks: Sequence[str]) -> str:
-    """results[row][benchmark] -> one row per method, columns benchmark × metric, then the mean."""
-    head = ["method"] + [f"{b} {m}" for b in (*benchmarks, "mean") for m in ("mIoU", "PQ", "AP", "PIQ")]
+    """results[row][benchmark] -> one row per method, columns benchmark × metric, then the means."""
+    columns = _columns(benchmarks)
+    head = ["method"] + [f"{c} {METRIC_LABELS[m]}" for c in columns for m in METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, per_bench in results.items():
-        cells = [row]
-        for b in benchmarks:
-            cells += [f"{100 * getattr(per_bench[b], m):.1f}" for m in METRICS]
-        cells += [f"{100 * mean_metric(per_bench, benchmarks, m):.1f}" for m in METRICS]
+        cells = [row] + [f"{100 * mean_metric(per_bench, group, m):.1f}" for group in columns.values() for m in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -359,15 +343,40 @@ def margins(results: dict[str, dict[str, Scores]], benchmarks: Sequence[str]) ->
     return out
 
 
+def margins_against(
+    results: dict[str, dict[str, Scores]], benchmarks: Sequence[str], rows: Sequence[str]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """RESI minus each of `rows` (those in the results), in points: row -> column (each benchmark and each
+    mean of `mean_columns`) -> metric."""
+    return {
+        row: {name: {m: 100 * (mean_metric(results["RESI"], group, m) - mean_metric(results[row], group, m))
+                     for m in METRICS} for name, group in _columns(benchmarks).items()}
+        for row in rows if row in results
+    }
+
+
+def margins_markdown(margins_by_row: dict[str, dict[str, dict[str, float]]]) -> str:
+    """A margins_against() result as a Markdown table of signed points."""
+    if not margins_by_row:
+        return ""
+    columns = list(next(iter(margins_by_row.values())))
+    head = ["RESI minus"] + [f"{c} {METRIC_LABELS[m]}" for c in columns for m in METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, per_column in margins_by_row.items():
+        lines.append("| " + " | ".join([row] + [f"{per_column[c][m]:+.1f}" for c in columns for m in METRICS]) + " |")
+    return "\n".join(lines)
+
+
 # ----- command line ------------------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m train bench",
-        description="Train Merged-M2F, Text-M2F, RESI and RESI with a linear head on the four generated "
+        description="Train Merged-M2F, Text-M2F, RESI and RESI with a linear head on the five generated "
         "source datasets with one budget and seed, evaluate them (and RESI without ESF-OMI) on the mixed "
-        "benchmarks M1-M4, and write the table as Markdown and JSON.",
+        "benchmarks M1-M5, and write the table as Markdown and JSON. Resumable: finished trainings are "
+        "reused, and an interrupted one continues from its last checkpoint.",
     )
     parser.add_argument("--config", default="configs/bench.json", help="bench config JSON (default: %(default)s)")
     parser.add_argument("--smoke", action="store_true", help="use configs/bench_smoke.json: a minutes-long run")
@@ -399,7 +408,7 @@ def run(
     of the training seed's (the same trained runs on another sample of images)."""
     from tqdm import tqdm
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     data_root = out / "data"
     for name in DATASETS:
         ensure_world(name, "train", config.train_images, config.seed, data_root / name / "train")
@@ -428,7 +437,7 @@ def run(
             base["threads"] = max(1, torch.get_num_threads() // jobs)
         # A finished run is reused only if it was trained on exactly this budget, data and config.
         fingerprint = {"train": config.train, "train_images": config.train_images, "seed": config.seed,
-                       "iterations": config.iterations, "method": method}
+                       "iterations": config.iterations, "method": method, "datasets": list(DATASETS)}
         finished = latest_checkpoint(run_dir)
         stamp = run_dir / BENCH_STAMP
         same = stamp.is_file() and json.loads(stamp.read_text(encoding="utf-8")) == fingerprint
@@ -485,12 +494,32 @@ def run(
         "device": "cuda" if torch.cuda.is_available() and config.train.get("device", "auto") != "cpu" else "cpu",
         "seconds": {"data": data_seconds, "train": train_seconds, "evaluate": eval_seconds,
                     "total": time.perf_counter() - start},
+        # CPU time of this process and its finished training processes: on a machine shared with other
+        # work, wall time says little, so this and the load average say what the run itself cost.
+        "cpu_seconds": cpu_seconds() - cpu_start,
+        "load_average": os.getloadavg(),
         "results": {row: {b: s.to_json() for b, s in per.items()} for row, per in results.items()},
     }
+    markdown = [markdown_table(results, config.benchmarks)]
     if "RESI" in results and any(r in results for r in ("Merged-M2F", "Text-M2F")):
         report["resi_margin_points"] = margins(results, config.benchmarks)
-    report["markdown"] = markdown_table(results, config.benchmarks)
+    if "RESI" in results:
+        report["margins"] = {"prior_method": margins_against(results, config.benchmarks, PRIOR_METHODS),
+                             "ablations": margins_against(results, config.benchmarks, ABLATIONS)}
+        for title, key in (("RESI minus the prior-method baseline (points)", "prior_method"),
+                           ("RESI minus its ablations (points)", "ablations")):
+            if report["margins"][key]:
+                markdown += [f"{title}:", margins_markdown(report["margins"][key])]
+    report["markdown"] = "\n\n".join(markdown)
     return report
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its children that have ended (the training pool)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def machine_description() -> str:
@@ -536,7 +565,9 @@ def main(argv: list[str] | None = None) -> int:
     if "resi_margin_points" in report:
         print("RESI minus best baseline, mean over benchmarks (points):",
               ", ".join(f"{k} {v:+.1f}" for k, v in report["resi_margin_points"].items()))
-    print(f"total {report['seconds']['total']:.0f} s; results in {out}/{stem}.md and {stem}.json")
+    load = ", ".join(f"{v:.1f}" for v in report["load_average"])
+    print(f"total {report['seconds']['total']:.0f} s wall, {report['cpu_seconds']:.0f} s CPU (load average at the end "
+          f"{load}); results in {out}/{stem}.md and {stem}.json")
     return 0
 
 

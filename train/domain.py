@@ -10,6 +10,13 @@ inventing any class label. The predictor then holds a query set whose domain is 
 likeliest among the asked ones to a higher score threshold (docs/MODEL.md, "Domain-aware OMI").
 
 The rest of the model is frozen and unchanged: the head reads features, it never shapes them.
+
+Two datasets whose images the head cannot tell apart (avenue is annotated on street's kind of images)
+are one domain: holding one of their query sets on the other's images would hold a set on the images
+it was trained on. After a first fit with one class per dataset, datasets whose held-out images the
+head separates in fewer than `SAME_DOMAIN_ACCURACY` of cases (pairwise; chance is one half) are merged,
+the head is fitted again over the merged domains, named by their first dataset, and the others inherit
+that domain (`RESIModel.space_domains`, as a fine-tuned space does).
 """
 
 from __future__ import annotations
@@ -28,6 +35,11 @@ from resi_core.data import CocoDataset, DatasetError
 from resi_core.image_io import resize_for_model, to_pixel_values
 from resi_core.model import CheckpointError, RESIModel, load_checkpoint, save_checkpoint
 from resi_core.model.checkpoint import read_meta
+
+# Two datasets are one domain when the head tells their held-out images apart less often than this
+# (pairwise: each image scored against its own dataset and the other one only; chance is 0.5). Our
+# choice: halfway between chance and certainty; on the bench world distinct domains score near 1.
+SAME_DOMAIN_ACCURACY = 0.75
 
 
 @torch.inference_mode()
@@ -83,8 +95,10 @@ def fit_domain_head(
 ) -> dict[str, float]:
     """Fit and install `model`'s domain head on `datasets` (one per trained label space).
 
-    Four fifths of each dataset's images fit the head, the last fifth measures it; returns the
-    held-out accuracy per space. The model is left in eval mode.
+    Four fifths of each dataset's images fit the head, the last fifth measures it; datasets the head
+    cannot tell apart become one domain (module docstring). Returns the held-out accuracy per domain
+    (empty when every dataset fell into one domain: then no head is installed, as nothing can be held).
+    The model is left in eval mode.
     """
     names = [d.name for d in datasets]
     unknown = [n for n in names if n not in model.label_spaces]
@@ -104,13 +118,30 @@ def fit_domain_head(
         held_x.append(feats[cut:])
         held_y.append(torch.full((len(feats) - cut,), label))
     bar.close()
-    weight, bias = fit_linear(torch.cat(fit_x), torch.cat(fit_y), len(datasets))
-    model.set_domain_head(names, weight.to(next(model.parameters())), bias.to(next(model.parameters())))
+    x, held = torch.cat(fit_x), torch.cat(held_x)
+    weight, bias = fit_linear(x, torch.cat(fit_y), len(datasets))
+    domain_of = same_domains(held @ weight.T + bias, torch.cat(held_y), names)  # dataset index -> domain index
+    domains = list(dict.fromkeys(domain_of))
+    for space in names:  # a refit forgets what an earlier head merged
+        model.space_domains.pop(space, None)
+    if len(domains) < 2:
+        model.domain_head, model.domain_spaces = None, []
+        return {}
+    if len(domains) < len(names):
+        relabel = torch.tensor([domains.index(d) for d in domain_of])
+        weight, bias = fit_linear(x, relabel[torch.cat(fit_y)], len(domains))
+    domain_names = [names[d] for d in domains]
+    model.set_domain_head(domain_names, weight.to(next(model.parameters())), bias.to(next(model.parameters())))
+    for i, d in enumerate(domain_of):
+        if names[i] != names[d]:
+            model.set_space_domain(names[i], names[d])
     accuracy = {}
-    for name, x, y in zip(names, held_x, held_y, strict=True):
-        if len(x):
-            predicted = (x @ weight.T + bias).argmax(-1)
-            accuracy[name] = float((predicted == y).float().mean())
+    for name in domain_names:
+        members = [i for i, d in enumerate(domain_of) if names[d] == name]
+        rows = torch.cat([held_x[i] for i in members])
+        if len(rows):
+            predicted = (rows @ weight.T + bias).argmax(-1)
+            accuracy[name] = float((predicted == domain_names.index(name)).float().mean())
     return accuracy
 
 
@@ -120,6 +151,28 @@ def read_json(path: str | Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
+
+
+def same_domains(held_logits: torch.Tensor, held_labels: torch.Tensor, names: Sequence[str]) -> list[int]:
+    """For each dataset, the index of the first dataset of its domain: datasets a and b are one domain when
+    the head's held-out logits [n, S] separate their images (a's above b's on a's images, and the other
+    way round) in fewer than SAME_DOMAIN_ACCURACY of them; chains (a ~ b, b ~ c) are one domain."""
+    parent = list(range(len(names)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for a in range(len(names)):
+        for b in range(a + 1, len(names)):
+            rows_a, rows_b = held_logits[held_labels == a], held_logits[held_labels == b]
+            if not len(rows_a) or not len(rows_b):
+                continue
+            right = (rows_a[:, a] > rows_a[:, b]).sum() + (rows_b[:, b] > rows_b[:, a]).sum()
+            if float(right) / (len(rows_a) + len(rows_b)) < SAME_DOMAIN_ACCURACY:
+                parent[max(find(a), find(b))] = min(find(a), find(b))
+    return [find(i) for i in range(len(names))]
 
 
 def datasets_from_config(path: str | Path, data_root: str | None = None) -> list[CocoDataset]:
@@ -146,7 +199,9 @@ def add_domain_head(checkpoint: str | Path, datasets: Sequence[CocoDataset], ima
     model = load_checkpoint(checkpoint, map_location=device)
     accuracy = fit_domain_head(model, datasets, images_per_space, progress)
     training = dict(meta.get("training") or {})
-    training["domain_head"] = {"images_per_space": images_per_space, "held_out_accuracy": accuracy}
+    merged = {d.name: model.space_domains[d.name] for d in datasets if d.name in model.space_domains}
+    training["domain_head"] = {"images_per_space": images_per_space, "held_out_accuracy": accuracy,
+                               "same_domain": merged}
     save_checkpoint(checkpoint, model, training, git_commit=meta.get("git_commit"))
     return accuracy
 
@@ -173,7 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, DatasetError, ValueError, OSError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print("held-out accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items()))
+    print("held-out accuracy: " + (", ".join(f"{k} {v:.3f}" for k, v in accuracy.items())
+                                   or "none (every dataset's images look alike: no head, nothing is held)"))
+    for space, domain in read_meta(args.checkpoint)["training"]["domain_head"]["same_domain"].items():
+        print(f"{space}: its images look like {domain}'s (one domain; never held on them)")
     print(f"domain head written to {args.checkpoint}")
     return 0
 

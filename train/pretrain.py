@@ -390,8 +390,10 @@ def train(config: TrainConfig, resume: bool, progress: bool, bar_position: int =
     if rank == 0 and config.domain_head_images > 0 and len(datasets) > 1 and final is not None:
         if checkpoint_step(final) == config.iterations and not domain_head_fitted(final):
             accuracy = add_domain_head(final, datasets, config.domain_head_images, progress=progress, device=device)
+            merged = (read_meta(final).get("training") or {}).get("domain_head", {}).get("same_domain", {})
             print(f"domain head ({config.method}): held-out accuracy "
-                  + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items()), flush=True)
+                  + ", ".join(f"{k} {v:.2f}" for k, v in accuracy.items())
+                  + "".join(f"; {s} is {d}'s domain" for s, d in merged.items()), flush=True)
     return 0
 
 

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from resi_core.labels import LabelError
 from resi_core.world import BENCHMARKS, DATASETS, SPLITS, ExportError, generate, prepare_out_dir, write_world
-from resi_core.world.spaces import BENCHMARK_SYNONYMS, source_spaces
+from resi_core.world.spaces import BENCHMARK_DISTINCT, BENCHMARK_SYNONYMS, SCENES, source_spaces
 
 
 class _UsageError(Exception):
@@ -27,11 +27,14 @@ def _epilog() -> str:
     lines = ["source datasets (label space = dataset name):"]
     for name in DATASETS:
         classes = ", ".join(f"{c.name}{'' if c.isthing else ' (stuff)'}" for c in spaces[name].classes)
-        lines.append(f"  {name:<9} {classes}")
+        scenes = f"  ({SCENES[name]}'s scenes, another annotation guide)" if SCENES[name] != name else ""
+        lines.append(f"  {name:<9} {classes}{scenes}")
     lines.append("mixed benchmarks (evaluation images with ground truth for every involved label space):")
     for name, involved in BENCHMARKS.items():
         synonyms = "; ".join(f"{a} = {b}" for a, b in BENCHMARK_SYNONYMS.get(name, ()))
-        lines.append(f"  {name:<9} {' + '.join(involved)}" + (f"  (synonyms: {synonyms})" if synonyms else ""))
+        distinct = ", ".join(BENCHMARK_DISTINCT.get(name, ()))
+        lines.append(f"  {name:<9} {' + '.join(involved)}" + (f"  (synonyms: {synonyms})" if synonyms else "")
+                     + (f"  (same names, other classes: {distinct}'s)" if distinct else ""))
     lines += [
         "output: DIR/images/*.png, DIR/instances.json (COCO instances, all label spaces),",
         "        DIR/panoptic_<space>.json + DIR/panoptic_<space>/*.png (COCO panoptic); see docs/FORMATS.md.",

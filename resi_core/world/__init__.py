@@ -10,9 +10,11 @@ from resi_core.world.annotate import MIN_SEGMENT_AREA, GTSegment, annotate
 from resi_core.world.dataset import WorldSample, generate, make_sample
 from resi_core.world.export import ExportError, categories, prepare_out_dir, write_world
 from resi_core.world.spaces import (
+    BENCHMARK_DISTINCT,
     BENCHMARK_SYNONYMS,
     BENCHMARKS,
     DATASETS,
+    SCENES,
     SPLITS,
     benchmark_mix,
     involved_spaces,
@@ -21,9 +23,11 @@ from resi_core.world.spaces import (
 
 __all__ = [
     "BENCHMARKS",
+    "BENCHMARK_DISTINCT",
     "BENCHMARK_SYNONYMS",
     "DATASETS",
     "MIN_SEGMENT_AREA",
+    "SCENES",
     "SPLITS",
     "ExportError",
     "GTSegment",

@@ -2,7 +2,8 @@
 
 A policy turns a Scene (visible object and part masks) into one label space's ground truth:
 a list of (class name, bool HxW mask, iscrowd) that never overlap within the label space.
-Across label spaces the masks overlap (person vs face, car vs wheel, vehicle vs car).
+Across label spaces the masks overlap (person vs face, car vs wheel, vehicle vs car), and two spaces
+may give one class name two extents (street's car includes its wheels and windows, avenue's does not).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from resi_core.world.render import Scene
+from resi_core.world.render import Scene, VisibleObject
 
 # Segments smaller than this are dropped in every label space, and their pixels are void:
 # no annotator could tell what a handful of pixels is.
@@ -61,12 +62,41 @@ def _parts(scene: Scene) -> list[tuple[str, np.ndarray]]:
     ]
 
 
-def _stuff(scene: Scene, classes: dict[str, tuple[str, ...]]) -> list[tuple[str, np.ndarray]]:
-    """One segment per stuff class: the union of the visible objects of its kinds."""
+# avenue's guide: what each class leaves out of street's extent (parts of the object).
+AVENUE_LEAVES_OUT: dict[str, tuple[str, ...]] = {
+    "person": ("hair", "hat"),
+    "car": ("wheel", "window"),
+    "truck": ("wheel", "window"),
+    "road": ("lane mark",),
+}
+
+
+def _avenue(scene: Scene) -> list[tuple[str, np.ndarray]]:
+    """street's class names with other extents: people without hair and hat, cars and trucks without
+    wheels and windows, the road without its lane marks; sky as street's. What is left out is
+    unlabeled (background), as everything is that a space has no class for."""
+    shape = scene.image.shape[:2]
+    things = [(o.kind, _without(o, AVENUE_LEAVES_OUT[o.kind], shape)) for o in scene.objects
+              if o.kind in ("person", "car", "truck")]
+    return things + _stuff(scene, {"road": ("road",), "sky": ("sky",)}, AVENUE_LEAVES_OUT)
+
+
+def _without(obj: VisibleObject, part_kinds: tuple[str, ...], shape: tuple[int, int]) -> np.ndarray:
+    """The object's visible mask minus its visible parts of `part_kinds`."""
+    cut = [p.mask for p in obj.parts if p.kind in part_kinds]
+    return obj.mask & ~_union(cut, shape) if cut else obj.mask
+
+
+def _stuff(
+    scene: Scene, classes: dict[str, tuple[str, ...]], leaves_out: dict[str, tuple[str, ...]] | None = None
+) -> list[tuple[str, np.ndarray]]:
+    """One segment per stuff class: the union of the visible objects of its kinds (minus the parts
+    of the kinds `leaves_out[class]` names)."""
     shape = scene.image.shape[:2]
     out = []
     for name, kinds in classes.items():
-        masks = [o.mask for o in scene.objects if o.kind in kinds]
+        cut = (leaves_out or {}).get(name, ())
+        masks = [_without(o, cut, shape) for o in scene.objects if o.kind in kinds]
         if masks:
             out.append((name, masks[0] if len(masks) == 1 else _union(masks, shape)))
     return out
@@ -77,6 +107,7 @@ POLICIES: dict[str, Callable[[Scene], list[tuple[str, np.ndarray]]]] = {
     "portrait": _portrait,
     "drive": _drive,
     "parts": _parts,
+    "avenue": _avenue,
 }
 
 

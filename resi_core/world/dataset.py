@@ -15,10 +15,12 @@ from resi_core.labels import LabelError
 from resi_core.world.annotate import GTSegment, annotate
 from resi_core.world.render import Scene
 from resi_core.world.scenes import compose
-from resi_core.world.spaces import BENCHMARKS, DATASETS, SPLITS, involved_spaces
+from resi_core.world.spaces import BENCHMARKS, DATASETS, SCENES, SPLITS, involved_spaces
 
-# Stable codes for seeding (never hash(): it changes between processes).
-_NAME_CODES = {name: code for code, name in enumerate(DATASETS + tuple(BENCHMARKS))}
+# Stable codes for seeding (never hash(): it changes between processes). New names take new codes at
+# the end, so the images of the older ones never change.
+_NAME_CODES = {name: code for code, name in enumerate(
+    ("street", "portrait", "drive", "parts", "M1", "M2", "M3", "M4", "avenue", "M5"))}
 _SPLIT_CODES = {name: code for code, name in enumerate(SPLITS)}
 
 
@@ -43,12 +45,12 @@ def make_sample(
 ) -> WorldSample:
     """Image `index` of dataset or benchmark `name` at size x size px.
 
-    A source dataset draws scenes from its own domain; a benchmark cycles through its label
-    spaces' domains (image i uses domain i mod k), so every involved class appears.
-    `domains` (a source dataset only) replaces its own domain by these scene kinds, cycled the
-    same way (a kind listed twice is drawn twice as often): street's label space annotated on
-    portrait close-ups, as real datasets' broader images would be. The ground truth follows the
-    dataset's policy whatever the scene kind.
+    A source dataset draws scenes from its own domain (avenue: street's, `SCENES`); a benchmark
+    cycles through its label spaces' domains (image i uses domain i mod k), so every involved
+    class appears. `domains` (a source dataset only) replaces its own domain by these datasets'
+    scene kinds, cycled the same way (a kind listed twice is drawn twice as often): street's label
+    space annotated on portrait close-ups, as real datasets' broader images would be. The ground
+    truth follows the dataset's policy whatever the scene kind.
     """
     spaces = involved_spaces(name)
     if split not in _SPLIT_CODES:
@@ -66,13 +68,13 @@ def make_sample(
 
 def _scene_kinds(name: str, spaces: tuple[str, ...], domains: Sequence[str] | None) -> tuple[str, ...]:
     if domains is None:
-        return spaces
+        return tuple(SCENES[s] for s in spaces)
     if name in BENCHMARKS:
         raise LabelError(f"Scene kinds can only be chosen for a source dataset, not for benchmark {name!r}.")
     unknown = [d for d in domains if d not in DATASETS]
     if unknown or not domains:
         raise LabelError(f"Unknown scene kinds {unknown or list(domains)}; choose from {', '.join(DATASETS)}.")
-    return tuple(domains)
+    return tuple(SCENES[d] for d in domains)
 
 
 def generate(

@@ -22,6 +22,7 @@ from formats.panoptic import pack_ids
 from formats.rle import encode_mask, rle_bbox
 from resi_core.world.dataset import WorldSample
 from resi_core.world.spaces import (
+    BENCHMARK_DISTINCT,
     BENCHMARK_SYNONYMS,
     BENCHMARKS,
     benchmark_mix,
@@ -46,7 +47,8 @@ class Categories:
 
 
 def categories(name: str) -> Categories:
-    """One category per class: a source dataset's own classes, or a benchmark's mixed classes."""
+    """One category per class: a source dataset's own classes, or a benchmark's mixed classes (in M5,
+    "car (street)" and "car (avenue)" are two categories, each of its own label space)."""
     coco, ids = [], {}
     if name in BENCHMARKS:
         for i, c in enumerate(benchmark_mix(name).classes, start=1):
@@ -156,6 +158,8 @@ def _info(name: str, split: str, seed: int, n: int) -> dict:
     }
     if name in BENCHMARK_SYNONYMS:
         info["synonyms"] = [list(pair) for pair in BENCHMARK_SYNONYMS[name]]
+    if name in BENCHMARK_DISTINCT:
+        info["distinct"] = list(BENCHMARK_DISTINCT[name])
     return info
 
 

@@ -21,7 +21,7 @@ Shape = tuple[tuple[int, int, int, int], np.ndarray | None]
 
 @dataclass(frozen=True)
 class VisiblePart:
-    kind: str  # "face", "hair", "hat", "wheel" or "window"
+    kind: str  # "face", "hair", "hat", "wheel", "window" or "lane mark"
     mask: np.ndarray  # bool HxW, pixels where this part is on top
 
 
@@ -203,6 +203,20 @@ class Canvas:
         else:
             self.strokes[y0:y1, x0:x1][mask] = stroke
 
+    def second_stripes(self, shape: Shape | None, fill: Fill) -> Shape | None:
+        """The pixels of `shape` that the stripes `fill` colors with its second color (`colors` computes
+        the same stripe parity), e.g. to paint them again as a part with the same fill, which leaves
+        the image unchanged."""
+        if shape is None:
+            return None
+        (y0, y1, x0, x1), mask = shape
+        sy, sx, offset = (np.float32(v) for v in _pattern_coefficients(fill))
+        t = self.ys[y0:y1] * sy
+        t = t + self.xs[:, x0:x1] * sx
+        t -= offset
+        odd = (np.floor(t).astype(np.int32) & 1).astype(bool)
+        return (y0, y1, x0, x1), odd if mask is None else odd & mask
+
     def colors(self, noise: np.ndarray, gain: np.ndarray, cast: Color) -> np.ndarray:
         """[3, H, W] float32 planar RGB of the painted fills, textured and lit.
 
@@ -219,9 +233,8 @@ class Canvas:
                 continue
             # Pattern coordinate u = y*sy + x*sx - offset.
             patterned, d = True, f.color2 or c
-            sy, sx = math.sin(f.angle) / f.scale, math.cos(f.angle) / f.scale
+            sy, sx, offset = _pattern_coefficients(f)
             stripes = f.pattern == "stripes"
-            offset = f.origin[0] * sy + f.origin[1] * sx - (0.0 if stripes else 0.5)
             rows.append((float(stripes), sy, sx, offset, f.noise, c[0] * c0, c[1] * c1, c[2] * c2,
                          (d[0] - c[0]) * c0, (d[1] - c[1]) * c1, (d[2] - c[2]) * c2))
         # One row per fill parameter: 1-D `take`s are far faster than 2-D fancy indexing.
@@ -264,6 +277,13 @@ class Canvas:
             if owner_area[k + 1]:
                 objects.append(VisibleObject(drawn.kind, _frozen(owner_map == k), tuple(parts_of.get(k, ()))))
         return Scene(image=image, domain=domain, objects=tuple(objects))
+
+
+def _pattern_coefficients(fill: Fill) -> tuple[float, float, float]:
+    """(sy, sx, offset) of a patterned fill: its pattern coordinate is u = y·sy + x·sx − offset."""
+    sy, sx = math.sin(fill.angle) / fill.scale, math.cos(fill.angle) / fill.scale
+    offset = fill.origin[0] * sy + fill.origin[1] * sx - (0.0 if fill.pattern == "stripes" else 0.5)
+    return sy, sx, offset
 
 
 def _frozen(mask: np.ndarray) -> np.ndarray:

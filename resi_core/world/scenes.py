@@ -287,21 +287,24 @@ def draw_grass(cv: Canvas, rng: Rng, top: float) -> None:
 
 def draw_road(cv: Canvas, rng: Rng, y0: float, y1: float, top: tuple[float, float], bottom: tuple[float, float],
               lane_x: tuple[float, float] | None = None) -> None:
-    """Road surface as a trapezoid; dashed lane marks (part of the road) along the center line."""
+    """Road surface as a trapezoid; dashed lane marks (a part of the road, "lane mark") along the center line."""
     obj = cv.add_object("road")
     fill = textured(rng, road_color(rng), (y0, 0.0), cv.height, rich=0.2)
     cv.paint(obj, cv.trapezoid(y0, y1, top, bottom), fill)
     if rng.random() < 0.7:
+        lane = cv.add_part(obj, "lane mark")
         mark = Fill(hsv(rng.uniform(0.1, 0.17), rng.uniform(0, 0.8), rng.uniform(0.7, 1.0)), noise=0.05)
         if lane_x is None:  # horizontal road band seen from the side: one dashed line, a striped thin rect
             y, period = (y0 + y1) / 2, rng.uniform(5.0, 10.0)
             dashes = Fill(fill.color, mark.color, "stripes", 0.0, period, (y, rng.uniform(0, period)), 0.05)
-            cv.paint(obj, cv.rect(y - 0.6, y + 0.6, 0, cv.width), dashes)
+            band = cv.rect(y - 0.6, y + 0.6, 0, cv.width)
+            cv.paint(obj, band, dashes)
+            cv.paint(obj, cv.second_stripes(band, dashes), dashes, lane)  # the dashes again, as the part
         else:  # forward view: dashes shrinking toward the vanishing point
             for t in (0.15, 0.35, 0.6, 0.9):
                 y, hh = y0 + t * (y1 - y0), 0.08 * t * (y1 - y0)
                 xc = lane_x[0] + t * (lane_x[1] - lane_x[0])
-                cv.paint(obj, cv.rect(y - hh, y + hh, xc - 0.4 - 1.2 * t, xc + 0.4 + 1.2 * t), mark)
+                cv.paint(obj, cv.rect(y - hh, y + hh, xc - 0.4 - 1.2 * t, xc + 0.4 + 1.2 * t), mark, lane)
 
 
 def draw_backdrop(cv: Canvas, rng: Rng, kind: str, y0: float, y1: float, x0: float, x1: float) -> None:

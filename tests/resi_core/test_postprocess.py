@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from resi_core.labels import ClassDef, LabelSpace, mix
 from resi_core.postprocess import (
     esf_fuse,
+    hold_out_of_domain,
     instance_list,
     interp_matrix,
     mask_iou,
@@ -216,6 +217,18 @@ def test_esf_fuses_synonyms_only_when_declared():
     assert set(fused[0].label_spaces) == {"street", "drive"}
 
 
+def test_esf_never_fuses_same_names_of_a_distinct_space():
+    """M5's rule: avenue's "car" is another class than street's, however well their masks agree."""
+    avenue = LabelSpace("avenue", STREET.classes)
+    street_car, avenue_car = seg("street", "car", 0.9, rect(0, 6, 0, 6)), seg("avenue", "car", 0.8, rect(0, 6, 0, 6))
+    assert len(esf_fuse([[street_car], [avenue_car]], mix([STREET, avenue]))) == 1  # the default: one class
+    kept = esf_fuse([[street_car], [avenue_car]], mix([STREET, avenue], distinct=["avenue"]))
+    assert [s.label_spaces for s in kept] == [("street",), ("avenue",)]
+    # and semantic maps keep them apart too
+    union = semantic_union([[street_car], [avenue_car]], mix([STREET, avenue], distinct=["avenue"]))
+    assert len(union) == 2
+
+
 def test_esf_keeps_same_class_apart_below_iou_threshold():
     a, b = rect(0, 10, 0, 4), rect(0, 10, 2, 6)  # IoU = 20 / 60
     assert mask_iou(a, b) == pytest.approx(1 / 3)
@@ -238,6 +251,21 @@ def test_esf_adhoc_passes_fuse_by_query_set():
     b = Segment("b", rect(0, 5, 0, 5), "dog", ("adhoc",), 0.7, True, (Source("adhoc", "dog", 4, "drive"),))
     (fused,) = esf_fuse([[a], [b]], mixed)
     assert fused.id == "b" and fused.query_sets == ("drive", "street")
+
+
+def test_hold_out_of_domain_makes_weak_out_of_domain_queries_no_object():
+    """The baselines' domain-aware variant: classes 0 (vegetation, drive only) and 2 are out of the image's
+    likeliest domain, class 1 (sky) in it."""
+    in_domain = [False, True, False]
+    probs = torch.tensor([[0.90, 0.0, 0.0, 0.10],  # out of domain, weak: -> ∅
+                          [0.99, 0.0, 0.0, 0.01],  # out of domain but near-certain: kept
+                          [0.0, 0.60, 0.0, 0.40],  # in domain: kept
+                          [0.0, 0.30, 0.20, 0.50],  # best is ∅: kept as it is
+                          [0.0, 0.0, 0.0, 1.0]])
+    gated = hold_out_of_domain(probs, in_domain, 0.98)
+    assert torch.equal(gated[1:], probs[1:])
+    assert gated[0].tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert torch.equal(hold_out_of_domain(probs, [True] * 3, 0.98), probs)
 
 
 def test_semantic_union_unions_a_class_across_passes_and_keeps_other_classes_overlapping():

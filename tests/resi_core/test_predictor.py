@@ -459,3 +459,92 @@ def test_class_set_request_puts_spaces_and_typed_names_in_one_request():
         class_set_request(trained, ["street", "drive"], [])
     with pytest.raises(RequestError, match="The class set is empty"):
         class_set_request(trained, [], [])
+
+
+class SharedModel(FakeModel):
+    """A shared-query baseline: one query set, a linear head over the union of class names
+    (person, road, face, hair, pedestrian), and avenue, which reuses street's names. Query 0 (hidden[0] = 1)
+    puts logit 20 on "person"; the other queries' logits are all 0."""
+
+    def __init__(self, likeliest: str | None = None):
+        super().__init__()
+        self.config = SimpleNamespace(max_size=64, text_encoder="fake", query_mode="shared")
+        self.label_spaces = {**SPACES, "avenue": LabelSpace("avenue", SPACES["street"].classes)}
+        self.union_names = ["person", "road", "face", "hair", "pedestrian"]
+        self.space_columns = {"street": [0, 1], "portrait": [2, 3], "drive": [4, 1], "avenue": [0, 1]}
+        if likeliest is not None:  # a domain head over street and portrait; avenue is street's domain
+            self.domain_spaces, self.domain_head = ["street", "portrait"], nn.Identity()
+            self.space_domains = {"avenue": "street"}
+            self.likeliest = likeliest
+
+    def union_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(*hidden.shape[:-1], len(self.union_names) + 1)  # [..., Q, U + 1]
+        logits[..., 0] = 20.0 * hidden[..., 0]
+        return logits
+
+    def image_domain_probs(self, features, extent_fraction=(1.0, 1.0)) -> dict[str, float]:
+        return {"street": 0.9, "portrait": 0.1} if self.likeliest == "street" else {"street": 0.2, "portrait": 0.8}
+
+
+def test_a_union_decode_is_one_pass_over_the_union_columns_for_the_baselines_rules():
+    model = SharedModel()
+    predictor = Predictor(model, None)
+    image = red_left_image(64, 64)
+    decoded = predictor.decode(image, SpacesRequest(("street", "drive")), union=True)
+    assert model.decode_calls == [["street"]] and len(decoded.passes) == 1
+    assert decoded.passes[0].union_columns == (0, 1, 4)  # person, road, pedestrian: road is one column
+    (probs,) = decoded.probs
+    assert probs.shape == (NUM_QUERIES, 4) and probs[0, 0] > 0.99  # a softmax over the asked columns and ∅
+    joint = decoded.joint()
+    assert [[decoded.mixed.classes[c].name for c in t] for t in joint.classes] == [["person"], ["road"], ["pedestrian"]]
+    assert joint.isthing == (True, False, True) and joint.in_domain is None
+    # Declared synonyms are two columns of one class: their probabilities add up.
+    synonyms = predictor.decode(image, SpacesRequest(("street", "drive"), (("person", "pedestrian"),)), union=True)
+    joint = synonyms.joint()
+    assert len(joint.classes) == 2
+    torch.testing.assert_close(joint.probs[:, 0], synonyms.probs[0][:, 0] + synonyms.probs[0][:, 2])
+    torch.testing.assert_close(joint.probs.sum(-1), torch.ones(NUM_QUERIES))
+
+
+def test_a_union_column_answers_for_both_same_named_classes_of_a_distinct_space():
+    """street + avenue with avenue distinct: four classes of the mix, two union columns; each column stands
+    for both spaces' class, while one pass per label space keeps them apart."""
+    predictor = Predictor(SharedModel(), None)
+    request = SpacesRequest(("street", "avenue"), distinct=("avenue",))
+    union = predictor.decode(red_left_image(64, 64), request, union=True)
+    names = union.mixed.class_names
+    assert names == ["person (street)", "road (street)", "person (avenue)", "road (avenue)"]
+    assert [[names[c] for c in t] for t in union.joint().classes] == [
+        ["person (street)", "person (avenue)"], ["road (street)", "road (avenue)"]]
+    per_space = predictor.decode(red_left_image(64, 64), request)
+    joint = per_space.joint()
+    assert [[names[c] for c in t] for t in joint.classes] == [[n] for n in names]
+    assert joint.pass_rows == (slice(0, NUM_QUERIES), slice(NUM_QUERIES, 2 * NUM_QUERIES))
+    torch.testing.assert_close(joint.probs[NUM_QUERIES:, [2, 3, 4]], per_space.probs[1])  # avenue's own columns
+    assert joint.probs[NUM_QUERIES:, :2].sum() == 0
+    # ESF-OMI keeps both spaces' "person" (same mask, IoU 1): they are two classes.
+    segments = predictor.predict(red_left_image(64, 64), request).segments
+    assert sorted(s.class_name for s in segments) == ["person (avenue)", "person (street)"]
+    with pytest.raises(ValueError, match="union decode"):
+        predictor.postprocess(union)
+
+
+def test_union_decode_domain_decision_and_its_errors():
+    """The union pass is never held itself; the likeliest domain is decided over the asked spaces, and a rule
+    class is in that domain when one of its label spaces is (avenue inherits street's domain)."""
+    on_portrait = Predictor(SharedModel("portrait"), None).decode(
+        red_left_image(64, 64), SpacesRequest(("street", "portrait", "avenue"), distinct=("avenue",)), union=True)
+    assert on_portrait.domain.likeliest == "portrait" and on_portrait.domain.held == ()
+    assert on_portrait.domain.thresholds == (0.5,)
+    joint = on_portrait.joint()
+    names = on_portrait.mixed.class_names
+    in_domain = {names[t[0]]: inside for t, inside in zip(joint.classes, joint.in_domain, strict=True)}
+    assert in_domain == {"person (street)": False, "road (street)": False, "face": True, "hair": True}
+    # One domain asked (street and avenue): nothing contested.
+    same = Predictor(SharedModel("portrait"), None).decode(
+        red_left_image(64, 64), SpacesRequest(("street", "avenue"), distinct=("avenue",)), union=True)
+    assert same.domain.likeliest is None and same.joint().in_domain is None
+    with pytest.raises(RequestError, match="shared query set"):
+        Predictor(FakeModel(), None).decode(red_left_image(64, 64), SpacesRequest(("street",)), union=True)
+    with pytest.raises(RequestError, match="SpacesRequest"):
+        Predictor(SharedModel(), FakeEncoder()).decode(red_left_image(64, 64), AdHocRequest(("cat",)), union=True)

@@ -58,6 +58,22 @@ def test_label_spaces_and_mixes():
     assert len(benchmark_mix("M4").classes) == 2 + 4 + 2
     with pytest.raises(LabelError):
         benchmark_mix("M9")
+    # M5: avenue shares street's class names, and none of them is street's class.
+    assert spaces["avenue"].class_names == spaces["street"].class_names
+    m5 = benchmark_mix("M5")
+    assert len(m5.classes) == 10
+    for name in spaces["street"].class_names:
+        street, avenue = m5.classes[m5.class_of("street", name)], m5.classes[m5.class_of("avenue", name)]
+        assert street is not avenue
+        assert (street.name, avenue.name) == (f"{name} (street)", f"{name} (avenue)")
+        assert (street.label_spaces, avenue.label_spaces) == (("street",), ("avenue",))
+
+
+def test_every_dataset_and_benchmark_has_its_own_seed_code():
+    from resi_core.world.dataset import _NAME_CODES
+
+    assert set(_NAME_CODES) == set(DATASETS) | set(BENCHMARKS)
+    assert len(set(_NAME_CODES.values())) == len(_NAME_CODES)
 
 
 # Determinism ---------------------------------------------------------------------------------
@@ -210,6 +226,52 @@ def test_occlusion_hides_parts_of_hidden_objects():
         assert painted.max() == 1
 
 
+def test_lane_marks_are_the_pixels_painted_in_the_dashes_color():
+    """Canvas.second_stripes finds exactly the pixels a stripes fill colors with its second color (checked
+    on the rendered colors without noise), so painting them again as a part leaves the image unchanged."""
+    from resi_core.world.render import Canvas, Fill
+
+    cv = Canvas(16, 64)
+    road = cv.add_object("road")
+    dashes = Fill((10.0, 10.0, 10.0), (250.0, 250.0, 250.0), "stripes", 0.0, 7.3, (8.0, 2.6))
+    band = cv.rect(7.4, 8.6, 0, 64)
+    cv.paint(road, band, dashes)
+    before = cv.colors(np.zeros((16, 64), np.float32), np.ones((16, 64), np.float32), (1.0, 1.0, 1.0))
+    cv.paint(road, cv.second_stripes(band, dashes), dashes, cv.add_part(road, "lane mark"))
+    after = cv.colors(np.zeros((16, 64), np.float32), np.ones((16, 64), np.float32), (1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(before, after)
+    mark = cv.finish("street", np.zeros((16, 64, 3), np.uint8)).objects[0].parts[0]
+    assert mark.kind == "lane mark"
+    np.testing.assert_array_equal(mark.mask, before[0] > 128)
+    (y0, y1, _, _), _ = band
+    assert 0.3 < mark.mask.sum() / ((y1 - y0) * 64) < 0.7  # dashes and gaps of about equal length
+
+
+def test_avenue_is_street_scenes_with_other_extents():
+    """M5: both spaces label one street scene; avenue's person, car, truck and road are street's minus hair and
+    hat, wheels and windows, lane marks; its sky is street's. Every M5 and avenue image is a street scene."""
+    shrunk = {"person": 0, "car": 0, "truck": 0, "road": 0}
+    for sample in samples("M5") + samples("avenue"):
+        assert sample.domain == "street"
+    for sample in samples("M5"):
+        for kind, cut in (("person", ("hair", "hat")), ("car", ("wheel", "window")), ("truck", ("wheel", "window")),
+                          ("road", ("lane mark",))):
+            for obj in (o for o in sample.scene.objects if o.kind == kind):
+                body = obj.mask & ~union(p.mask for p in obj.parts if p.kind in cut)
+                street = [m for m in masks_of(sample, "street", kind) if (m & obj.mask).any()]
+                avenue = [m for m in masks_of(sample, "avenue", kind) if (m & obj.mask).any()]
+                if kind == "road":
+                    np.testing.assert_array_equal(street[0] & obj.mask, obj.mask)
+                    np.testing.assert_array_equal(avenue[0] & obj.mask, body)
+                elif street:  # not dropped as tiny
+                    np.testing.assert_array_equal(street[0], obj.mask)
+                    if body.sum() >= MIN_SEGMENT_AREA:
+                        np.testing.assert_array_equal(avenue[0], body)
+                shrunk[kind] += int(body.sum() < obj.mask.sum())
+        np.testing.assert_array_equal(union(masks_of(sample, "avenue", "sky")), union(masks_of(sample, "street", "sky")))
+    assert min(shrunk.values()) >= 5, shrunk
+
+
 # Colors do not give classes away ---------------------------------------------------------------
 def test_thing_colors_vary_and_overlap_across_classes():
     pixels: dict[str, list[np.ndarray]] = {"person": [], "car": [], "truck": []}
@@ -240,7 +302,7 @@ def test_thing_colors_vary_and_overlap_across_classes():
 
 
 # Export ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["street", "M2", "M4"])
+@pytest.mark.parametrize("name", ["street", "M2", "M4", "M5"])
 def test_export_loads_in_pycocotools_and_matches_samples(tmp_path, name):
     data = list(generate(name, "val", 6, seed=1, size=64))
     prepare_out_dir(tmp_path, overwrite=False)
@@ -254,6 +316,10 @@ def test_export_loads_in_pycocotools_and_matches_samples(tmp_path, name):
         assert len(fused) == 1 and fused[0]["synonyms"] == ["pedestrian"]
         assert fused[0]["label_spaces"] == ["street", "drive"]
         assert "pedestrian" not in names.values()
+    if name == "M5":  # same names, other classes: one category each, of its own label space
+        assert raw["info"]["distinct"] == ["avenue"]
+        cars = {c["name"]: c["label_spaces"] for c in raw["categories"] if c["name"].startswith("car")}
+        assert cars == {"car (street)": ["street"], "car (avenue)": ["avenue"]}
     for sample in data:
         info = coco.imgs[sample.image_id]
         assert (info["height"], info["width"]) == (64, 64)

@@ -41,6 +41,17 @@ def test_smoke_bench_writes_every_row_and_resi_learns(smoke):
                 value = scores[metric]
                 assert math.isnan(value) or 0.0 <= value <= 1.0, (row, metric, value)
     assert "| RESI |" in report["markdown"] and set(report["resi_margin_points"]) == set(bench.METRICS)
+    # Margins under SPEC §6's two headings, per benchmark and for the means (M1-M4 apart from M5).
+    assert list(report["margins"]["prior_method"]) == ["Merged-M2F"]
+    assert list(report["margins"]["ablations"]) == ["Text-M2F", "RESI w/o ESF-OMI", "RESI (linear head)", "RESI w/o LSQE"]
+    assert set(report["margins"]["ablations"]["Text-M2F"]) == {*config.benchmarks, "mean M1–M4", "mean"}
+    assert "RESI minus the prior-method baseline" in report["markdown"] and "RESI minus its ablations" in report["markdown"]
+    # Per-class PIQ of every row and benchmark; in M5 the two spaces' cars are two classes.
+    for row, per_bench in results.items():
+        m5 = per_bench["M5"]["piq_per_class"]
+        assert {"car (street)", "car (avenue)", "sky (street)", "sky (avenue)"} <= set(m5), row
+        assert set(per_bench["M5"]["pq_per_space"]) == {"street", "avenue"}
+        assert all(set(c) >= {"piq", "tp", "fp", "fn"} for c in m5.values())
 
     # Each method trained its own architecture (a shared-query baseline is not a RESI model).
     trained = {m: load_checkpoint(bench.latest_checkpoint(out / "runs" / m)).config for m in
@@ -53,6 +64,8 @@ def test_smoke_bench_writes_every_row_and_resi_learns(smoke):
     for method in trained:
         heads = load_checkpoint(bench.latest_checkpoint(out / "runs" / method)).domain_spaces
         assert heads == ["street", "portrait", "drive", "parts"], method
+        # avenue's images are street's kind: one domain, so neither set is held on the other's images.
+        assert load_checkpoint(bench.latest_checkpoint(out / "runs" / method)).space_domains == {"avenue": "street"}
     rules = {r for per in results["Merged-M2F"].values() for r in per["rule"].values()}
     candidates = ("panoptic_union", "overlapping", "semantic_union")
     assert rules and rules <= {f"{v}{r}" for v in ("", "domain_aware_") for r in candidates}
@@ -94,13 +107,15 @@ def test_a_finished_run_without_a_domain_head_gets_one_without_retraining(smoke,
     assert "domain head (resi): held-out accuracy" in capsys.readouterr().out
     refitted = load_checkpoint(bench.latest_checkpoint(out / "runs" / "resi"))
     assert refitted.domain_spaces == ["street", "portrait", "drive", "parts"]
+    assert refitted.space_domains == {"avenue": "street"}
     assert bench.checkpoint_step(final) == config.iterations  # not trained again: same weights
     assert all(torch.equal(v, refitted.state_dict()[k]) for k, v in weights.items())
 
 
 def test_table_and_margins_from_known_scores():
     def scores(value: float) -> bench.Scores:
-        return bench.Scores(miou=value, pq=value, ap=value, piq=value, rule=dict.fromkeys(bench.METRICS, "x"))
+        return bench.Scores(miou=value, pq=value, ap=value, piq=value, overlap=value,
+                            rule=dict.fromkeys(bench.METRICS, "x"))
 
     results = {
         "Merged-M2F": {"M1": scores(0.10), "M2": scores(0.30)},
@@ -111,13 +126,22 @@ def test_table_and_margins_from_known_scores():
     assert bench.margins(results, ["M1", "M2"]) == pytest.approx(dict.fromkeys(bench.METRICS, 15.0))
     table = bench.markdown_table(results, ["M1", "M2"]).splitlines()
     assert table[0].startswith("| method | M1 mIoU |") and len(table) == 2 + len(results)
-    assert table[-1] == "| RESI | " + " | ".join(["40.0"] * 4 + ["30.0"] * 4 + ["35.0"] * 4) + " |"
+    assert table[-1] == "| RESI | " + " | ".join(["40.0"] * 5 + ["30.0"] * 5 + ["35.0"] * 5) + " |"
     # The better inference rule is taken per metric.
-    a = bench.Scores(miou=0.5, pq=0.1, ap=float("nan"), piq=0.2, rule=dict.fromkeys(bench.METRICS, "a"))
-    b = bench.Scores(miou=0.4, pq=0.3, ap=0.2, piq=0.2, rule=dict.fromkeys(bench.METRICS, "b"))
+    a = bench.Scores(miou=0.5, pq=0.1, ap=float("nan"), piq=0.2, overlap=0.1, rule=dict.fromkeys(bench.METRICS, "a"),
+                     piq_per_class={"car": {"piq": 0.2}}, pq_per_space={"street": 0.1})
+    b = bench.Scores(miou=0.4, pq=0.3, ap=0.2, piq=0.2, overlap=0.3, rule=dict.fromkeys(bench.METRICS, "b"),
+                     piq_per_class={"car": {"piq": 0.2}, "sky": {"piq": 0.2}}, pq_per_space={"street": 0.3})
     best = bench._best(a, b)
-    assert (best.miou, best.pq, best.ap, best.piq) == (0.5, 0.3, 0.2, 0.2)
-    assert best.rule == {"miou": "a", "pq": "b", "ap": "b", "piq": "a"}
+    assert (best.miou, best.pq, best.ap, best.piq, best.overlap) == (0.5, 0.3, 0.2, 0.2, 0.3)
+    assert best.rule == {"miou": "a", "pq": "b", "ap": "b", "piq": "a", "overlap": "b"}
+    # The per-class PIQ and per-space PQ come from the rule that gave PIQ and PQ.
+    assert best.piq_per_class == a.piq_per_class and best.pq_per_space == b.pq_per_space
+    # Margins against each compared row, per benchmark and mean, under the two headings.
+    against = bench.margins_against(results, ["M1", "M2"], ("Merged-M2F", "Nobody"))
+    assert list(against) == ["Merged-M2F"] and against["Merged-M2F"]["M1"]["pq"] == pytest.approx(30.0)
+    assert against["Merged-M2F"]["mean"]["piq"] == pytest.approx(15.0)
+    assert bench.margins_markdown(against).splitlines()[-1].startswith("| Merged-M2F | +30.0 |")
 
 
 def test_bad_config_is_one_clear_error(tmp_path, capsys):
@@ -140,28 +164,3 @@ def test_a_run_with_another_budget_is_trained_again_not_reused(smoke, capsys):
     assert "== training resi for 3 iterations" in capsys.readouterr().out
     assert bench.checkpoint_step(bench.latest_checkpoint(out / "runs" / "resi")) == 3
     assert [p.name for p in sorted((out / "runs" / "resi").glob("step_*"))] == ["step_0000003"]
-
-
-def test_domain_aware_variant_for_the_baselines():
-    from resi_core.world import benchmark_mix
-
-    mixed = benchmark_mix("M2")  # street + drive; person ≡ pedestrian is one class from both spaces
-    names = [c.name for c in mixed.classes]
-    m = len(names)
-
-    def row(name: str, p: float) -> list[float]:
-        values = [0.0] * (m + 1)
-        values[names.index(name) if name else m] = p
-        values[m] += 1.0 - p
-        return values
-
-    probs = torch.tensor([row("vegetation", 0.90),  # drive only, out of the street domain, weak: -> ∅
-                          row("vegetation", 0.99),  # out of domain but near-certain: kept
-                          row("sky", 0.60),  # street: in domain
-                          row("person", 0.70),  # person ≡ pedestrian comes from both spaces: in domain
-                          row("", 1.0)])  # already ∅
-    gated = bench.domain_aware(probs, mixed, "street", 0.98)
-    assert torch.equal(gated[1:], probs[1:])
-    assert gated[0, m] == 1.0 and gated[0, :m].sum() == 0.0
-    assert torch.equal(bench.domain_aware(probs, mixed, "drive", 0.98)[[0, 1, 3]], probs[[0, 1, 3]])
-    assert bench.domain_aware(probs, mixed, "drive", 0.98)[2, m] == 1.0  # sky is street's only

@@ -7,8 +7,8 @@ import random
 
 import numpy as np
 import pytest
-from resi_core.coco import encode_mask
 
+from formats.rle import encode_mask
 from resi_core.data import DatasetError
 from resi_core.labels import ClassDef, LabelSpace
 from resi_core.predictor import Prediction

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from resi_core.coco import load_ground_truth, load_predictions
 
+from formats.coco import load_ground_truth, load_predictions
 from resi_core.metrics import evaluate
 from resi_core.world import generate, prepare_out_dir, write_world
 from train.predict import main
