@@ -167,10 +167,11 @@ def model_version_id(svc: Services, ctx: ProjectContext, info: ModelInfo) -> int
     """The project's model version for checkpoint `info`, registered (and made active) on first use."""
     if ctx.active_version_id is not None and ctx.active_sha256 == info.sha256:
         return ctx.active_version_id
-    with svc.register_lock, svc.sessions.begin() as session:
-        version = repo.model_version_by_checkpoint(session, ctx.project_id, info.sha256)
-        if version is not None:
-            return version.id
+    with svc.sessions.begin() as session:  # it locks the project: two first proposals register it once
+        return repo.ensure_model_version(
+            session, ctx.project_id, f"{info.name}-{info.sha256[:8]}", str(info.path), info.sha256,
+            [s.to_json() for s in info.label_spaces], {"text_encoder": info.text_encoder}, active=True,
+        ).id
         version = repo.register_model_version(
             session, ctx.project_id, f"{info.name}-{info.sha256[:8]}", str(info.path), info.sha256,
             [s.to_json() for s in info.label_spaces], {"text_encoder": info.text_encoder}, active=True,

@@ -219,7 +219,8 @@ def start_prelabel(svc: Services, state: UserState, user: str) -> JobView:
         new = len(repo.image_ids(session, project_id, [ImageStatus.NEW]))
     if not new:
         raise UserError("Every image of the project has proposals or edits already: nothing to propose.")
-    with svc.register_lock, svc.sessions.begin() as session:  # one pre-labeling job per project at a time
+    with svc.sessions.begin() as session:
+        repo.lock_project(session, project_id)  # the check and the insert one at a time: one job per project
         busy = next((j for j in repo.list_jobs(session, project_id) if j.kind == PRELABEL_KIND
                      and j.status not in repo.FINISHED_JOB_STATUSES), None)
         if busy is not None:
