@@ -36,19 +36,21 @@ class UserState:
     # "Show label spaces" choices never shrink while it is open); `hidden_spaces`: those the user
     # unticked (a space that gains a segment is shown again); proposals scoring under `min_score`
     # are hidden, not deleted; `click`: the last click on the picture (x, y), to cycle through the
-    # segments under one spot.
+    # segments under one spot. `own_min_score`: the user's threshold while this image's proposals are
+    # hidden because the model flagged it as unlike its training data (restored on the next image).
     spaces: tuple[str, ...] = ()
     hidden_spaces: frozenset[str] = frozenset()
     min_score: float = 0.0
     opacity: float = OVERLAY_ALPHA
     click: tuple[int, int] | None = None
+    own_min_score: float | None = None
 
 
 def on_image(state: UserState, image_id: int | None) -> UserState:
     """The state for another image of the same project: the user's view preferences (opacity, score
     threshold) stay, the rest starts afresh. (How an image is first shown is decided here.)"""
-    return UserState(project_id=state.project_id, image_id=image_id, min_score=state.min_score,
-                     opacity=state.opacity)
+    min_score = state.min_score if state.own_min_score is None else state.own_min_score
+    return UserState(project_id=state.project_id, image_id=image_id, min_score=min_score, opacity=state.opacity)
 
 
 @dataclass(frozen=True)

@@ -94,7 +94,7 @@ class LabelLayout:
             "toggles": self.toggles, "table": self.segments_df, "selected": self.selected_md, "class": self.class_dd,
             "merge": self.merge_dd, "delete_like": self.delete_like_btn, "undo": self.undo_btn,
             "redo": self.redo_btn, "conflict": self.conflict_row, "accept_empty": self.accept_empty_row,
-            "message": self.message_md,
+            "message": self.message_md, "min_score": self.min_score,
         }
         self.outputs = list(self.slots.values())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
@@ -69,6 +70,11 @@ def domain_note(domain_probs: dict[str, float], held: Sequence[str], threshold: 
             "(domain-aware proposals; start the app without --domain-aware to show them all).")
 
 
+# The score threshold an image the familiarity check flags starts at: every proposal is hidden (scores are
+# below 1), kept in storage, and shown again by moving the "Hide proposals scoring below" slider down.
+UNFAMILIAR_MIN_SCORE = 1.0
+
+
 def propose(svc: Services, state: UserState, user: str) -> EditResult:
     """Ask the model for segments. A new image is seeded with them; an image already being labeled
     gets them as one undoable edit that replaces its segments (e.g. after changing the class set)."""
@@ -101,10 +107,15 @@ def propose(svc: Services, state: UserState, user: str) -> EditResult:
                                       Correction(EventType.EDIT.value, [s.to_json() for s in current.segments], rows))
     except Conflict as exc:
         return conflict(state, exc)
+    if prediction.unfamiliar and segments:  # hidden, not deleted: one slider move shows them
+        own = state.min_score if state.own_min_score is None else state.own_min_score
+        state = replace(state, min_score=UNFAMILIAR_MIN_SCORE, own_min_score=own)
     new_state, view = load_image(svc, state)
     message = f"Proposed {len(segments)} segment(s) in {elapsed_ms:.0f} ms."
     if prediction.unfamiliar:  # the model's familiarity check: say so before anything else
         message = f"{prediction.notice} {message}"
+        if segments:
+            message += " (They are under 'Hide proposals scoring below'; move it down to see them.)"
     if was_accepted:
         message += " The image was accepted; it is back in review (Undo restores its segments; accept it again when done)."
     return EditResult(new_state, view, f"{message} {note}" if note else message)

@@ -220,7 +220,7 @@ class LabelTab(LabelLayout):
 
     @guarded
     def on_min_score(self, st: UserState, min_score: float) -> tuple[Any, ...]:
-        st = replace(st, min_score=float(min_score))
+        st = replace(st, min_score=float(min_score), own_min_score=None)  # the user's choice from now on
         return self._settings(st) if st.image_id is not None else self.out({"state": st})
 
     @guarded

@@ -74,6 +74,7 @@ def image(state: UserState, view: ImageView, message: str | None = None,
         "redo": gr.Button(interactive=view.can_redo),
         "conflict": gr.Row(visible=state.pending is not None),
         "accept_empty": gr.Row(visible=False),
+        "min_score": gr.Slider(value=state.min_score),  # an unfamiliar photo's proposals start hidden
     })
     if message is not None:
         values["message"] = message

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from app.class_sets.handlers import current_class_set, save_class_set, suggest_synonyms
-from app.context import UserState, class_options, find_option, load_context
+from app.context import UserState, class_options, find_option, load_context, on_image
 from app.editing import BrushMode
 from app.labeling.accept import accept
 from app.labeling.edits import (
@@ -24,7 +24,14 @@ from app.labeling.edits import (
     save_pending_anyway,
     undo,
 )
-from app.labeling.images import delete_image, load_image, next_open_image, open_image, skip_image
+from app.labeling.images import (
+    delete_image,
+    load_image,
+    next_open_image,
+    open_image,
+    skip_image,
+    visible_segments,
+)
 from app.labeling.propose import domain_note, propose
 from app.projects.handlers import create_project, open_project, project_names, project_overview
 from app.projects.upload import upload_images
@@ -143,9 +150,14 @@ def test_propose_on_an_unfamiliar_photo_says_so_first(svc: Services, project: Us
     real = FakePredictor.predict
     monkeypatch.setattr(FakePredictor, "predict", lambda self, *a, **k: replace_prediction(
         real(self, *a, **k), unfamiliar=True, notice=UNFAMILIAR_NOTICE))
-    result = propose(svc, project, "ann")
+    result = propose(svc, replace(project, min_score=0.2), "ann")
     assert result.ok and result.message.startswith("This photo looks unlike anything the model was trained on")
-    assert len(result.view.segments) == 4  # kept: the user can still look at them
+    assert len(result.view.segments) == 4  # stored: the user can still look at them
+    assert visible_segments(result.view.segments, result.state) == []  # ... once the threshold goes down
+    lowered = replace(result.state, min_score=0.0)
+    assert len(visible_segments(result.view.segments, lowered)) == 4
+    # The next image gets the user's own threshold back, not the flagged image's.
+    assert on_image(result.state, None).min_score == 0.2
 
 
 def test_re_propose_with_other_class_set_is_one_undoable_edit(svc: Services, project: UserState) -> None:
