@@ -90,7 +90,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
             while not stop.is_set():
                 began = time.perf_counter()
                 try:
-                    client.predict([], api_name="/propose")  # type: ignore[attr-defined]
+                    client.predict(api_name="/propose")  # type: ignore[attr-defined]
                 except Exception as exc:  # noqa: BLE001
                     with lock:
                         errors.append(f"propose: {type(exc).__name__}: {str(exc)[:200]}")

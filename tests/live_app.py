@@ -140,12 +140,12 @@ class Editor:
         self.client = Client(url, verbose=False, **client_kwargs)
         self.image_id = image_id
         self.client.predict(project, api_name="/open_project")
-        self.client.predict(image_id, [], api_name="/open_image")
-        self.client.predict(SEGMENT_ID, [], api_name="/select_segment")
+        self.client.predict(image_id, api_name="/open_image")
+        self.client.predict(SEGMENT_ID, api_name="/select_segment")
         self.saves = 0
 
     def save(self) -> None:
         """Relabel the segment to the other class: one saved correction."""
         label = f"{CLASSES[(self.saves + 1) % 2]} [adhoc]"
-        self.client.predict([], SEGMENT_ID, label, api_name="/relabel")
+        self.client.predict(label, api_name="/relabel")
         self.saves += 1

@@ -72,9 +72,10 @@ class WorldSet:
         return out
 
 
-def write_world_set(root: Path, seed: int, per_benchmark: int) -> WorldSet:
+def write_world_set(root: Path, seed: int, per_benchmark: int, benchmarks: Sequence[str] = tuple(BENCHMARKS)
+                    ) -> WorldSet:
     folders = {}
-    for bench in BENCHMARKS:
+    for bench in benchmarks:
         folder = root / f"{bench}-seed{seed}"
         prepare_out_dir(folder, overwrite=True)
         write_world(generate(bench, "val", per_benchmark, seed), bench, folder, split="val", seed=seed)
@@ -225,7 +226,12 @@ def run(args: argparse.Namespace) -> int:
     unlike = unlike_images(args.unlike, args.unlike_limit) if args.unlike else []
     predictor = Predictor(model, None, cache_size=1, out_of_domain_threshold=None)
     with tempfile.TemporaryDirectory(prefix="resi-calibrate-") as tmp:
-        sets = [write_world_set(Path(tmp), args.seed + k, args.images) for k in range(3)]
+        # The benchmarks whose label spaces the checkpoint has (M5 needs avenue, which older ones lack).
+        benchmarks = [b for b, spaces in BENCHMARKS.items() if set(spaces) <= set(model.label_spaces)]
+        if not benchmarks:
+            raise ValueError(f"{args.checkpoint} has none of the world's benchmarks' label spaces "
+                             f"({', '.join(model.label_spaces)}); calibrate works on world-trained checkpoints.")
+        sets = [write_world_set(Path(tmp), args.seed + k, args.images, benchmarks) for k in range(3)]
         fit, limit, check = (s.images() for s in sets)
     # Familiarity: fit on one set, threshold on a second, rates on the third and on --unlike.
     kinds, means, whitening = fit_familiarity(pooled(model, [x.image for x in fit], progress, "fitting images"),

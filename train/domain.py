@@ -40,6 +40,9 @@ from resi_core.model.checkpoint import read_meta
 # (pairwise: each image scored against its own dataset and the other one only; chance is 0.5). Our
 # choice: halfway between chance and certainty; on the bench world distinct domains score near 1.
 SAME_DOMAIN_ACCURACY = 0.75
+# Merging needs evidence: two datasets with fewer held-out images than this between them are kept apart
+# (with a handful, an accuracy under SAME_DOMAIN_ACCURACY is as likely to be chance).
+MIN_HELD_TO_MERGE = 10
 
 
 @torch.inference_mode()
@@ -156,7 +159,8 @@ def read_json(path: str | Path) -> Any:
 def same_domains(held_logits: torch.Tensor, held_labels: torch.Tensor, names: Sequence[str]) -> list[int]:
     """For each dataset, the index of the first dataset of its domain: datasets a and b are one domain when
     the head's held-out logits [n, S] separate their images (a's above b's on a's images, and the other
-    way round) in fewer than SAME_DOMAIN_ACCURACY of them; chains (a ~ b, b ~ c) are one domain."""
+    way round) in fewer than SAME_DOMAIN_ACCURACY of them, out of at least MIN_HELD_TO_MERGE; chains
+    (a ~ b, b ~ c) are one domain."""
     parent = list(range(len(names)))
 
     def find(i: int) -> int:
@@ -167,7 +171,7 @@ def same_domains(held_logits: torch.Tensor, held_labels: torch.Tensor, names: Se
     for a in range(len(names)):
         for b in range(a + 1, len(names)):
             rows_a, rows_b = held_logits[held_labels == a], held_logits[held_labels == b]
-            if not len(rows_a) or not len(rows_b):
+            if not len(rows_a) or not len(rows_b) or len(rows_a) + len(rows_b) < MIN_HELD_TO_MERGE:
                 continue
             right = (rows_a[:, a] > rows_a[:, b]).sum() + (rows_b[:, b] > rows_b[:, a]).sum()
             if float(right) / (len(rows_a) + len(rows_b)) < SAME_DOMAIN_ACCURACY:

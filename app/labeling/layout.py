@@ -59,6 +59,8 @@ class LabelLayout:
                                                         scale=1)
                 with gr.Column(scale=2):
                     self.selected_md = gr.Markdown(NOTHING_SELECTED, elem_id="selected-segment")
+                    # Not shown: selecting a segment by its id, for API clients (the select_segment endpoint).
+                    self.select_id = gr.Textbox(visible=False, elem_id="select-segment-id")
                     with gr.Row(equal_height=True):
                         self.class_dd = gr.Dropdown(label="Class", choices=[], elem_id="class-picker", scale=3,
                                                     allow_custom_value=True)

@@ -110,6 +110,8 @@ class LabelTab(LabelLayout):
             self.image_dd.input(self.on_pick_image, [state, self.image_dd], outputs, api_name="open_image",
                                 show_progress_on=[self.title_md]),
             self.overview.select(self.on_click, [state], outputs, **quiet),
+            self.select_id.submit(self.on_select_id, [state, self.select_id], outputs, api_name="select_segment",
+                                  **quiet),
             self.segments_df.select(self.on_row, [state], outputs, **quiet),
             self.opacity.release(self.on_opacity, [state, self.opacity], outputs, **quiet),
             self.min_score.release(self.on_min_score, [state, self.min_score], outputs, **quiet),
@@ -192,6 +194,14 @@ class LabelTab(LabelLayout):
             return self.out({})
         x, y = evt.index
         st, image = edits.select_at(self.svc, st, (int(x), int(y)))
+        return self.out(view.selection(st, image))
+
+    @guarded
+    def on_select_id(self, st: UserState, segment_id: str) -> tuple[Any, ...]:
+        """API clients select a segment by its id (gradio_client: predict(id, api_name="/select_segment"))."""
+        if st.image_id is None:
+            raise UserError("Open an image first.")
+        st, image = load_image(self.svc, edits.select_segment(self.svc, st, (segment_id or "").strip()))
         return self.out(view.selection(st, image))
 
     @guarded

@@ -47,7 +47,7 @@ from storage.models import JobStatus
 from tests.app.conftest import write_image
 
 JOB_TIMEOUT_S = 150
-TINY_SPACES = ["street", "portrait", "drive", "parts"]
+TINY_SPACES = ["street", "portrait", "drive", "parts", "avenue"]  # the world's source label spaces
 
 
 @pytest.fixture(autouse=True)

@@ -101,7 +101,7 @@ def test_every_app_write_path_waits_for_the_lock(svc: Services, tmp_path: Path) 
         "save mine anyway": lambda: save_pending_anyway(svc, states["pending"], user),
         "undo": lambda: undo(svc, states["undo"], user),
         "redo": lambda: redo(svc, states["redo"], user),
-        "accept & next": lambda: accept(svc, _opened(svc, states["skip"]), user),
+        "accept & next": lambda: accept(svc, _opened(svc, states["skip"]), user, empty_ok=True),
         "skip": lambda: skip_image(svc, states["skip"], user),
         "delete image": lambda: delete_image(svc, _opened(svc, states["delete"]), user),
         "start fine-tuning": lambda: start_finetune(svc, states["finetune"], "hydrants", "adhoc", 5),

@@ -46,7 +46,7 @@ def project_with_photo(svc: Services, spaces: list[str], adhoc: str) -> tuple[Us
 
 def test_propose_with_a_real_tiny_checkpoint_saves_the_proposal(tiny_checkpoint: Path, tmp_path: Path) -> None:
     svc = real_services(tmp_path / "data", tiny_checkpoint)
-    assert [s.name for s in trained_spaces(svc)] == ["street", "portrait", "drive", "parts"]
+    assert [s.name for s in trained_spaces(svc)] == ["street", "portrait", "drive", "parts", "avenue"]
     state, photo = project_with_photo(svc, ["street", "portrait"], "cat")
     result = propose(svc, state, "ann")
     assert result.ok and result.message.startswith("Proposed ")

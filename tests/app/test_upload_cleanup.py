@@ -60,7 +60,7 @@ def test_twenty_uploads_leave_gradios_temp_folder_empty(tmp_path: Path) -> None:
     with live_app(data, env={"GRADIO_TEMP_DIR": str(temp)}) as app:
         client = Client(app.url, verbose=False)
         client.predict("live", api_name="/open_project")
-        report = client.predict([handle_file(str(p)) for p in files], api_name="/upload")[0]
+        report = client.predict("all", 1, [handle_file(str(p)) for p in files], api_name="/upload")[0]
         left = _left_in(temp)
     assert "Added 13 image(s)" in report and "1 duplicate(s)" in report, report
     with sqlite3.connect(data / "resi.db") as conn:

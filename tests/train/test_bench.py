@@ -101,6 +101,7 @@ def test_a_finished_run_without_a_domain_head_gets_one_without_retraining(smoke,
     model, meta = load_checkpoint(final), read_meta(final)
     weights = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("domain_head.")}
     model.domain_head, model.domain_spaces = None, []  # as a run finished before heads existed
+    model.space_domains.clear()
     training = {k: v for k, v in meta["training"].items() if k != "domain_head"}
     save_checkpoint(final, model, training, git_commit=meta["git_commit"])
     bench.run(config, out, methods=["resi"], retrain=False, progress=False, jobs=1)

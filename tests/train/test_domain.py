@@ -84,23 +84,25 @@ def test_datasets_the_head_cannot_tell_apart_are_one_domain(tmp_path):
     from resi_core.labels import LabelSpace
     from tests.resi_core.test_model import PORTRAIT, STREET
 
-    street, portrait = _datasets(tmp_path, n=10)
+    street, portrait = _datasets(tmp_path, n=25)  # 5 held out each: enough to decide (MIN_HELD_TO_MERGE)
     avenue = CocoDataset("avenue", street.images_dir, tmp_path / "street" / "instances.json")
     model = tiny_model(spaces=(STREET, PORTRAIT, LabelSpace("avenue", STREET.classes)))
-    accuracy = fit_domain_head(model, [street, portrait, avenue], images_per_space=10, progress=False)
+    accuracy = fit_domain_head(model, [street, portrait, avenue], images_per_space=25, progress=False)
     assert model.domain_spaces == ["street", "portrait"] and model.space_domains == {"avenue": "street"}
     assert accuracy == {"street": 1.0, "portrait": 1.0}
     # Only look-alikes left: no head, since no query set could be held on anything.
     alike = tiny_model(spaces=(STREET, LabelSpace("avenue", STREET.classes)))
-    assert fit_domain_head(alike, [street, avenue], images_per_space=10, progress=False) == {}
+    assert fit_domain_head(alike, [street, avenue], images_per_space=25, progress=False) == {}
     assert alike.domain_head is None and alike.space_domains == {}
 
 
 def test_same_domains_merges_pairs_below_the_accuracy_and_chains():
     from train.domain import same_domains
 
-    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]).repeat_interleave(3)  # 6 held-out images each
     # 0 and 1 are told apart; 2 is confused with 1 (its images score 1 above 2); 3 with 2.
     logits = torch.tensor([[5.0, 0, 0, 0], [5, 0, 0, 0], [0, 5, 0, 0], [0, 5, 0, 0],
-                           [0, 5, 1, 0], [0, 5, 1, 0], [0, 0, 5, 1], [0, 0, 5, 1]])
+                           [0, 5, 1, 0], [0, 5, 1, 0], [0, 0, 5, 1], [0, 0, 5, 1]]).repeat_interleave(3, dim=0)
     assert same_domains(logits, labels, ["a", "b", "c", "d"]) == [0, 1, 1, 1]
+    # With 2 held-out images each, nothing is merged: too few to tell chance from look-alikes.
+    assert same_domains(logits[::3], labels[::3], ["a", "b", "c", "d"]) == [0, 1, 2, 3]
