@@ -1,6 +1,9 @@
 """Choose each method's score threshold on held-out images, then score the bench table with them.
 
-    python scripts/calibrate_thresholds.py --bench resi-data/bench --out docs/bench/results-calibrated.md
+    python scripts/calibrate_thresholds.py --bench resi-data/bench --out resi-data/calibrated-thresholds.md
+
+(The study of 2026-12-02, not adopted, and its tables: docs/bench/TRIED.md, "Score thresholds chosen
+per method".)
 
 The bench (`python -m train bench`) gives every method one score threshold (0.5). A method whose
 scores run higher (RESI's per-space softmax over a few classes) or lower (a shared query set's softmax
