@@ -106,7 +106,11 @@ def draw_stroke(page, elem_id: str) -> None:
 
 
 def click_picture(page, fx: float, fy: float) -> None:
-    """Click the Label tab's picture at a fraction of its width and height."""
+    """Click the Label tab's picture at a fraction of its width and height, once the picture on show has
+    loaded (a selection sends a new one; a click while it loads can land on nothing)."""
+    page.wait_for_function("() => { const i = document.querySelector('#overview img');"
+                           " return i !== null && i.complete && i.naturalWidth > 0; }")
+    page.wait_for_timeout(200)  # painted
     box = page.locator("#overview img").bounding_box()
     page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
 
