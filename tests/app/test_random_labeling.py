@@ -241,7 +241,8 @@ def act(tab: Tab, rng: random.Random, classes: list[str]) -> str:
 
 
 def check_shown(tab: Tab, svc: Any) -> None:
-    """Every segment stored for the open image is in the table, unless its label spaces are unticked."""
+    """Every segment stored for the open image is in the table, unless its label spaces are unticked or it
+    is a proposal scoring under the threshold slider."""
     page = tab.page
     title = page.locator("#image-title").inner_text()
     options = page.locator("#image-picker input").input_value()
@@ -256,8 +257,10 @@ def check_shown(tab: Tab, svc: Any) -> None:
     toggles = page.evaluate("() => [...document.querySelectorAll('#space-toggles label')]"
                             ".map(l => [l.innerText.trim(), l.querySelector('input').checked])")
     unticked = {name for name, checked in toggles if not checked}
+    # Proposals under "Hide proposals scoring below" are hidden on purpose (an unfamiliar photo's start so).
+    threshold = float(page.locator("#min-score input[type=number]").input_value() or 0)
     expected = sorted((s.class_name, s.label_space) for s in annotation.segments
-                      if set(s.label_space.split("+")) - unticked)
+                      if set(s.label_space.split("+")) - unticked and (s.score is None or s.score >= threshold))
     cells = page.locator("#segments-table .cell-wrap").filter(visible=True).all_inner_texts()
     rows = [cells[i:i + 5] for i in range(5, len(cells), 5)]
     shown = sorted((row[1].strip(), row[2].strip()) for row in rows)
