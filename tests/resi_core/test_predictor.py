@@ -437,12 +437,16 @@ def test_demo_model_on_an_enlarged_photo_gives_the_same_segments_at_a_working_si
     demo = Path(__file__).resolve().parents[2] / "checkpoints" / "demo"
     encoder = get_text_encoder(read_meta(demo)["text_encoder"])
     demo_model = load_checkpoint(demo, encoder.id)
-    full = Predictor(demo_model, encoder, postprocess_max_side=None)
-    work = Predictor(demo_model, encoder, postprocess_max_side=400)
+    # A low score threshold: the comparison needs segments to compare, not good ones.
+    full = Predictor(demo_model, encoder, postprocess_max_side=None, score_threshold=0.2)
+    work = Predictor(demo_model, encoder, postprocess_max_side=400, score_threshold=0.2)
     image = np.asarray(Image.open(photos[9]).convert("RGB").resize((1600, 1200), Image.Resampling.BILINEAR))
+    found = 0
     for request in (SpacesRequest(tuple(demo_model.label_spaces)), AdHocRequest(("person", "dog", "car"))):
         segments = _compare_working_size(full, work, image, request, 1600 / 400)[0].segments
-        assert len(segments) >= 3  # the photo has things to segment
+        assert segments  # the photo has something to segment for each request
+        found += len(segments)
+    assert found >= 3
 
 
 def test_class_set_request_puts_spaces_and_typed_names_in_one_request():
