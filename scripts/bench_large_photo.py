@@ -96,11 +96,12 @@ def measure_app(checkpoint: Path, image: np.ndarray, runs: int) -> dict[str, obj
     from app.class_sets.handlers import save_class_set
     from app.config import AppConfig
     from app.context import trained_spaces
+    from app.labeling import view
     from app.labeling.images import open_image
     from app.labeling.propose import propose
-    from app.labeling.view import label_tab
     from app.projects.handlers import create_project
     from app.projects.upload import upload_images
+    from app.render import picture_file
     from app.services import open_services
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +123,8 @@ def measure_app(checkpoint: Path, image: np.ndarray, runs: int) -> dict[str, obj
             svc.images._items.clear()
             start, cpu = time.perf_counter(), cpu_seconds()
             result = propose(svc, state, "bench")
-            label_tab(result.state, result.view, None, [])
+            values = view.image(result.state, result.view, result.message)  # the Label tab's values
+            picture_file(values["overview"], tmp)  # and its picture, as the tab hands it to the browser
             walls.append(time.perf_counter() - start)
             cpus.append(cpu_seconds() - cpu)
             state = result.state
