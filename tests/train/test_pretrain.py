@@ -82,8 +82,11 @@ def test_demo_config_parses():
     config = TrainConfig.from_json(json.loads((ROOT / "configs" / "world_demo.json").read_text()))
     assert [d.name for d in config.datasets] == ["street", "portrait", "drive", "parts"]
     assert config.model.feature_size % 32 == 0
-    # The demo runs 128 px world images at 256 px (docs/MODEL.md), so inference must scale them up too.
-    assert config.model.max_size == 256 and config.model.upscale
+    # The config says how the committed demo was trained: it must build the demo's architecture.
+    demo = json.loads((ROOT / "checkpoints" / "demo" / "meta.json").read_text())["config"]
+    for key in ("max_size", "upscale", "num_queries", "hidden_size", "backbone_channels", "decoder_layers"):
+        value = getattr(config.model, key)
+        assert (list(value) if isinstance(value, tuple) else value) == demo[key], key
     assert config.domain_head_images == 0  # fitted afterwards on single-domain data: every dataset has every scene
 
 
