@@ -45,12 +45,17 @@ class UserState:
     click: tuple[int, int] | None = None
     own_min_score: float | None = None
 
+    @property
+    def users_min_score(self) -> float:
+        """The threshold the user chose (not the one a flagged image's proposals are hidden under)."""
+        return self.min_score if self.own_min_score is None else self.own_min_score
+
 
 def on_image(state: UserState, image_id: int | None) -> UserState:
     """The state for another image of the same project: the user's view preferences (opacity, score
     threshold) stay, the rest starts afresh. (How an image is first shown is decided here.)"""
-    min_score = state.min_score if state.own_min_score is None else state.own_min_score
-    return UserState(project_id=state.project_id, image_id=image_id, min_score=min_score, opacity=state.opacity)
+    return UserState(project_id=state.project_id, image_id=image_id, min_score=state.users_min_score,
+                     opacity=state.opacity)
 
 
 @dataclass(frozen=True)
@@ -174,11 +179,6 @@ def model_version_id(svc: Services, ctx: ProjectContext, info: ModelInfo) -> int
             session, ctx.project_id, f"{info.name}-{info.sha256[:8]}", str(info.path), info.sha256,
             [s.to_json() for s in info.label_spaces], {"text_encoder": info.text_encoder}, active=True,
         ).id
-        version = repo.register_model_version(
-            session, ctx.project_id, f"{info.name}-{info.sha256[:8]}", str(info.path), info.sha256,
-            [s.to_json() for s in info.label_spaces], {"text_encoder": info.text_encoder}, active=True,
-        )
-        return version.id
 
 
 def file_slug(name: str, fallback: str) -> str:

@@ -68,9 +68,14 @@ def _pick(svc: Services, state: UserState, segment_id: str | None) -> tuple[Segm
     return seg, short_names(view.segments)[seg.id], view
 
 
-def select_segment(svc: Services, state: UserState, segment_id: str | None) -> UserState:
-    seg, _, _ = _pick(svc, state, segment_id)
-    return replace(state, selected_id=seg.id)
+def select_segment(svc: Services, state: UserState, segment_id: str | None) -> tuple[UserState, ImageView]:
+    """Select segment `segment_id` of the open image as stored now; the state and the image, as `select_at`."""
+    if not segment_id:
+        raise UserError("Select a segment first: click it in the image or its row in the table.")
+    state, view = load_image(svc, state)
+    if not any(s.id == segment_id for s in view.segments):
+        raise UserError("That segment is no longer in the image (someone removed it?). Reload.")
+    return replace(state, selected_id=segment_id), view
 
 
 SAME_SPOT_PX = 4  # two clicks this close (in the picture) are on one spot: the second cycles

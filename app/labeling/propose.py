@@ -108,8 +108,7 @@ def propose(svc: Services, state: UserState, user: str) -> EditResult:
     except Conflict as exc:
         return conflict(state, exc)
     if prediction.unfamiliar and segments:  # hidden, not deleted: one slider move shows them
-        own = state.min_score if state.own_min_score is None else state.own_min_score
-        state = replace(state, min_score=UNFAMILIAR_MIN_SCORE, own_min_score=own)
+        state = replace(state, min_score=UNFAMILIAR_MIN_SCORE, own_min_score=state.users_min_score)
     new_state, view = load_image(svc, state)
     message = f"Proposed {len(segments)} segment(s) in {elapsed_ms:.0f} ms."
     if prediction.unfamiliar:  # the model's familiarity check: say so before anything else

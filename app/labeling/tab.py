@@ -201,7 +201,7 @@ class LabelTab(LabelLayout):
         """API clients select a segment by its id (gradio_client: predict(id, api_name="/select_segment"))."""
         if st.image_id is None:
             raise UserError("Open an image first.")
-        st, image = load_image(self.svc, edits.select_segment(self.svc, st, (segment_id or "").strip()))
+        st, image = edits.select_segment(self.svc, st, (segment_id or "").strip())
         return self.out(view.selection(st, image))
 
     @guarded
@@ -213,8 +213,7 @@ class LabelTab(LabelLayout):
         name = (evt.row_value or [None])[0]
         if name not in names:
             raise UserError("That row is out of date (the image changed); click it again.")
-        st, image = load_image(self.svc, edits.select_segment(self.svc, st, names[name]))
-        return self.out(view.selection(st, image))
+        return self.out(view.selection(replace(st, selected_id=names[name]), image))
 
     def _settings(self, st: UserState) -> tuple[Any, ...]:
         st, image = load_image(self.svc, st)
