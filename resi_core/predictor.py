@@ -391,6 +391,7 @@ class Predictor:
             raise ValueError("ESF-OMI runs on one pass per label space; a union decode is for the baselines' rules.")
         tick = time.perf_counter()
         temperature = float(getattr(self.model, "score_temperature", 1.0))
+        score_map = getattr(self.model, "score_map", None)
         work_hw = working_size(decoded.image_hw, self.postprocess_max_side)
         per_pass: list[list[Segment]] = []
         instances: list[Segment] = []
@@ -403,6 +404,8 @@ class Predictor:
             raw = omi_panoptic(masks, probs, isthing, work_hw, extent, thresholds[i], self.overlap_threshold)
             if temperature != 1.0:  # calibrated scores (temperature scaling); the segments stay the same
                 raw = rescore(raw, (probs.clamp_min(1e-30).log() / temperature).softmax(-1))
+            if score_map is not None:  # then the fitted monotone map (docs/MODEL.md)
+                raw = [dataclasses.replace(s, score=score_map(s.score)) for s in raw]
             per_pass.append(self._name(raw, p, mixed, key, "segment"))
             if with_instances:
                 raw = instance_list(masks, probs, work_hw, extent, self.topk, isthing)

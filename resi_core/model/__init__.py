@@ -4,7 +4,7 @@ from resi_core.model.build import build_model
 from resi_core.model.checkpoint import CheckpointError, load_checkpoint, read_meta, save_checkpoint
 from resi_core.model.config import METHODS, RESIConfig
 from resi_core.model.criterion import LossOutput, RESICriterion, Target
-from resi_core.model.resi import DecoderOutput, PixelFeatures, RESIModel
+from resi_core.model.resi import DecoderOutput, PixelFeatures, RESIModel, ScoreMap
 
 __all__ = [
     "METHODS",
@@ -15,6 +15,7 @@ __all__ = [
     "RESIConfig",
     "RESICriterion",
     "RESIModel",
+    "ScoreMap",
     "Target",
     "build_model",
     "load_checkpoint",

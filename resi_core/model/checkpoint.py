@@ -18,7 +18,7 @@ import torch
 from resi_core.labels import LabelSpace
 from resi_core.model.build import build_mask2former, quiet_transformers
 from resi_core.model.config import RESIConfig
-from resi_core.model.resi import RESIModel
+from resi_core.model.resi import RESIModel, ScoreMap
 
 FORMAT = "resi-checkpoint"
 VERSION = 1
@@ -86,6 +86,7 @@ def save_checkpoint(
         "domain_spaces": list(model.domain_spaces),
         "space_domains": dict(model.space_domains),
         "score_temperature": model.score_temperature,
+        "score_map": None if model.score_map is None else model.score_map.to_json(),
         "familiarity_threshold": None if model.familiarity is None else model.familiarity.threshold,
         "familiarity_kinds": [] if model.familiarity is None else list(model.familiarity.kinds),
         "training": meta or {},
@@ -179,6 +180,8 @@ def load_checkpoint(
         if not isinstance(temperature, int | float) or isinstance(temperature, bool):
             raise ValueError(f"score_temperature must be a number, got {temperature!r}")
         model.set_score_temperature(float(temperature))
+        if meta.get("score_map") is not None:  # absent before the map existed: temperature only
+            model.set_score_map(ScoreMap.from_json(meta["score_map"]))
         if threshold is not None:
             kinds = meta.get("familiarity_kinds")
             if not isinstance(threshold, int | float) or isinstance(threshold, bool):

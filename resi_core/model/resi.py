@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,9 +99,11 @@ class RESIModel(nn.Module):
         # trained space whose images theirs look like: new space -> a name in `domain_spaces`.
         self.space_domains: dict[str, str] = {}
         # Fitted after training by `python -m train calibrate` (docs/MODEL.md): the predictor divides class
-        # logits by `score_temperature` (temperature scaling), and `familiarity` says how far an image's
-        # pooled features lie from those of the world's images (None until fitted).
+        # logits by `score_temperature` (temperature scaling), then maps each segment's score through
+        # `score_map` (a monotone piecewise-linear curve, None for the identity), and `familiarity` says how
+        # far an image's pooled features lie from those of the world's images (None until fitted).
         self.score_temperature: float = 1.0
+        self.score_map: ScoreMap | None = None
         self.familiarity: Familiarity | None = None
 
     # ----- label spaces and class embeddings -------------------------------------------------------
@@ -267,6 +270,9 @@ class RESIModel(nn.Module):
             raise ValueError(f"The score temperature must be a positive number, got {temperature!r}.")
         self.score_temperature = float(temperature)
 
+    def set_score_map(self, score_map: ScoreMap | None) -> None:
+        self.score_map = score_map
+
     def set_familiarity(self, kinds: Sequence[str], means: Tensor, whitening: Tensor, threshold: float) -> None:
         """Install fitted familiarity statistics: per kind of familiar image (the world's scene kinds), the
         mean [K, F] and whitening [K, F, F] of pooled features, and the distance above which an image counts
@@ -372,6 +378,40 @@ class RESIModel(nn.Module):
         for param in self.parameters():
             param.requires_grad_(param is target)
         return [target]
+
+
+@dataclass(frozen=True)
+class ScoreMap:
+    """A monotone piecewise-linear map of scores in [0, 1] (after temperature scaling) to calibrated ones:
+    linear between the knots (`scores[i]`, `calibrated[i]`), flat beyond the first and last. Fitted by
+    `python -m train calibrate` (centred isotonic regression); it keeps the order of any two scores
+    between the outer knots."""
+
+    scores: tuple[float, ...]
+    calibrated: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        xs, ys = self.scores, self.calibrated
+        if len(xs) != len(ys) or len(xs) < 2:
+            raise ValueError(f"A score map needs two or more knots with one calibrated score each, got "
+                             f"{len(xs)} and {len(ys)}.")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) and 0.0 <= v <= 1.0 for v in xs + ys):
+            raise ValueError("A score map's knots must be numbers from 0 to 1.")
+        if any(b <= a for a, b in zip(xs, xs[1:], strict=False)) or any(b < a for a, b in zip(ys, ys[1:], strict=False)):
+            raise ValueError("A score map's scores must increase and its calibrated scores must not decrease.")
+
+    def __call__(self, score: float) -> float:
+        return float(np.interp(score, self.scores, self.calibrated))
+
+    def to_json(self) -> dict[str, list[float]]:
+        return {"scores": list(self.scores), "calibrated": list(self.calibrated)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> ScoreMap:
+        if not isinstance(data, dict) or not isinstance(data.get("scores"), list) or not isinstance(
+                data.get("calibrated"), list):
+            raise ValueError(f"score_map must be {{'scores': [...], 'calibrated': [...]}}, got {data!r}")
+        return cls(tuple(data["scores"]), tuple(data["calibrated"]))
 
 
 class Familiarity(nn.Module):

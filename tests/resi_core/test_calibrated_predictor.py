@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from resi_core.model import CheckpointError, RESIConfig, build_model, load_checkpoint, save_checkpoint
+from resi_core.model import (
+    CheckpointError,
+    RESIConfig,
+    ScoreMap,
+    build_model,
+    load_checkpoint,
+    save_checkpoint,
+)
 from resi_core.predictor import UNFAMILIAR_NOTICE, Predictor, SpacesRequest
 from tests.resi_core.test_predictor import SPACES, FakeEncoder, FakeModel, HashEncoder, red_left_image
 
@@ -89,3 +96,56 @@ def test_checkpoint_keeps_temperature_and_familiarity(tmp_path):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="score_temperature"):
         load_checkpoint(tmp_path / "c")
+
+
+def test_score_map_changes_scores_never_segments():
+    model = FakeModel()
+    image, request = red_left_image(64, 64), SpacesRequest(("street", "portrait"))
+    plain = Predictor(model, FakeEncoder()).predict(image, request)
+    # Every score of the fake is e^20 / (e^20 + 2) ≈ 1; the map sends scores from 0.9 up to 0.7.
+    model.score_map = ScoreMap((0.0, 0.9), (0.0, 0.7))
+    mapped = Predictor(model, FakeEncoder()).predict(image, request)
+    assert [s.class_name for s in mapped.segments] == [s.class_name for s in plain.segments]
+    for a, b in zip(plain.segments, mapped.segments, strict=True):
+        assert np.array_equal(a.mask, b.mask) and b.score == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize(
+    "scores, calibrated, message",
+    [
+        ((0.5,), (0.5,), "two or more knots"),
+        ((0.1, 0.2), (0.3,), "two or more knots"),
+        ((0.2, 0.1), (0.3, 0.4), "must increase"),
+        ((0.1, 0.2), (0.4, 0.3), "must not decrease"),
+        ((0.1, 1.2), (0.3, 0.4), "from 0 to 1"),
+        ((0.1, float("nan")), (0.3, 0.4), "from 0 to 1"),
+    ],
+)
+def test_score_map_refuses_bad_knots(scores, calibrated, message):
+    with pytest.raises(ValueError, match=message):
+        ScoreMap(scores, calibrated)
+
+
+def test_score_map_interpolates_and_is_flat_beyond_its_knots():
+    curve = ScoreMap((0.2, 0.6, 0.8), (0.1, 0.5, 0.9))
+    assert curve(0.4) == pytest.approx(0.3) and curve(0.7) == pytest.approx(0.7)
+    assert curve(0.0) == 0.1 and curve(1.0) == 0.9
+
+
+def test_checkpoint_keeps_the_score_map(tmp_path):
+    import json
+
+    model = tiny_model()
+    model.set_score_map(ScoreMap((0.3, 0.5, 0.9), (0.0, 0.4, 1.0)))
+    save_checkpoint(tmp_path / "c", model)
+    back = load_checkpoint(tmp_path / "c")
+    assert back.score_map == model.score_map
+    meta_path = tmp_path / "c" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["score_map"] = {"scores": [0.5, 0.3], "calibrated": [0.1, 0.2]}  # edited by hand, not increasing
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="must increase"):
+        load_checkpoint(tmp_path / "c")
+    meta.pop("score_map")  # saved before the map existed: temperature only
+    meta_path.write_text(json.dumps(meta))
+    assert load_checkpoint(tmp_path / "c").score_map is None

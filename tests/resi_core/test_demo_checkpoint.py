@@ -59,6 +59,7 @@ def test_demo_domain_head_recognizes_the_domain_of_generated_images():
     # The hold (0.98) applies to the model's own scores; a calibrated checkpoint reports lower ones
     # (train calibrate), so the check below reads them uncalibrated.
     demo.set_score_temperature(1.0)
+    demo.set_score_map(None)
     predictor = Predictor(demo, None)
     right = 0
     for index in range(16):  # M1 images alternate street (even) and portrait (odd) scenes

@@ -32,6 +32,9 @@ def test_calibrate_writes_temperature_and_familiarity(tmp_path, capsys):
     assert report["flagged_world_check"] <= 0.25  # about 2 % by construction; 40 check images are few
     model = load_checkpoint(checkpoint)
     assert model.score_temperature == pytest.approx(report["temperature"])
+    # The score map after the temperature is saved with it, one knot per isotonic block.
+    assert model.score_map is not None and len(model.score_map.scores) == report["score_map_knots"] >= 2
+    assert report["ece_fit_after"] <= report["ece_fit_before"]
     assert model.familiarity is not None and model.familiarity.threshold == pytest.approx(
         report["familiarity_threshold"])
     assert sorted(model.familiarity.kinds) == ["drive", "parts", "portrait", "street"]
