@@ -170,6 +170,9 @@ class Proposal(Base):
     segments: Mapped[str] = mapped_column(Text)
     inference_ms: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # The model's familiarity check flagged the image as unlike its training data (0006): the app opens
+    # such an image with these proposals hidden under the score threshold.
+    unfamiliar: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class AnnotationSegment(Base):

@@ -571,8 +571,10 @@ def save_proposal(
     segments: Sequence[Segment | dict[str, Any]],
     inference_ms: float,
     user: str = "model",
+    unfamiliar: bool = False,
 ) -> Proposal:
-    """Store what a model proposed. A new image's annotation is seeded from it (status proposed)."""
+    """Store what a model proposed. A new image's annotation is seeded from it (status proposed).
+    `unfamiliar`: the model flagged the image as unlike its training data (see `Proposal.unfamiliar`)."""
     lock_image(session, image_id)
     image = get_image(session, image_id)
     version = get_model_version(session, model_version_id)
@@ -589,6 +591,7 @@ def save_proposal(
         class_set_id=class_set_id,
         segments=_dumps(rows),
         inference_ms=float(inference_ms),
+        unfamiliar=bool(unfamiliar),
     )
     session.add(proposal)
     session.flush()

@@ -93,12 +93,14 @@ def storage_rows(prediction: Any) -> list[dict[str, Any]]:
 
 
 def propose_one(sessions: sessionmaker[Session], store: FileStore, predictor: Predictor, request: Request,
-                image_id: int, version_id: int, class_set_id: int, user: str) -> bool:
-    """Propose for one image in one transaction; False when it is no longer new (someone got there first)."""
+                image_id: int, version_id: int, class_set_id: int, user: str) -> str:
+    """Propose for one image in one transaction: "proposed", "unfamiliar" (proposed, and the model flagged
+    the image as unlike its training data: the app opens it with the proposals hidden), or "taken" when it
+    is no longer new (someone got there first)."""
     with sessions() as session:
         image = repo.get_image(session, image_id)
         if image.status != ImageStatus.NEW:
-            return False
+            return "taken"
         sha = image.sha256
     rgb = decode_image(store.read(sha))
     start = time.perf_counter()
@@ -108,9 +110,10 @@ def propose_one(sessions: sessionmaker[Session], store: FileStore, predictor: Pr
     with sessions.begin() as session:
         repo.lock_image(session, image_id)
         if repo.get_image(session, image_id).status != ImageStatus.NEW:  # proposed or edited while the model ran
-            return False
-        repo.save_proposal(session, image_id, version_id, class_set_id, rows, elapsed_ms, user)
-    return True
+            return "taken"
+        repo.save_proposal(session, image_id, version_id, class_set_id, rows, elapsed_ms, user,
+                           unfamiliar=prediction.unfamiliar)
+    return "unfamiliar" if prediction.unfamiliar else "proposed"
 
 
 def run(args: argparse.Namespace, job: JobReporter | None = None) -> int:
@@ -162,14 +165,15 @@ def run(args: argparse.Namespace, job: JobReporter | None = None) -> int:
             from tqdm import tqdm
 
             bar = tqdm(total=len(ids), desc=f"prelabel {name}", unit="image", dynamic_ncols=True)
-        proposed, taken, failed = 0, 0, []
+        proposed, taken, flagged, failed = 0, 0, 0, []
         start = time.perf_counter()
         for done, image_id in enumerate(ids, start=1):
             try:
-                if propose_one(sessions, store, predictor, request, image_id, version_id, class_set_id, args.user):
-                    proposed += 1
-                else:
-                    taken += 1
+                outcome = propose_one(sessions, store, predictor, request, image_id, version_id, class_set_id,
+                                      args.user)
+                proposed += outcome != "taken"
+                taken += outcome == "taken"
+                flagged += outcome == "unfamiliar"
             except (ImageError, OSError, InvalidInput) as err:  # one bad image: say so, go on
                 failed.append(f"image {image_id}: {' '.join(str(err).split())}")
             if bar is not None:
@@ -181,13 +185,16 @@ def run(args: argparse.Namespace, job: JobReporter | None = None) -> int:
         seconds = time.perf_counter() - start
         said = (f"Proposed for {proposed} of {len(ids)} new image(s) of project {name!r} in {seconds:.1f} s"
                 + (f"; {taken} were proposed or edited meanwhile by someone else" if taken else "")
+                + (f"; {flagged} look unlike anything the model was trained on (their proposals start hidden "
+                   "in the app)" if flagged else "")
                 + (f"; {len(failed)} failed" if failed else "") + ".")
         print(said)
         for line in failed:
             print(f"warning: {line}", file=sys.stderr)
         if job is not None:
             job.done(said + "".join(f" {line}." for line in failed[:5]),
-                     {"proposed": proposed, "images": len(ids), "taken": taken, "failed": failed,
+                     {"proposed": proposed, "images": len(ids), "taken": taken, "unfamiliar": flagged,
+                      "failed": failed,
                       "model_version_id": version_id, "seconds": round(seconds, 1)})
         return 0
     finally:

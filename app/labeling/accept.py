@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.context import UserState, on_image, require_image, require_project
-from app.labeling.images import next_open_image
+from app.labeling.images import first_look, next_open_image
 from app.services import Services
 from formats.rle import decode_rle
 from resi_core.labels import normalize_name
@@ -67,4 +67,5 @@ def accept(svc: Services, state: UserState, user: str, empty_ok: bool = False) -
         text += " The images still open are being labeled by others right now."
     else:
         text += " Every image of the project is accepted."
-    return AcceptResult(on_image(state, next_id), text, score, next_id)
+    next_state, notice = first_look(svc, on_image(state, next_id))
+    return AcceptResult(next_state, f"{text} {notice}" if notice else text, score, next_id)

@@ -15,6 +15,11 @@ from storage import repo
 from storage.models import ImageStatus
 
 OPEN_STATUSES = (ImageStatus.NEW, ImageStatus.PROPOSED, ImageStatus.IN_REVIEW)
+# The score threshold an image the familiarity check flags starts at: every proposal is hidden (calibrated
+# scores stay below 1), kept in storage, and shown again by moving the "Hide proposals scoring below"
+# slider down.
+UNFAMILIAR_MIN_SCORE = 1.0
+UNFAMILIAR_HIDDEN = "(They are under 'Hide proposals scoring below'; move it down to see them.)"
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,8 @@ class ImageView:
     can_redo: bool
     # Another user who opened or edited this image in the last --claim-minutes (set by open_image).
     other_labeler: str | None = None
+    # What open_image tells the user first (a background proposal the model was unsure of).
+    notice: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,8 +101,26 @@ def open_image(svc: Services, state: UserState, image_id: int | str, user: str |
         holder = repo.claim_image(session, image_id, user, svc.config.claim_seconds) if user is not None else None
         if repo.get_image(session, image_id).project_id != project_id:
             raise UserError(f"Image {image_id} belongs to another project.")
-    new_state, view = load_image(svc, on_image(state, image_id))
-    return new_state, replace(view, other_labeler=holder)
+    new_state, notice = first_look(svc, on_image(state, image_id))
+    new_state, view = load_image(svc, new_state)
+    return new_state, replace(view, other_labeler=holder, notice=notice)
+
+
+def first_look(svc: Services, state: UserState) -> tuple[UserState, str]:
+    """How an image just opened starts, and what to tell the user first: an image still as the model
+    proposed it (by `train prelabel`, say) that the model flagged as unlike its training data starts with
+    its proposals hidden under the score threshold, as the Propose button leaves them."""
+    if state.image_id is None:
+        return state, ""
+    with svc.sessions() as session:
+        image = repo.get_image(session, state.image_id)
+        proposal = repo.latest_proposal(session, state.image_id) if image.status == ImageStatus.PROPOSED else None
+        flagged = proposal is not None and proposal.unfamiliar and proposal.segments != "[]"
+    if not flagged:
+        return state, ""
+    from resi_core.predictor import UNFAMILIAR_NOTICE  # (torch loads with the model, not with the app)
+
+    return replace(state, min_score=UNFAMILIAR_MIN_SCORE, own_min_score=state.users_min_score), UNFAMILIAR_NOTICE
 
 
 def delete_image(svc: Services, state: UserState, user: str, confirmed_image_id: int | None = None) -> EditResult:
@@ -113,7 +138,7 @@ def delete_image(svc: Services, state: UserState, user: str, confirmed_image_id:
     if next_id is None:
         return EditResult(on_image(state, None), None, message)
     new_state, view = open_image(svc, state, next_id, user)
-    return EditResult(new_state, view, f"{message} Opened {view.name}.")
+    return EditResult(new_state, view, f"{message} Opened {view.name}. {view.notice}".strip())
 
 
 def skip_image(svc: Services, state: UserState, user: str) -> EditResult:
@@ -126,7 +151,7 @@ def skip_image(svc: Services, state: UserState, user: str) -> EditResult:
         new_state, view = load_image(svc, state)
         return EditResult(new_state, view, "No other image is left to label.", ok=False)
     new_state, view = open_image(svc, state, next_id, user)
-    return EditResult(new_state, view, f"Skipped to {view.name}.")
+    return EditResult(new_state, view, f"Skipped to {view.name}. {view.notice}".strip())
 
 
 def next_open_image(svc: Services, project_id: int, after_id: int | None, user: str | None = None) -> int | None:

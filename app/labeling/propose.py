@@ -17,7 +17,7 @@ from app.context import (
     require_image,
 )
 from app.labeling.edits import conflict
-from app.labeling.images import EditResult, load_image, to_storage
+from app.labeling.images import UNFAMILIAR_HIDDEN, UNFAMILIAR_MIN_SCORE, EditResult, load_image, to_storage
 from app.segments import SegmentView
 from app.services import Proposal, Proposer, Services, UserError
 from resi_core.labels import space_domain
@@ -70,10 +70,6 @@ def domain_note(domain_probs: dict[str, float], held: Sequence[str], threshold: 
             "(domain-aware proposals; start the app without --domain-aware to show them all).")
 
 
-# The score threshold an image the familiarity check flags starts at: every proposal is hidden (scores are
-# below 1), kept in storage, and shown again by moving the "Hide proposals scoring below" slider down.
-UNFAMILIAR_MIN_SCORE = 1.0
-
 
 def propose(svc: Services, state: UserState, user: str) -> EditResult:
     """Ask the model for segments. A new image is seeded with them; an image already being labeled
@@ -100,7 +96,8 @@ def propose(svc: Services, state: UserState, user: str) -> EditResult:
             # Read again inside the write: someone may have proposed or edited it while the model ran.
             repo.lock_image(session, image_id)
             seeds = repo.get_image(session, image_id).status == ImageStatus.NEW
-            repo.save_proposal(session, image_id, version_id, choice.id, rows, elapsed_ms, user)
+            repo.save_proposal(session, image_id, version_id, choice.id, rows, elapsed_ms, user,
+                               unfamiliar=prediction.unfamiliar)
             if not seeds:  # an edit on top of what is there now; a stale state.version is a Conflict
                 current = repo.current_annotation(session, image_id)
                 repo.apply_correction(session, image_id, state.version, user,
@@ -114,7 +111,7 @@ def propose(svc: Services, state: UserState, user: str) -> EditResult:
     if prediction.unfamiliar:  # the model's familiarity check: say so before anything else
         message = f"{prediction.notice} {message}"
         if segments:
-            message += " (They are under 'Hide proposals scoring below'; move it down to see them.)"
+            message += f" {UNFAMILIAR_HIDDEN}"
     if was_accepted:
         message += " The image was accepted; it is back in review (Undo restores its segments; accept it again when done)."
     return EditResult(new_state, view, f"{message} {note}" if note else message)

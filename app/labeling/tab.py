@@ -181,7 +181,7 @@ class LabelTab(LabelLayout):
         st, image = open_image(self.svc, st, image_id, user_name(request))
         if image.other_labeler:
             gr.Warning(f"{image.other_labeler} is labeling this image right now; your edits may clash.")
-        return self.out(view.image(st, image, ""))
+        return self.out(view.image(st, image, image.notice))
 
     @guarded
     def on_show_current(self, st: UserState) -> tuple[Any, ...]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from app.class_sets.handlers import current_class_set, save_class_set, suggest_synonyms
-from app.context import UserState, class_options, find_option, load_context, on_image
+from app.context import UserState, class_options, find_option, load_context, model_version_id, on_image
 from app.editing import BrushMode
 from app.labeling.accept import accept
 from app.labeling.edits import (
@@ -37,6 +37,7 @@ from app.projects.handlers import create_project, open_project, project_names, p
 from app.projects.upload import upload_images
 from app.quality.handlers import quality
 from app.services import Services, UserError
+from formats.rle import encode_mask
 from resi_core.labels import LabelError
 from storage.errors import InvalidInput
 from tests.app.conftest import FakeModel, image_bytes, write_image
@@ -158,6 +159,43 @@ def test_propose_on_an_unfamiliar_photo_says_so_first(svc: Services, project: Us
     assert len(visible_segments(result.view.segments, lowered)) == 4
     # The next image gets the user's own threshold back, not the flagged image's.
     assert on_image(result.state, None).min_score == 0.2
+
+
+def test_a_background_proposal_the_model_flagged_opens_hidden(svc: Services, project: UserState) -> None:
+    """`train prelabel` stores the familiarity flag with the proposal; the app opens such an image as the
+    Propose button leaves it (hidden, said first), and only while it is as proposed."""
+    from resi_core.predictor import UNFAMILIAR_NOTICE
+    from storage import repo
+    from storage.models import ImageStatus
+
+    ctx = load_context(svc, project)
+    version_id = model_version_id(svc, ctx, svc.model.info(ctx.checkpoint))
+    first, second = project.image_id, project.image_id + 1
+    mask = np.zeros((48, 64), dtype=bool)
+    mask[5:20, 5:30] = True
+    row = {"id": "s1", "class_name": "car", "label_space": "street", "isthing": True, "score": 0.9,
+           "rle": encode_mask(mask)}
+    with svc.sessions.begin() as session:
+        repo.save_proposal(session, first, version_id, ctx.class_set.id, [row], 5.0, "model", unfamiliar=True)
+        repo.save_proposal(session, second, version_id, ctx.class_set.id, [row], 5.0, "model", unfamiliar=False)
+    mine = replace(project, min_score=0.3)
+    state, view = open_image(svc, mine, first, "ann")
+    assert view.notice == UNFAMILIAR_NOTICE and state.min_score == 1.0 and len(view.segments) == 1
+    assert visible_segments(view.segments, state) == []  # hidden, not deleted
+    assert state.users_min_score == 0.3
+    # The next image (not flagged) opens with the user's own threshold and no notice.
+    state, view = open_image(svc, state, second, "ann")
+    assert view.notice == "" and state.min_score == 0.3 and len(visible_segments(view.segments, state)) == 1
+    # Accepting the unflagged image moves to the flagged one, hidden and said in the message.
+    accepted = accept(svc, state, "ann")
+    assert accepted.next_image_id == first and accepted.state.min_score == 1.0
+    assert accepted.message.endswith(UNFAMILIAR_NOTICE)
+    # Once someone edited it, the flag no longer hides anything: they have seen the proposals.
+    state, view = open_image(svc, mine, first, "ann")
+    deleted = delete_segment(svc, state, "ann", "s1")
+    assert deleted.view.status == ImageStatus.IN_REVIEW.value
+    state, view = open_image(svc, mine, first, "ann")
+    assert view.notice == "" and state.min_score == 0.3
 
 
 def test_re_propose_with_other_class_set_is_one_undoable_edit(svc: Services, project: UserState) -> None:

@@ -147,3 +147,27 @@ def test_user_errors_are_one_line_and_touch_nothing(project, base, tmp_path, cap
     with pytest.raises(SystemExit) as exit_info:
         main(args(data_dir, "--limit", "0"))
     assert exit_info.value.code == 2 and "--limit must be at least 1" in capsys.readouterr().err
+
+
+def test_images_the_model_flags_are_stored_as_flagged(project, base, tmp_path, capsys):
+    """A checkpoint whose familiarity check flags every image (its one familiar kind lies far from any
+    image's features): each proposal is stored with the flag, the run says how many, the job counts them."""
+    import torch
+
+    from resi_core.model import load_checkpoint, save_checkpoint
+
+    data_dir, sessions, project_id, new, _ = project
+    model = load_checkpoint(base)
+    dim = model.pooled_dim()
+    model.set_familiarity(["far"], torch.full((1, dim), 1e3), torch.eye(dim)[None], threshold=1.0)
+    flagging = save_checkpoint(tmp_path / "flagging", model)
+    with sessions.begin() as s:
+        job_id = repo.create_job(s, project_id, "prelabel", {}).id
+    assert main(args(data_dir, "--checkpoint", str(flagging), "--limit", "2", "--job-id", str(job_id))) == 0
+    assert "2 look unlike anything the model was trained on" in capsys.readouterr().out
+    assert [p.unfamiliar for i in new[:2] for p in proposals(sessions, i)] == [True, True]
+    with sessions() as s:
+        assert repo.get_job(s, job_id).result["unfamiliar"] == 2
+    assert main(args(data_dir, "--limit", "1")) == 0  # the project's own (unflagging) model
+    assert "unlike" not in capsys.readouterr().out
+    assert [p.unfamiliar for p in proposals(sessions, new[2])] == [False]
