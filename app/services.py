@@ -213,14 +213,21 @@ def _torch_device(device: str) -> str:
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
+# Decoded photos kept in memory for the Label tab: about 20 twelve-megapixel photos, or 800 of 640x480.
+IMAGE_CACHE_BYTES = 768 * 2**20
+
 
 class ImageCache:
-    """Decoded RGB images by content hash (content never changes under a hash, so this is safe)."""
+    """Decoded RGB images by content hash (content never changes under a hash, so this is safe), the most
+    recently used kept up to `budget_bytes` in all (the newest one always). Sized by bytes, not by count: with
+    more annotators than a count allowed, each on their own image, every save decoded its photo again (an
+    LRU cycled through by more users than it holds misses every time)."""
 
-    def __init__(self, files: FileStore, capacity: int = 16):
+    def __init__(self, files: FileStore, budget_bytes: int = IMAGE_CACHE_BYTES):
         self.files = files
-        self.capacity = capacity
+        self.budget_bytes = budget_bytes
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
     def rgb(self, sha256: str) -> np.ndarray:
@@ -231,9 +238,12 @@ class ImageCache:
         array = decode_image(self.files.read(sha256))
         array.flags.writeable = False
         with self._lock:
-            self._items[sha256] = array
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            if sha256 not in self._items:
+                self._items[sha256] = array
+                self._bytes += array.nbytes
+            while self._bytes > self.budget_bytes and len(self._items) > 1:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= dropped.nbytes
         return array
 
 
