@@ -15,7 +15,8 @@ clients share the machine with the server.
 
 What is measured: a save's latency is the time a client waits from sending it to its acknowledgement,
 so it includes the client's own work (gradio_client: HTTP, the event stream, JSON), and the clients run
-in this process on the same CPUs as the server. `client_cpu_s` (this process) against `server_cpu_s` (the
+in this process on the same CPUs as the server. `save_in_app_s` is the app's side alone (gradio's
+profiling traces: the wait in its queue plus the event's processing). `client_cpu_s` (this process) against `server_cpu_s` (the
 app's process) says who used the machine; `server_cpu_s_per_request` divides the server's by saves +
 proposals (`server_cpu_s_per_save` is the same figure, kept under its old name; with --proposers it
 includes the model's work). On a small machine the clients can use more CPU than the server they
@@ -35,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,6 +56,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
+def server_timings(url: str, since: float) -> dict[str, float | None]:
+    """Median and p99 of the saves' time inside the app, from gradio's profiling traces of the saves that
+    started after `since` (wall clock): queue wait, and queue wait + processing."""
+    with urllib.request.urlopen(f"{url}gradio_api/profiling/traces") as response:
+        traces = [t for t in json.load(response) if t["fn_name"] == "relabel" and t["timestamp"] >= since]
+    waits = [t["queue_wait_ms"] / 1000 for t in traces]
+    totals = [(t["queue_wait_ms"] + t["total_ms"]) / 1000 for t in traces]
+    return {"queue_wait_median": round(statistics.median(waits), 3) if waits else None,
+            "median": round(statistics.median(totals), 3) if totals else None,
+            "p99": round(percentile(totals, 0.99), 3)}
+
+
 def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
     photos = sorted(COCO128_IMAGES.glob("*.jpg"))
     needed = args.users + args.proposers
@@ -67,7 +81,9 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
     acknowledged: dict[int, list[str]] = {image_id: [] for image_id in user_images}
     proposals: list[float] = []
     lock = threading.Lock()
-    with live_app(data, checkpoint=checkpoint) as app:
+    # Gradio's own per-request timings (GRADIO_PROFILING): how long a save waited in the app's queue and
+    # ran, without the HTTP round trip and the client's work.
+    with live_app(data, checkpoint=checkpoint, env={"GRADIO_PROFILING": "1"}) as app:
         if args.nice_clients:
             os.nice(args.nice_clients)  # this process only: the app was started before, at our priority
         editors = []
@@ -116,7 +132,8 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
             t.start()
         load_before = os.getloadavg()
         start_line.wait()
-        began, server_cpu, client_cpu = time.perf_counter(), process_cpu_seconds(app.process.pid), time.process_time()
+        began, began_wall = time.perf_counter(), time.time()
+        server_cpu, client_cpu = process_cpu_seconds(app.process.pid), time.process_time()
         stop.wait(args.seconds)
         stop.set()
         for t in threads:
@@ -125,6 +142,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
         server_cpu = process_cpu_seconds(app.process.pid) - server_cpu
         client_cpu = time.process_time() - client_cpu
         load_after = os.getloadavg()
+        in_app = server_timings(app.url, began_wall)
     lost = []
     with sqlite3.connect(data / "resi.db") as conn:
         for image_id, labels in acknowledged.items():
@@ -143,6 +161,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
         "save_latency_s": {"median": round(statistics.median(latencies), 3) if latencies else None,
                            "p90": round(percentile(latencies, 0.90), 3), "p99": round(percentile(latencies, 0.99), 3),
                            "max": round(max(latencies), 3) if latencies else None},
+        "save_in_app_s": in_app,
         "proposals": len(proposals),
         "propose_latency_s_median": round(statistics.median(proposals), 3) if proposals else None,
         "server_cpu_s": round(server_cpu, 1),
