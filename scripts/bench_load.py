@@ -57,13 +57,18 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def server_timings(url: str, since: float) -> dict[str, float | None]:
-    """Median and p99 of the saves' time inside the app, from gradio's profiling traces of the saves that
-    started after `since` (wall clock): queue wait, and queue wait + processing."""
+    """The saves' time inside the app, from gradio's profiling traces of the saves that started after `since`
+    (wall clock): medians of the queue wait, our handler and gradio's postprocessing; median and p99 of
+    queue wait + processing."""
     with urllib.request.urlopen(f"{url}gradio_api/profiling/traces") as response:
         traces = [t for t in json.load(response) if t["fn_name"] == "relabel" and t["timestamp"] >= since]
-    waits = [t["queue_wait_ms"] / 1000 for t in traces]
+    def median(key: str) -> float | None:
+        values = [t[key] / 1000 for t in traces]
+        return round(statistics.median(values), 3) if values else None
+
     totals = [(t["queue_wait_ms"] + t["total_ms"]) / 1000 for t in traces]
-    return {"queue_wait_median": round(statistics.median(waits), 3) if waits else None,
+    return {"queue_wait_median": median("queue_wait_ms"), "handler_median": median("fn_call_ms"),
+            "postprocess_median": median("postprocess_ms"),
             "median": round(statistics.median(totals), 3) if totals else None,
             "p99": round(percentile(totals, 0.99), 3)}
 
