@@ -1,4 +1,5 @@
-"""The decoded-photo cache (app.services.ImageCache): kept by bytes, least recently used dropped first.
+"""The decoded-photo and mask caches (app.services.ImageCache, MaskCache): kept by bytes, least recently used
+dropped first.
 
 20 annotators each on their own photo must not decode their photo again on every save: a cache that holds
 a fixed count of photos, fewer than the users, missed on every access when they took turns.
@@ -12,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from app.services import ImageCache
+from app.services import ImageCache, MaskCache
+from formats.rle import decode_rle, encode_mask
 from storage.files import FileStore
 
 
@@ -70,3 +72,16 @@ def test_a_photo_larger_than_the_budget_is_still_kept_while_it_is_the_newest(tmp
     assert cache.rgb(a) is first
     assert store.reads == [a]
     assert not first.flags.writeable  # shared between requests: nobody may draw on it
+
+
+def test_a_mask_is_decoded_once_per_rle_and_shared_read_only() -> None:
+    mask = np.zeros((48, 64), dtype=bool)
+    mask[10:20, 5:40] = True
+    other = ~mask
+    cache = MaskCache(budget_bytes=10 * mask.size)
+    first = cache.mask(encode_mask(mask))
+    assert np.array_equal(first, mask) and first.dtype == bool
+    assert cache.mask(encode_mask(mask)) is first  # the same RLE (a relabel keeps the mask): not decoded again
+    second = cache.mask(encode_mask(other))
+    assert np.array_equal(second, decode_rle(encode_mask(other))) and second is not first
+    assert not first.flags.writeable
