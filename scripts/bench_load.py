@@ -17,13 +17,11 @@ clients share the machine with the server.
 What is measured: a save's latency is the time a client waits from sending it to its acknowledgement,
 so it includes the client's own work (gradio_client: HTTP, the event stream, JSON), and the clients run
 in this process on the same CPUs as the server. `save_in_app_s` is the app's side alone (gradio's
-profiling traces: the wait in its queue plus the event's processing). `client_cpu_s` (this process) against `server_cpu_s` (the
-app's process) says who used the machine; `server_cpu_s_per_request` divides the server's by saves +
-proposals (`server_cpu_s_per_save` is the same figure, kept under its old name; with --proposers it
-includes the model's work). On a small machine the clients can use more CPU than the server they
-measure: `--nice-clients N` lowers the clients' CPU priority (this process, after the app started), so
-the figures say what the server does when it gets the CPU first. The default (0) measures both on equal
-terms, as before.
+profiling traces: the wait in its queue plus the event's processing). `client_cpu_s` (this process) against
+`server_cpu_s` (the app's process) says who used the machine; `server_cpu_s_per_request` divides the
+server's by saves + proposals (`server_cpu_s_per_save` is the same figure, kept under its old name; with
+--proposers it includes the model's work). The clients share one TLS context (tests/live_app.py): built per
+request, as gradio_client does by default, it cost them more CPU than the server used per save.
 """
 
 from __future__ import annotations
@@ -94,8 +92,6 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
     # Gradio's own per-request timings (GRADIO_PROFILING): how long a save waited in the app's queue and
     # ran, without the HTTP round trip and the client's work.
     with live_app(data, checkpoint=checkpoint, env={"GRADIO_PROFILING": "1"}) as app:
-        if args.nice_clients:
-            os.nice(args.nice_clients)  # this process only: the app was started before, at our priority
         editors = []
         for image_id in user_images:  # sessions are opened before the clock starts, as tabs already open
             editors.append(Editor(app.url, "live", image_id))
@@ -186,7 +182,6 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
         "server_cpu_share_of_the_machine": round(server_cpu / duration / (os.cpu_count() or 1), 2),
         "client_cpu_s": round(client_cpu, 1),
         "client_cpu_s_per_request": round(client_cpu / max(1, len(latencies) + len(proposals)), 4),
-        "clients_nice": args.nice_clients,
         "errors": len(errors), "error_examples": errors[:5],
         "lost_writes": len(lost), "lost_examples": lost[:5],
         "cpus": os.cpu_count(),
@@ -203,12 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--segments", type=int, default=5, help="segments per photo (default 5)")
     parser.add_argument("--proposers", type=int, default=2, help="sessions pressing Propose meanwhile (default 2)")
     parser.add_argument("--checkpoint", default="checkpoints/demo", help="model for the proposers")
-    parser.add_argument("--nice-clients", type=int, default=0, metavar="N",
-                        help="run the simulated users at CPU priority `nice` +N (0-19), the app at ours: on a small "
-                        "machine, the server's figures without the clients' competition (default 0: equal terms)")
     args = parser.parse_args(argv)
-    if not 0 <= args.nice_clients <= 19:
-        parser.error("--nice-clients takes 0 to 19")
     with tempfile.TemporaryDirectory(prefix="resi-load-") as tmp:
         print(json.dumps(run(args, Path(tmp) / "data"), indent=2))
     return 0
