@@ -121,22 +121,33 @@ def overview(image: np.ndarray, segments: Sequence[SegmentView], selected_id: st
     picture = resize_image(np.ascontiguousarray(image[..., :3]), shape)
     order = draw_order(segments)
     masks = [resize_mask(seg.mask, shape) for seg in order]
-    palette = np.array([class_color(seg.class_name) for seg in order] + [(0, 0, 0)], dtype=np.uint8)
-    top = np.full(shape, len(order), dtype=np.int32)  # [H, W] index into `order`; len(order): none
-    for k, mask in enumerate(masks):
-        top[mask] = k
-    # Blended with PIL (C loops): a full-size float blend costs tens of milliseconds per click.
-    base = Image.fromarray(picture)
-    blended = Image.blend(base, Image.fromarray(palette[top]), alpha)
-    covered = Image.fromarray((top < len(order)).astype(np.uint8) * 255)
-    out = np.array(Image.composite(blended, base, covered))
+    # Per pixel, 1 + the index in `order` of the segment drawn there (0: none): its fill (the topmost
+    # segment), or its outline (outlines are drawn over every fill, later ones over earlier ones).
+    index_type = np.uint8 if len(order) < 255 else np.uint16
+    top = np.zeros(shape, dtype=index_type)
+    edge = np.zeros(shape, dtype=index_type)
     selected = None
-    for seg, mask, color in zip(order, masks, palette[:-1], strict=True):
-        box = _box(mask, 0)
-        if box is not None:  # the outline is found inside the mask's box only
-            out[box][mask_outline(mask[box])] = color
+    for k, (seg, mask) in enumerate(zip(order, masks, strict=True), start=1):
+        box = _box(mask, 1)  # one pixel wider: the outline of a mask's outermost pixels is inside
+        if box is None:
+            continue
+        part = mask[box]
+        top[box][part] = k
+        edge[box][mask_outline(part)] = k
         if seg.id == selected_id:
             selected = mask
+    drawn = np.where(edge > 0, edge, top)
+    # How much of the segment color each pixel takes: none, `alpha` (fill) or all of it (outline). One
+    # composite in PIL (C loops): a float blend of the full picture costs tens of milliseconds per click.
+    weight = np.where(edge > 0, np.uint8(255), np.where(top > 0, np.uint8(round(alpha * 255)), np.uint8(0)))
+    colors = np.array([(0, 0, 0)] + [class_color(seg.class_name) for seg in order], dtype=np.uint8)
+    if index_type is np.uint8:  # a palette image: PIL looks the colors up
+        layer = Image.fromarray(drawn, mode="P")
+        layer.putpalette(colors.tobytes())
+        layer = layer.convert("RGB")
+    else:
+        layer = Image.fromarray(colors[drawn])
+    out = np.array(Image.composite(layer, Image.fromarray(picture), Image.fromarray(weight, mode="L")))
     box = None if selected is None else _box(selected, SELECTED_OUTLINE + 1)
     if box is not None:
         crop, part = out[box], selected[box]

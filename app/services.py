@@ -13,10 +13,10 @@ import signal
 import subprocess
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import numpy as np
 from sqlalchemy.engine import make_url
@@ -24,9 +24,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import AppConfig
 from formats.images import decode_image
+from formats.rle import RLE, decode_rle
 from resi_core.labels import LabelSpace
 from storage import db
 from storage.files import FileStore, path_sha256
+
+K = TypeVar("K")
 
 if TYPE_CHECKING:
     from resi_core.predictor import Request
@@ -213,28 +216,62 @@ def _torch_device(device: str) -> str:
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
+# Decoded photos kept in memory for the Label tab: about 20 twelve-megapixel photos, or 800 of 640x480.
+IMAGE_CACHE_BYTES = 768 * 2**20
+# Decoded masks (one byte a pixel): every event of the Label tab shows the open image's segments, and an edit
+# changes one of them at most.
+MASK_CACHE_BYTES = 256 * 2**20
 
-class ImageCache:
-    """Decoded RGB images by content hash (content never changes under a hash, so this is safe)."""
 
-    def __init__(self, files: FileStore, capacity: int = 16):
-        self.files = files
-        self.capacity = capacity
-        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+class ArrayCache(Generic[K]):
+    """Arrays made by `make(key)` from content that never changes under its key, read-only (shared between
+    requests), the most recently used kept up to `budget_bytes` in all (the newest one always). Sized by
+    bytes, not by count: with more annotators than a count allowed, each on their own image, every save
+    decoded its photo again (an LRU cycled through by more users than it holds misses every time)."""
+
+    def __init__(self, make: Callable[[K], np.ndarray], budget_bytes: int):
+        self.make = make
+        self.budget_bytes = budget_bytes
+        self._items: OrderedDict[K, np.ndarray] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
 
-    def rgb(self, sha256: str) -> np.ndarray:
+    def get(self, key: K) -> np.ndarray:
         with self._lock:
-            if sha256 in self._items:
-                self._items.move_to_end(sha256)
-                return self._items[sha256]
-        array = decode_image(self.files.read(sha256))
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        array = self.make(key)
         array.flags.writeable = False
         with self._lock:
-            self._items[sha256] = array
-            while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+            if key not in self._items:
+                self._items[key] = array
+                self._bytes += array.nbytes
+            while self._bytes > self.budget_bytes and len(self._items) > 1:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= dropped.nbytes
         return array
+
+
+class ImageCache(ArrayCache[str]):
+    """Decoded RGB images by content hash."""
+
+    def __init__(self, files: FileStore, budget_bytes: int = IMAGE_CACHE_BYTES):
+        super().__init__(lambda sha256: decode_image(files.read(sha256)), budget_bytes)
+
+    def rgb(self, sha256: str) -> np.ndarray:
+        return self.get(sha256)
+
+
+class MaskCache(ArrayCache[tuple[str, int, int]]):
+    """Decoded masks by their RLE (counts, height, width): bool [H, W], read-only."""
+
+    def __init__(self, budget_bytes: int = MASK_CACHE_BYTES):
+        super().__init__(lambda key: decode_rle({"counts": key[0], "size": [key[1], key[2]]}), budget_bytes)
+
+    def mask(self, rle: RLE) -> np.ndarray:
+        height, width = rle["size"]
+        return self.get((rle["counts"], int(height), int(width)))
 
 
 @dataclass(frozen=True)
@@ -314,6 +351,7 @@ class Services:
     images: ImageCache
     model: ModelProvider
     jobs: JobProcesses = field(default_factory=JobProcesses)
+    masks: MaskCache = field(default_factory=MaskCache)
 
 
 def database_url(config: AppConfig) -> str:

@@ -6,12 +6,22 @@
 `python launch.py` runs in a subprocess on a fresh data folder holding one project with --users
 coco128 photos (640x480-ish, --segments segments each). Each simulated user is a gradio_client session,
 as a browser tab is: it opens the project and its own photo, selects a segment, then relabels it (a
-saved correction) over and over for --seconds, waiting --think seconds between saves. Meanwhile
+saved correction) over and over for --seconds, waiting --think seconds between saves (the users' first saves
+are spread over the first --think seconds, as a team's are, not sent all at once). Meanwhile
 --proposers more sessions press Propose (the demo checkpoint) on other photos, back to back: proposals
 queue on the model, saves must not queue behind them. Prints, as JSON: save latency median / p90 / p99 /
 max, saves per second, errors, and lost writes: after the run, every image must hold exactly its user's
 acknowledged saves (relabel events) and the label of the last one. Also the load average, since the
 clients share the machine with the server.
+
+What is measured: a save's latency is the time a client waits from sending it to its acknowledgement,
+so it includes the client's own work (gradio_client: HTTP, the event stream, JSON), and the clients run
+in this process on the same CPUs as the server. `save_in_app_s` is the app's side alone (gradio's
+profiling traces: the wait in its queue plus the event's processing). `client_cpu_s` (this process) against
+`server_cpu_s` (the app's process) says who used the machine; `server_cpu_s_per_request` divides the
+server's by saves + proposals (`server_cpu_s_per_save` is the same figure, kept under its old name; with
+--proposers it includes the model's work). The clients share one TLS context (tests/live_app.py): built per
+request, as gradio_client does by default, it cost them more CPU than the server used per save.
 """
 
 from __future__ import annotations
@@ -19,12 +29,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sqlite3
 import statistics
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -44,6 +56,26 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
+def server_timings(url: str, since: float) -> dict[str, float | None]:
+    """The saves' time inside the app, from gradio's profiling traces of the saves that started after `since`
+    (wall clock): medians of the queue wait, our handler and gradio's postprocessing; median and p99 of
+    queue wait + processing."""
+    with urllib.request.urlopen(f"{url}gradio_api/profiling/traces") as response:
+        traces = [t for t in json.load(response) if t["fn_name"] == "relabel" and t["timestamp"] >= since]
+    def median(key: str) -> float | None:
+        values = [t[key] / 1000 for t in traces]
+        return round(statistics.median(values), 3) if values else None
+
+    totals = [(t["queue_wait_ms"] + t["total_ms"]) / 1000 for t in traces]
+    return {"queue_wait_median": median("queue_wait_ms"), "handler_median": median("fn_call_ms"),
+            "postprocess_median": median("postprocess_ms"),
+            "median": round(statistics.median(totals), 3) if totals else None,
+            "p99": round(percentile(totals, 0.99), 3),
+            # When the slowest ones started (seconds into the run): a stall at the start, or spread out?
+            "slowest_started_at_s": sorted(round(t["timestamp"] - since, 1) for t in
+                                           sorted(traces, key=lambda t: -t["queue_wait_ms"] - t["total_ms"])[:5])}
+
+
 def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
     photos = sorted(COCO128_IMAGES.glob("*.jpg"))
     needed = args.users + args.proposers
@@ -57,19 +89,27 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
     acknowledged: dict[int, list[str]] = {image_id: [] for image_id in user_images}
     proposals: list[float] = []
     lock = threading.Lock()
-    with live_app(data, checkpoint=checkpoint) as app:
+    # Gradio's own per-request timings (GRADIO_PROFILING): how long a save waited in the app's queue and
+    # ran, without the HTTP round trip and the client's work.
+    with live_app(data, checkpoint=checkpoint, env={"GRADIO_PROFILING": "1"}) as app:
         editors = []
         for image_id in user_images:  # sessions are opened before the clock starts, as tabs already open
             editors.append(Editor(app.url, "live", image_id))
         proposers = []
         for image_id in propose_images:
             client = Editor(app.url, "live", image_id).client
+            # One proposal before the clock: a running app has its model and text encoder loaded already
+            # (the first proposal loads them, which held up every save for about a second).
+            client.predict(api_name="/propose")
             proposers.append(client)
         start_line = threading.Barrier(len(editors) + len(proposers) + 1)
         stop = threading.Event()
 
         def save_loop(editor: Editor) -> None:
             start_line.wait()
+            # Users are not in step: each starts within the first think time (seeded, so runs compare), not all
+            # at the same instant (a burst no real team makes, which set the p99 on its own).
+            stop.wait(random.Random(editor.image_id).uniform(0, args.think))
             while not stop.is_set():
                 label = f"{CLASSES[(editor.saves + 1) % 2]}"
                 began = time.perf_counter()
@@ -104,7 +144,8 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
             t.start()
         load_before = os.getloadavg()
         start_line.wait()
-        began, server_cpu, client_cpu = time.perf_counter(), process_cpu_seconds(app.process.pid), time.process_time()
+        began, began_wall = time.perf_counter(), time.time()
+        server_cpu, client_cpu = process_cpu_seconds(app.process.pid), time.process_time()
         stop.wait(args.seconds)
         stop.set()
         for t in threads:
@@ -113,6 +154,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
         server_cpu = process_cpu_seconds(app.process.pid) - server_cpu
         client_cpu = time.process_time() - client_cpu
         load_after = os.getloadavg()
+        in_app = server_timings(app.url, began_wall)
     lost = []
     with sqlite3.connect(data / "resi.db") as conn:
         for image_id, labels in acknowledged.items():
@@ -131,11 +173,15 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
         "save_latency_s": {"median": round(statistics.median(latencies), 3) if latencies else None,
                            "p90": round(percentile(latencies, 0.90), 3), "p99": round(percentile(latencies, 0.99), 3),
                            "max": round(max(latencies), 3) if latencies else None},
+        "save_in_app_s": in_app,
         "proposals": len(proposals),
         "propose_latency_s_median": round(statistics.median(proposals), 3) if proposals else None,
+        "server_cpu_s": round(server_cpu, 1),
+        "server_cpu_s_per_request": round(server_cpu / max(1, len(latencies) + len(proposals)), 4),
         "server_cpu_s_per_save": round(server_cpu / max(1, len(latencies) + len(proposals)), 4),
         "server_cpu_share_of_the_machine": round(server_cpu / duration / (os.cpu_count() or 1), 2),
         "client_cpu_s": round(client_cpu, 1),
+        "client_cpu_s_per_request": round(client_cpu / max(1, len(latencies) + len(proposals)), 4),
         "errors": len(errors), "error_examples": errors[:5],
         "lost_writes": len(lost), "lost_examples": lost[:5],
         "cpus": os.cpu_count(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+_TLS_CONTEXT = ssl.create_default_context()
 CLASSES = ("cat", "dog")  # ad-hoc classes: no model is needed to relabel between them
 SEGMENT_ID = "seg"
 
@@ -137,6 +139,10 @@ class Editor:
         # Not downloading the images each save returns (a browser fetches them on its own machine; here
         # the client would take CPU from the server it measures).
         client_kwargs.setdefault("download_files", False)
+        # One TLS context for every request: given a bool, gradio_client's httpx calls build a new one per
+        # request, loading the CA bundle each time (about half of a client's CPU per save; a browser loads
+        # it once). Still a verifying context; the app here is plain HTTP on loopback anyway.
+        client_kwargs.setdefault("ssl_verify", _TLS_CONTEXT)
         self.client = Client(url, verbose=False, **client_kwargs)
         self.image_id = image_id
         self.client.predict(project, api_name="/open_project")

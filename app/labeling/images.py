@@ -9,8 +9,8 @@ import numpy as np
 
 from app.context import UserState, on_image, require_image, require_project
 from app.segments import SegmentView
-from app.services import Services, UserError
-from formats.rle import decode_rle, encode_mask
+from app.services import MaskCache, Services, UserError
+from formats.rle import encode_mask
 from storage import repo
 from storage.models import ImageStatus
 
@@ -55,8 +55,9 @@ def visible_segments(segments: list[SegmentView], state: UserState) -> list[Segm
             or (set(s.label_space.split("+")) - state.hidden_spaces and (s.score is None or s.score >= state.min_score))]
 
 
-def to_view(seg: repo.Segment) -> SegmentView:
-    return SegmentView(seg.id, seg.class_name, seg.label_space, decode_rle(seg.rle), seg.score, seg.isthing)
+def to_view(seg: repo.Segment, masks: MaskCache) -> SegmentView:
+    """The segment with its mask decoded (once: `masks` keeps it, read-only, for the next event)."""
+    return SegmentView(seg.id, seg.class_name, seg.label_space, masks.mask(seg.rle), seg.score, seg.isthing)
 
 
 def to_storage(seg: SegmentView) -> dict[str, Any]:
@@ -77,7 +78,7 @@ def load_image(svc: Services, state: UserState) -> tuple[UserState, ImageView]:
         status=annotation.status.value,
         version=annotation.version,
         image=svc.images.rgb(image.sha256),
-        segments=[to_view(s) for s in annotation.segments],
+        segments=[to_view(s, svc.masks) for s in annotation.segments],
         can_undo=can_undo,
         can_redo=can_redo,
     )

@@ -1,5 +1,9 @@
 """The Label tab's component values for an open image, by what an event changed: everything (an image
-opened or edited), only the selection, or nothing. Formatting only; nothing is decided here."""
+opened or edited), only the selection, or nothing. Formatting only; nothing is decided here.
+
+Property changes are `gr.update(...)` dicts, not components: gradio builds the updated component from them
+anyway, and a component built here as well (gr.Dropdown(...)) doubled that cost on every save.
+"""
 
 from __future__ import annotations
 
@@ -53,10 +57,10 @@ def selection(state: UserState, view: ImageView) -> dict[str, Any]:
         "state": state,
         "overview": overview(view.image, shown, state.selected_id, state.opacity),
         "selected": line,
-        "class": gr.Dropdown(value=None if seg is None else option_label(seg)),
-        "merge": gr.Dropdown(choices=[(names[s.id], s.id) for s in shown if s.id != state.selected_id], value=None),
-        "delete_like": gr.Button(value="Delete all shown " + (seg.class_name if seg else "of its class"),
-                                 interactive=seg is not None),
+        "class": gr.update(value=None if seg is None else option_label(seg)),
+        "merge": gr.update(choices=[(names[s.id], s.id) for s in shown if s.id != state.selected_id], value=None),
+        "delete_like": gr.update(value="Delete all shown " + (seg.class_name if seg else "of its class"),
+                                interactive=seg is not None),
     }
 
 
@@ -65,35 +69,35 @@ def image(state: UserState, view: ImageView, message: str | None = None,
     """Everything about the open image (after it was opened or edited). `options`: new class choices."""
     values = selection(state, view)
     values.update({
-        "image": gr.Dropdown(value=view.image_id),
+        "image": gr.update(value=view.image_id),
         "title": title(view, state),
-        "toggles": gr.CheckboxGroup(choices=list(state.spaces),
-                                    value=[s for s in state.spaces if s not in state.hidden_spaces]),
+        "toggles": gr.update(choices=list(state.spaces),
+                             value=[s for s in state.spaces if s not in state.hidden_spaces]),
         "table": pd.DataFrame(segment_rows(view, state), columns=SEGMENT_COLUMNS),
-        "undo": gr.Button(interactive=view.can_undo),
-        "redo": gr.Button(interactive=view.can_redo),
-        "conflict": gr.Row(visible=state.pending is not None),
-        "accept_empty": gr.Row(visible=False),
-        "min_score": gr.Slider(value=state.min_score),  # an unfamiliar photo's proposals start hidden
+        "undo": gr.update(interactive=view.can_undo),
+        "redo": gr.update(interactive=view.can_redo),
+        "conflict": gr.update(visible=state.pending is not None),
+        "accept_empty": gr.update(visible=False),
+        "min_score": gr.update(value=state.min_score),  # an unfamiliar photo's proposals start hidden
     })
     if message is not None:
         values["message"] = message
     if options is not None:
-        values["class"] = gr.Dropdown(choices=[o.label for o in options], value=values["class"].value)
+        values["class"] = gr.update(choices=[o.label for o in options], value=values["class"]["value"])
     return values
 
 
 def no_image(state: UserState, options: Sequence[ClassOption] | None = None, message: str = "") -> dict[str, Any]:
     """The tab with no image open. `options`: new class choices (else the class picker keeps its own)."""
     return {
-        "state": state, "image": gr.Dropdown(value=None), "title": "No image open.", "overview": None,
-        "toggles": gr.CheckboxGroup(choices=[], value=[]),
+        "state": state, "image": gr.update(value=None), "title": "No image open.", "overview": None,
+        "toggles": gr.update(choices=[], value=[]),
         "table": pd.DataFrame([], columns=SEGMENT_COLUMNS), "selected": NOTHING_SELECTED,
-        "class": gr.Dropdown(value=None) if options is None else gr.Dropdown(choices=[o.label for o in options],
-                                                                            value=None),
-        "merge": gr.Dropdown(choices=[], value=None), "delete_like": gr.Button(interactive=False),
-        "undo": gr.Button(interactive=False), "redo": gr.Button(interactive=False),
-        "conflict": gr.Row(visible=False), "accept_empty": gr.Row(visible=False), "message": message,
+        "class": gr.update(value=None) if options is None else gr.update(choices=[o.label for o in options],
+                                                                          value=None),
+        "merge": gr.update(choices=[], value=None), "delete_like": gr.update(interactive=False),
+        "undo": gr.update(interactive=False), "redo": gr.update(interactive=False),
+        "conflict": gr.update(visible=False), "accept_empty": gr.update(visible=False), "message": message,
     }
 
 

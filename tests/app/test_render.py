@@ -66,6 +66,18 @@ def test_a_small_image_is_drawn_larger_and_strokes_map_back() -> None:
     assert strokes[64:].all() and not strokes[:64].any()
 
 
+def test_every_side_of_a_mask_is_outlined_in_its_color_over_the_segments_under_it() -> None:
+    image = np.zeros((480, 640, 3), dtype=np.uint8)
+    big = _segment(_box((480, 640), slice(50, 450), slice(50, 600)), "big", "road")
+    small = _segment(_box((480, 640), slice(100, 300), slice(100, 400)), "small", "car")
+    picture = overview(image, [small, big], alpha=0.5)  # the smaller one is drawn on top
+    car = np.array(class_color("car"), dtype=np.uint8)
+    for edge in [(100, 250), (299, 250), (200, 100), (200, 399)]:  # top, bottom, left and right sides
+        assert np.array_equal(picture[edge], car), edge
+    assert np.array_equal(picture[50, 300], np.array(class_color("road"), dtype=np.uint8))
+    assert not np.array_equal(picture[200, 250], car)  # inside: blended, not the full color
+
+
 def test_the_selected_segment_is_ringed_in_white() -> None:
     image = np.zeros((480, 640, 3), dtype=np.uint8)
     seg = _segment(_box((480, 640), slice(100, 300), slice(100, 400)))
