@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how long an opened or edited image stays reserved for its user: Accept & next and "
                         f"Skip send other users to other images meanwhile (default {DEFAULT_CLAIM_MINUTES:g})")
     parser.add_argument("--device", default="auto", help="torch device for the model (default: cuda if present)")
+    parser.add_argument("--model-threads", type=int, default=None,
+                        help="CPU threads for the model's proposals (default: torch's choice, every core); fewer "
+                        "leave cores to other work on a shared server")
     parser.add_argument("--domain-aware", action="store_true",
                         help="on an image that looks like another label space's training data, a chosen space's "
                         "proposals need a score of 0.98 (default: off; it removes the masks of the space whose "
@@ -90,6 +93,7 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
         allow_unauthenticated_remote=args.allow_unauthenticated_remote,
         max_upload_mb=args.max_upload_mb,
         device=args.device,
+        model_threads=args.model_threads,
         claim_minutes=args.claim_minutes,
         out_of_domain_threshold=0.98 if args.domain_aware else None,
     )

@@ -36,6 +36,10 @@ class AppConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     # torch device for the predictor: "auto" picks CUDA when present.
     device: str = "auto"
+    # CPU threads the model's proposals may use (torch's intra-op pool); None: torch's own choice (every
+    # core). On a server shared with other work, fewer leave cores to it. On this project's 2-core VM, 1
+    # and 2 gave the same save latency under 20 users (scripts/bench_load.py --model-threads, docs/APP.md).
+    model_threads: int | None = None
     # Domain-aware OMI: query sets of a domain other than the image's likeliest need this score
     # (docs/MODEL.md); None (the default) shows every set's proposals at the normal threshold.
     out_of_domain_threshold: float | None = None
@@ -84,6 +88,8 @@ def check_config(config: AppConfig) -> None:
         raise ConfigError("--max-upload-mb must be a positive number of megabytes.")
     if not 0 < config.claim_minutes <= 24 * 60:
         raise ConfigError(f"--claim-minutes must be more than 0 and at most 1440 (a day), not {config.claim_minutes:g}.")
+    if config.model_threads is not None and not 1 <= config.model_threads <= 1024:
+        raise ConfigError(f"--model-threads must be a number of threads from 1 to 1024, not {config.model_threads}.")
 
 
 def parse_auth_pair(text: str) -> tuple[str, str]:

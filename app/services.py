@@ -94,8 +94,9 @@ class ModelProvider:
     """
 
     def __init__(self, checkpoint: Path, text_encoder: str, device: str, cache_dir: Path, capacity: int = 2,
-                 out_of_domain_threshold: float | None = None):
+                 out_of_domain_threshold: float | None = None, threads: int | None = None):
         self.checkpoint = checkpoint
+        self.threads = threads
         self.text_encoder_spec = text_encoder
         self.device = device
         self.out_of_domain_threshold = out_of_domain_threshold
@@ -148,9 +149,13 @@ class ModelProvider:
         key = _key(info.path)
         with self._lock:
             if key not in self._predictors:
+                import torch
+
                 from resi_core.model import CheckpointError, load_checkpoint
                 from resi_core.predictor import Predictor
 
+                if self.threads is not None:  # the process's intra-op pool: the model is its one user
+                    torch.set_num_threads(self.threads)
                 try:
                     model = load_checkpoint(info.path, text_encoder_id=encoder.id)
                 except CheckpointError as exc:
@@ -376,5 +381,5 @@ def open_services(config: AppConfig) -> Services:
         files=files,
         images=ImageCache(files),
         model=ModelProvider(config.checkpoint, config.text_encoder, config.device, config.data_dir / "cache",
-                            out_of_domain_threshold=config.out_of_domain_threshold),
+                            out_of_domain_threshold=config.out_of_domain_threshold, threads=config.model_threads),
     )

@@ -91,7 +91,8 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
     lock = threading.Lock()
     # Gradio's own per-request timings (GRADIO_PROFILING): how long a save waited in the app's queue and
     # ran, without the HTTP round trip and the client's work.
-    with live_app(data, checkpoint=checkpoint, env={"GRADIO_PROFILING": "1"}) as app:
+    extra = ("--model-threads", str(args.model_threads)) if args.model_threads else ()
+    with live_app(data, *extra, checkpoint=checkpoint, env={"GRADIO_PROFILING": "1"}) as app:
         editors = []
         for image_id in user_images:  # sessions are opened before the clock starts, as tabs already open
             editors.append(Editor(app.url, "live", image_id))
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
                 lost.append({"image": image_id, "acknowledged": len(labels), "stored": events,
                              "last_label": labels[-1] if labels else None, "stored_label": current and current[0]})
     return {
-        "users": args.users, "proposers": args.proposers, "seconds": round(duration, 1), "think_s": args.think,
+        "users": args.users, "proposers": args.proposers, "model_threads": args.model_threads, "seconds": round(duration, 1), "think_s": args.think,
         "segments_per_image": args.segments,
         "saves": len(latencies),
         "saves_per_s": round(len(latencies) / duration, 2),
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--segments", type=int, default=5, help="segments per photo (default 5)")
     parser.add_argument("--proposers", type=int, default=2, help="sessions pressing Propose meanwhile (default 2)")
     parser.add_argument("--checkpoint", default="checkpoints/demo", help="model for the proposers")
+    parser.add_argument("--model-threads", type=int, help="the app's --model-threads (default: the app's default)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="resi-load-") as tmp:
         print(json.dumps(run(args, Path(tmp) / "data"), indent=2))

@@ -75,6 +75,9 @@ def test_bad_values_are_clear_errors(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(ConfigError, match="claim-minutes"):
         config(["--claim-minutes", "0"])
     assert config(["--claim-minutes", "2.5"]).claim_seconds == 150
+    with pytest.raises(ConfigError, match="model-threads"):
+        config(["--model-threads", "0"])
+    assert config(["--model-threads", "3"]).model_threads == 3 and config([]).model_threads is None
     assert is_loopback("localhost") and is_loopback("::1") and not is_loopback("192.168.1.2")
 
 
@@ -124,3 +127,19 @@ def test_launch_serves_the_app_and_its_api(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_the_model_uses_the_threads_it_is_given(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Proposals use --model-threads of the process's intra-op pool, leaving the rest to other work."""
+    import torch
+
+    from app.services import ModelProvider
+
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            provider = ModelProvider(tiny_checkpoint, "minilm", "cpu", tmp_path / "cache", threads=threads)
+            provider.predictor()
+            assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
