@@ -232,8 +232,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unlike-limit", type=int, default=200, help="images read per --unlike folder (default 200)")
     parser.add_argument("--dry-run", action="store_true", help="report the figures, write nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads (default: torch's choice; 1 is far faster on a machine busy with other work)")
     args = parser.parse_args(argv)
     try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError("--threads must be at least 1.")
+            torch.set_num_threads(args.threads)
         if args.images < 10:
             raise ValueError("--images must be at least 10.")
         if args.seed < 1:

@@ -50,6 +50,7 @@ def test_calibrate_writes_temperature_and_familiarity(tmp_path, capsys):
         (["--images", "5"], "--images must be at least 10"),
         (["--seed", "0"], "seed 0's images"),
         (["--unlike", "nowhere"], "is not a folder"),
+        (["--threads", "0"], "--threads must be at least 1"),
     ],
 )
 def test_bad_options_give_one_error_line(tmp_path, capsys, argv, message):

@@ -203,6 +203,8 @@ def test_config_files_that_are_not_json(tmp_path: Path, capsys: pytest.CaptureFi
     bad.write_text("{not json")
     _fails(["pretrain", "--config", str(bad)], capsys, "config.json is not valid JSON")
     _fails(["domain-head", "--checkpoint", str(DEMO), "--config", str(bad)], capsys, "config.json is not valid JSON")
+    _fails(["domain-head", "--checkpoint", str(DEMO), "--config", str(bad), "--threads", "0"], capsys,
+           "--threads must be at least 1")
     _fails(["evaluate", "--gt", str(bad), "--pred", str(bad)], capsys, "not valid JSON")
     _fails(["pretrain", "--config", str(tmp_path)], capsys)  # a folder
     assert main(["nonsense"]) == 2
