@@ -43,6 +43,7 @@ from resi_core.metrics.segments import iter_image_segments
 from resi_core.model import CheckpointError, RESIModel, ScoreMap, load_checkpoint, read_meta, save_checkpoint
 from resi_core.predictor import Predictor, SpacesRequest
 from resi_core.world import BENCHMARK_SYNONYMS, BENCHMARKS, generate, prepare_out_dir, write_world
+from train.threads import use_threads
 
 # Share of the threshold images' distances at or below the familiarity threshold: about 5 % of world
 # images are flagged by construction (the product's ceiling); 0.98 flagged 1 % of world images but left
@@ -236,10 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="CPU threads (default: torch's choice; 1 is far faster on a machine busy with other work)")
     args = parser.parse_args(argv)
     try:
-        if args.threads is not None:
-            if args.threads < 1:
-                raise ValueError("--threads must be at least 1.")
-            torch.set_num_threads(args.threads)
+        use_threads(args.threads)
         if args.images < 10:
             raise ValueError("--images must be at least 10.")
         if args.seed < 1:

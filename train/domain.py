@@ -35,6 +35,7 @@ from resi_core.data import CocoDataset, DatasetError
 from resi_core.image_io import resize_for_model, to_pixel_values
 from resi_core.model import CheckpointError, RESIModel, load_checkpoint, save_checkpoint
 from resi_core.model.checkpoint import read_meta
+from train.threads import use_threads
 
 # Two datasets are one domain when the head tells their held-out images apart less often than this
 # (pairwise: each image scored against its own dataset and the other one only; chance is 0.5). Our
@@ -228,12 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.images_per_space < 2:
         print("error: --images-per-space must be at least 2 (a fifth is held out).", file=sys.stderr)
         return 2
-    if args.threads is not None and args.threads < 1:
-        print("error: --threads must be at least 1.", file=sys.stderr)
-        return 2
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
     try:
+        use_threads(args.threads)
         datasets = datasets_from_config(args.config, args.data_root)
         accuracy = add_domain_head(args.checkpoint, datasets, args.images_per_space, not args.no_progress)
     except (CheckpointError, DatasetError, ValueError, OSError, KeyError) as err:

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from formats.images import decode_image
@@ -56,6 +55,7 @@ from train.holdout import (
 )
 from train.jobs import JobReporter, run_as_job
 from train.pretrain import latest_checkpoint, pick_device
+from train.threads import use_threads
 from train.tuning import CACHED_SCOPES, SCOPES, FeatureCache, FitSettings, fit
 
 EXAMPLES = """\
@@ -506,8 +506,7 @@ def figures(metrics: dict[str, Any] | None) -> str:
 
 def run(args: argparse.Namespace, job: JobReporter | None = None) -> int:
     started = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     device = pick_device(args.device)
     engine = open_database(args) if args.project is not None else None
     try:

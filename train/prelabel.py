@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from sqlalchemy.orm import Session, sessionmaker
 
 from formats.images import ImageError, decode_image
@@ -32,6 +31,7 @@ from storage.models import ImageStatus
 from train.database import add_database_arguments, open_database
 from train.jobs import JobReporter, run_as_job
 from train.pretrain import latest_checkpoint, pick_device
+from train.threads import use_threads
 
 PRELABEL_USER = "model"
 
@@ -117,8 +117,7 @@ def propose_one(sessions: sessionmaker[Session], store: FileStore, predictor: Pr
 
 
 def run(args: argparse.Namespace, job: JobReporter | None = None) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     device = pick_device(args.device)
     engine = open_database(args)
     try:

@@ -205,6 +205,8 @@ def test_config_files_that_are_not_json(tmp_path: Path, capsys: pytest.CaptureFi
     _fails(["domain-head", "--checkpoint", str(DEMO), "--config", str(bad)], capsys, "config.json is not valid JSON")
     _fails(["domain-head", "--checkpoint", str(DEMO), "--config", str(bad), "--threads", "0"], capsys,
            "--threads must be at least 1")
+    _fails(["prelabel", "--project", "Streets", "--data-dir", str(tmp_path), "--threads", "-1"], capsys,
+           "--threads must be at least 1")
     _fails(["evaluate", "--gt", str(bad), "--pred", str(bad)], capsys, "not valid JSON")
     _fails(["pretrain", "--config", str(tmp_path)], capsys)  # a folder
     assert main(["nonsense"]) == 2
