@@ -116,12 +116,18 @@ def first_look(svc: Services, state: UserState) -> tuple[UserState, str]:
     with svc.sessions() as session:
         image = repo.get_image(session, state.image_id)
         proposal = repo.latest_proposal(session, state.image_id) if image.status == ImageStatus.PROPOSED else None
-        flagged = proposal is not None and proposal.unfamiliar and proposal.segments != "[]"
+        flagged = proposal is not None and proposal.unfamiliar and bool(repo.proposal_segments(proposal))
     if not flagged:
         return state, ""
     from resi_core.predictor import UNFAMILIAR_NOTICE  # (torch loads with the model, not with the app)
 
-    return replace(state, min_score=UNFAMILIAR_MIN_SCORE, own_min_score=state.users_min_score), UNFAMILIAR_NOTICE
+    return hide_proposals(state), UNFAMILIAR_NOTICE
+
+
+def hide_proposals(state: UserState) -> UserState:
+    """The open image's proposals hidden under UNFAMILIAR_MIN_SCORE (stored, one slider move away); the
+    user's own threshold comes back with the next image."""
+    return replace(state, min_score=UNFAMILIAR_MIN_SCORE, own_min_score=state.users_min_score)
 
 
 def delete_image(svc: Services, state: UserState, user: str, confirmed_image_id: int | None = None) -> EditResult:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 
 import numpy as np
 
@@ -17,7 +16,7 @@ from app.context import (
     require_image,
 )
 from app.labeling.edits import conflict
-from app.labeling.images import UNFAMILIAR_HIDDEN, UNFAMILIAR_MIN_SCORE, EditResult, load_image, to_storage
+from app.labeling.images import UNFAMILIAR_HIDDEN, EditResult, hide_proposals, load_image, to_storage
 from app.segments import SegmentView
 from app.services import Proposal, Proposer, Services, UserError
 from resi_core.labels import space_domain
@@ -70,7 +69,6 @@ def domain_note(domain_probs: dict[str, float], held: Sequence[str], threshold: 
             "(domain-aware proposals; start the app without --domain-aware to show them all).")
 
 
-
 def propose(svc: Services, state: UserState, user: str) -> EditResult:
     """Ask the model for segments. A new image is seeded with them; an image already being labeled
     gets them as one undoable edit that replaces its segments (e.g. after changing the class set)."""
@@ -105,7 +103,7 @@ def propose(svc: Services, state: UserState, user: str) -> EditResult:
     except Conflict as exc:
         return conflict(state, exc)
     if prediction.unfamiliar and segments:  # hidden, not deleted: one slider move shows them
-        state = replace(state, min_score=UNFAMILIAR_MIN_SCORE, own_min_score=state.users_min_score)
+        state = hide_proposals(state)
     new_state, view = load_image(svc, state)
     message = f"Proposed {len(segments)} segment(s) in {elapsed_ms:.0f} ms."
     if prediction.unfamiliar:  # the model's familiarity check: say so before anything else
