@@ -719,6 +719,14 @@ def _undo_redo_stacks(session: Session, image_id: int) -> tuple[list[int], list[
 
 def can_undo_redo(session: Session, image_id: int) -> tuple[bool, bool]:
     get_image(session, image_id)
+    # After a correction or an acceptance (every save), there is something to undo and nothing to redo,
+    # whatever came before: one row answers, not the whole history (which grows with every edit).
+    latest = session.scalar(select(AnnotationEvent.event_type).where(AnnotationEvent.image_id == image_id)
+                            .order_by(AnnotationEvent.seq.desc()).limit(1))
+    if latest is None:
+        return False, False
+    if latest in CORRECTION_TYPES or latest == EventType.ACCEPT:
+        return True, False
     done, undone = _undo_redo_stacks(session, image_id)
     return bool(done), bool(undone)
 
@@ -876,7 +884,9 @@ def _apply(
                 target_event_id=target_event_id,
             )
         )
-    image = session.get(Image, image_id)
+    # An Image this session already holds is brought up to date (the UPDATEs above bypass it); one it does
+    # not hold is not loaded just for that.
+    image = session.identity_map.get(Session.identity_key(Image, image_id))
     if image is not None:
         session.refresh(image, ["version", "status", "updated_at"])
     return new_version

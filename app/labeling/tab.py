@@ -31,6 +31,21 @@ from app.services import Services, UserError
 MODEL_QUEUE: dict[str, Any] = {"concurrency_id": "model", "concurrency_limit": 1}
 
 
+def unchanged(before: UserState, after: UserState) -> list[str]:
+    """The outputs an event that went from state `before` to `after` cannot have changed on screen: the
+    image picker (same image), the label-space toggles, the score slider, the conflict row."""
+    same = []
+    if after.image_id == before.image_id:
+        same.append("image")
+    if (after.spaces, after.hidden_spaces) == (before.spaces, before.hidden_spaces):
+        same.append("toggles")
+    if after.min_score == before.min_score:
+        same.append("min_score")
+    if (after.pending is None) == (before.pending is None):
+        same.append("conflict")
+    return same
+
+
 class LabelTab(LabelLayout):
     """Its components (`LabelLayout`), its events, and what other tabs call: `show_project`,
     `refresh_images`, `refresh_classes`, `open_row`."""
@@ -68,8 +83,14 @@ class LabelTab(LabelLayout):
             return self.current(result.state, result.message)
         return view.image(result.state, image, result.message)
 
-    def after_edit(self, result: EditResult | AcceptResult) -> tuple[Any, ...]:
-        return self.out(self.edited(result))
+    def after_edit(self, result: EditResult | AcceptResult, before: UserState | None = None) -> tuple[Any, ...]:
+        """The outputs after an edit; with `before` (the state the event started from), what the edit left as
+        it was on screen is not sent again (each sent property costs gradio a component rebuilt per save)."""
+        values = self.edited(result)
+        if before is not None:
+            for key in unchanged(before, result.state):
+                values.pop(key, None)
+        return self.out(values)
 
     # --- what other tabs call -----------------------------------------------------------------------
 
@@ -241,7 +262,7 @@ class LabelTab(LabelLayout):
 
     @guarded
     def on_propose(self, st: UserState, request: gr.Request) -> tuple[Any, ...]:
-        return self.after_edit(propose(self.svc, st, user_name(request)))
+        return self.after_edit(propose(self.svc, st, user_name(request)), st)
 
     @guarded
     def on_propose_all(self, st: UserState, request: gr.Request) -> Any:
@@ -252,57 +273,57 @@ class LabelTab(LabelLayout):
     @guarded
     def on_relabel(self, st: UserState, label: str | None, request: gr.Request) -> tuple[Any, ...]:
         option = find_option(self.options(st), label)
-        return self.after_edit(edits.relabel(self.svc, st, user_name(request), st.selected_id, option))
+        return self.after_edit(edits.relabel(self.svc, st, user_name(request), st.selected_id, option), st)
 
     @guarded
     def on_delete(self, st: UserState, request: gr.Request) -> tuple[Any, ...]:
-        return self.after_edit(edits.delete_segment(self.svc, st, user_name(request), st.selected_id))
+        return self.after_edit(edits.delete_segment(self.svc, st, user_name(request), st.selected_id), st)
 
     @guarded
     def on_delete_like(self, st: UserState, request: gr.Request) -> tuple[Any, ...]:
-        return self.after_edit(edits.delete_shown_like(self.svc, st, user_name(request), st.selected_id))
+        return self.after_edit(edits.delete_shown_like(self.svc, st, user_name(request), st.selected_id), st)
 
     @guarded
     def on_merge(self, st: UserState, other: str | None, request: gr.Request) -> tuple[Any, ...]:
-        return self.after_edit(edits.merge_segments(self.svc, st, user_name(request), st.selected_id, other))
+        return self.after_edit(edits.merge_segments(self.svc, st, user_name(request), st.selected_id, other), st)
 
     @guarded
     def on_brush_add(self, st: UserState, value: dict | None, request: gr.Request) -> tuple[Any, ...]:
         return self.after_edit(edits.edit_mask(self.svc, st, user_name(request), st.selected_id, value,
-                                               BrushMode.ADD))
+                                               BrushMode.ADD), st)
 
     @guarded
     def on_brush_erase(self, st: UserState, value: dict | None, request: gr.Request) -> tuple[Any, ...]:
         return self.after_edit(edits.edit_mask(self.svc, st, user_name(request), st.selected_id, value,
-                                               BrushMode.ERASE))
+                                               BrushMode.ERASE), st)
 
     @guarded
     def on_new_segment(self, st: UserState, value: dict | None, label: str | None,
                        request: gr.Request) -> tuple[Any, ...]:
         option = find_option(self.options(st), label)
-        return self.after_edit(edits.add_segment(self.svc, st, user_name(request), value, option))
+        return self.after_edit(edits.add_segment(self.svc, st, user_name(request), value, option), st)
 
     @guarded
     def on_undo(self, st: UserState, request: gr.Request) -> tuple[Any, ...]:
-        return self.after_edit(edits.undo(self.svc, st, user_name(request)))
+        return self.after_edit(edits.undo(self.svc, st, user_name(request)), st)
 
     @guarded
     def on_redo(self, st: UserState, request: gr.Request) -> tuple[Any, ...]:
-        return self.after_edit(edits.redo(self.svc, st, user_name(request)))
+        return self.after_edit(edits.redo(self.svc, st, user_name(request)), st)
 
     @guarded
     def on_keep_mine(self, st: UserState, request: gr.Request) -> tuple[Any, ...]:
-        return self.after_edit(edits.save_pending_anyway(self.svc, st, user_name(request)))
+        return self.after_edit(edits.save_pending_anyway(self.svc, st, user_name(request)), st)
 
     @guarded
     def on_reload(self, st: UserState) -> tuple[Any, ...]:
-        return self.after_edit(edits.reload_image(self.svc, st))
+        return self.after_edit(edits.reload_image(self.svc, st), st)
 
     def _accept(self, st: UserState, request: gr.Request, empty_ok: bool) -> tuple[Any, ...]:
         result = accept(self.svc, st, user_name(request), empty_ok=empty_ok)
         if result.asks_empty:
             return self.out({"accept_empty": gr.Row(visible=True), "message": result.message})
-        return self.after_edit(result)
+        return self.after_edit(result, st)
 
     @guarded
     def on_accept(self, st: UserState, request: gr.Request) -> tuple[Any, ...]:
@@ -314,7 +335,7 @@ class LabelTab(LabelLayout):
 
     @guarded
     def on_skip(self, st: UserState, request: gr.Request) -> tuple[Any, ...]:
-        return self.after_edit(skip_image(self.svc, st, user_name(request)))
+        return self.after_edit(skip_image(self.svc, st, user_name(request)), st)
 
     @guarded
     def on_delete_image(self, st: UserState, target: int | None, request: gr.Request) -> tuple[Any, ...]:

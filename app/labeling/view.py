@@ -2,7 +2,8 @@
 opened or edited), only the selection, or nothing. Formatting only; nothing is decided here.
 
 Property changes are `gr.update(...)` dicts, not components: gradio builds the updated component from them
-anyway, and a component built here as well (gr.Dropdown(...)) doubled that cost on every save.
+anyway, and a component built here as well (gr.Dropdown(...)) doubled that cost on every save. A new value
+alone goes as the plain value, which gradio only post-processes (a `gr.update` builds a component).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def selection(state: UserState, view: ImageView) -> dict[str, Any]:
         "state": state,
         "overview": overview(view.image, shown, state.selected_id, state.opacity),
         "selected": line,
-        "class": gr.update(value=None if seg is None else option_label(seg)),
+        "class": None if seg is None else option_label(seg),
         "merge": gr.update(choices=[(names[s.id], s.id) for s in shown if s.id != state.selected_id], value=None),
         "delete_like": gr.update(value="Delete all shown " + (seg.class_name if seg else "of its class"),
                                 interactive=seg is not None),
@@ -69,7 +70,7 @@ def image(state: UserState, view: ImageView, message: str | None = None,
     """Everything about the open image (after it was opened or edited). `options`: new class choices."""
     values = selection(state, view)
     values.update({
-        "image": gr.update(value=view.image_id),
+        "image": view.image_id,
         "title": title(view, state),
         "toggles": gr.update(choices=list(state.spaces),
                              value=[s for s in state.spaces if s not in state.hidden_spaces]),
@@ -78,12 +79,12 @@ def image(state: UserState, view: ImageView, message: str | None = None,
         "redo": gr.update(interactive=view.can_redo),
         "conflict": gr.update(visible=state.pending is not None),
         "accept_empty": gr.update(visible=False),
-        "min_score": gr.update(value=state.min_score),  # an unfamiliar photo's proposals start hidden
+        "min_score": state.min_score,  # an unfamiliar photo's proposals start hidden
     })
     if message is not None:
         values["message"] = message
     if options is not None:
-        values["class"] = gr.update(choices=[o.label for o in options], value=values["class"]["value"])
+        values["class"] = gr.update(choices=[o.label for o in options], value=values["class"])
     return values
 
 

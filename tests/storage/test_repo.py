@@ -384,3 +384,36 @@ def test_undo_stack_follows_targets_in_a_history_from_before_accept_was_undoable
         v = repo.undo(s, image_id, v, "ann")  # then the acceptance: nothing left to break
         assert sorted(x.id for x in repo.current_annotation(s, image_id).segments) == ["s1", "s2"]
         assert repo.can_undo_redo(s, image_id) == (False, True)
+
+
+def test_undo_and_redo_buttons_follow_any_history(sessions: sessionmaker[Session], store: FileStore) -> None:
+    """can_undo_redo answers from the latest event after a save and walks the history otherwise; either
+    way it agrees with undo/redo stacks kept here, over a random mix of edits, undos, redos and accepts."""
+    import random
+
+    rng = random.Random(3)
+    with sessions.begin() as s:
+        _, image_id, _, _ = _proposed_image(s, store)
+    done: list[str] = []  # what the buttons must offer: edits not undone, and undone ones to redo
+    undone: list[str] = []
+    with sessions.begin() as s:
+        version = repo.current_annotation(s, image_id).version
+        assert repo.can_undo_redo(s, image_id) == (False, False)  # a proposal is not undoable
+        for step in range(60):
+            action = rng.choice(["edit", "edit", "undo", "undo", "redo", "accept"])
+            if action == "undo" and done:
+                version = repo.undo(s, image_id, version, "ann")
+                undone.append(done.pop())
+            elif action == "redo" and undone:
+                version = repo.redo(s, image_id, version, "ann")
+                done.append(undone.pop())
+            elif action == "accept":
+                version = repo.accept(s, image_id, version, "ann")
+                done.append(f"accept{step}")
+                undone.clear()
+            else:
+                new = segment(f"n{step}", H, W, (0, 0, 8, 8), "road", isthing=False, score=None)
+                version = repo.apply_correction(s, image_id, version, "ann", Correction("add", [], [new]))
+                done.append(f"add{step}")
+                undone.clear()
+            assert repo.can_undo_redo(s, image_id) == (bool(done), bool(undone)), (step, action)
