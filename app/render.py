@@ -116,44 +116,55 @@ def overview(image: np.ndarray, segments: Sequence[SegmentView], selected_id: st
              alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     """RGB uint8 at display size: every pixel of a mask blended with opacity `alpha` in the class color
     of the topmost segment there (`draw_order`), each mask outlined in its color, the selected one
-    ringed in white on black."""
+    ringed in white on black (`overview_picture`, as an array)."""
+    return np.asarray(overview_picture(image, segments, selected_id, alpha))
+
+
+def overview_picture(image: np.ndarray, segments: Sequence[SegmentView], selected_id: str | None = None,
+                     alpha: float = OVERLAY_ALPHA) -> Image.Image:
+    """`overview` as a PIL image, which `picture_file` encodes without another copy. Drawn on every save
+    and click, so it makes few full-size passes: one index image (per pixel, which palette color), one
+    weight image (how much of that color), one paste."""
     shape = display_shape(image.shape)
     picture = resize_image(np.ascontiguousarray(image[..., :3]), shape)
     order = draw_order(segments)
-    masks = [resize_mask(seg.mask, shape) for seg in order]
-    # Per pixel, 1 + the index in `order` of the segment drawn there (0: none): its fill (the topmost
-    # segment), or its outline (outlines are drawn over every fill, later ones over earlier ones).
-    index_type = np.uint8 if len(order) < 255 else np.uint16
-    top = np.zeros(shape, dtype=index_type)
-    edge = np.zeros(shape, dtype=index_type)
-    selected = None
-    for k, (seg, mask) in enumerate(zip(order, masks, strict=True), start=1):
+    # Palette: 0 none, 1..n the segments in `order`, then white and black for the selected segment's ring.
+    white, black = len(order) + 1, len(order) + 2
+    index_type = np.uint8 if black < 256 else np.uint16
+    drawn = np.zeros(shape, dtype=index_type)
+    boxes = []
+    for k, seg in enumerate(order, start=1):  # fills: the topmost segment's color
+        mask = resize_mask(seg.mask, shape)
         box = _box(mask, 1)  # one pixel wider: the outline of a mask's outermost pixels is inside
+        boxes.append((seg, mask, box))
+        if box is not None:
+            drawn[box][mask[box]] = k
+    weight = (drawn > 0).view(np.uint8) * np.uint8(round(alpha * 255))
+    for k, (_, mask, box) in enumerate(boxes, start=1):  # outlines, over every fill, later ones on top
         if box is None:
             continue
-        part = mask[box]
-        top[box][part] = k
-        edge[box][mask_outline(part)] = k
-        if seg.id == selected_id:
-            selected = mask
-    drawn = np.where(edge > 0, edge, top)
-    # How much of the segment color each pixel takes: none, `alpha` (fill) or all of it (outline). One
-    # composite in PIL (C loops): a float blend of the full picture costs tens of milliseconds per click.
-    weight = np.where(edge > 0, np.uint8(255), np.where(top > 0, np.uint8(round(alpha * 255)), np.uint8(0)))
-    colors = np.array([(0, 0, 0)] + [class_color(seg.class_name) for seg in order], dtype=np.uint8)
+        edge = mask_outline(mask[box])
+        drawn[box][edge] = k
+        weight[box][edge] = 255
+    selected = next((mask for seg, mask, box in boxes if seg.id == selected_id and box is not None), None)
+    if selected is not None:
+        box = _box(selected, SELECTED_OUTLINE + 1)
+        part = selected[box]
+        ring = grow(part, SELECTED_OUTLINE) & ~part
+        rim = grow(ring, 1) & ~ring & ~part
+        for color, where in ((white, ring), (black, rim)):
+            drawn[box][where] = color
+            weight[box][where] = 255
+    colors = np.array([(0, 0, 0)] + [class_color(seg.class_name) for seg in order] + [(255, 255, 255), (0, 0, 0)],
+                      dtype=np.uint8)
     if index_type is np.uint8:  # a palette image: PIL looks the colors up
         layer = Image.fromarray(drawn, mode="P")
         layer.putpalette(colors.tobytes())
         layer = layer.convert("RGB")
     else:
         layer = Image.fromarray(colors[drawn])
-    out = np.array(Image.composite(layer, Image.fromarray(picture), Image.fromarray(weight, mode="L")))
-    box = None if selected is None else _box(selected, SELECTED_OUTLINE + 1)
-    if box is not None:
-        crop, part = out[box], selected[box]
-        ring = grow(part, SELECTED_OUTLINE) & ~part
-        crop[grow(ring, 1) & ~ring & ~part] = 0
-        crop[ring] = 255
+    out = Image.fromarray(picture)  # a copy (PIL maps no RGB buffer): the paste below leaves `image` as it is
+    out.paste(layer, (0, 0), Image.fromarray(weight, mode="L"))
     return out
 
 
@@ -170,7 +181,7 @@ def segments_at(segments: Sequence[SegmentView], point: tuple[int, int], display
     return hits[::-1]
 
 
-def picture_file(picture: np.ndarray, folder: str | Path) -> str:
+def picture_file(picture: np.ndarray | Image.Image, folder: str | Path) -> str:
     """`picture` (RGB uint8) as a JPEG file in `folder`, named by its content, written once and atomically.
 
     The Label tab hands its pictures to gradio as files: gradio 6.31 saves an image it is given as an array
@@ -178,7 +189,7 @@ def picture_file(picture: np.ndarray, folder: str | Path) -> str:
     truncated file ("Too little data for declared Content-Length") and showed nothing.
     """
     buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="JPEG", quality=90)
+    (picture if isinstance(picture, Image.Image) else Image.fromarray(picture)).save(buffer, format="JPEG", quality=90)
     data = buffer.getvalue()
     path = Path(folder) / "resi-pictures" / f"{hashlib.sha256(data).hexdigest()[:40]}.jpeg"
     if not path.exists():

@@ -12,6 +12,7 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+from PIL import Image
 
 from app.context import UserState, class_options, find_option, load_context
 from app.editing import BrushMode
@@ -59,7 +60,7 @@ class LabelTab(LabelLayout):
     def out(self, values: dict[str, Any]) -> tuple[Any, ...]:
         """The outputs' values in order; what an event did not change is skipped. The picture goes as a
         file (`picture_file`)."""
-        if isinstance(values.get("overview"), np.ndarray):
+        if isinstance(values.get("overview"), np.ndarray | Image.Image):
             values = {**values, "overview": picture_file(values["overview"], self.overview.GRADIO_CACHE)}
         return tuple(values.get(key, gr.skip()) for key in self.slots)
 

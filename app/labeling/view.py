@@ -17,7 +17,7 @@ import pandas as pd
 from app.context import ClassOption, UserState
 from app.editing import brush_size, editor_value
 from app.labeling.images import ImageView, visible_segments
-from app.render import overview
+from app.render import overview_picture
 from app.segments import SegmentView, short_names
 
 SEGMENT_COLUMNS = ["segment", "class", "space", "score", "pixels"]
@@ -56,7 +56,7 @@ def selection(state: UserState, view: ImageView) -> dict[str, Any]:
         line = f"Selected: **{names[seg.id]}** [{seg.label_space}], {score}, {seg.area:,} px"
     return {
         "state": state,
-        "overview": overview(view.image, shown, state.selected_id, state.opacity),
+        "overview": overview_picture(view.image, shown, state.selected_id, state.opacity),
         "selected": line,
         "class": None if seg is None else option_label(seg),
         "merge": gr.update(choices=[(names[s.id], s.id) for s in shown if s.id != state.selected_id], value=None),

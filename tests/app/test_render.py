@@ -85,6 +85,8 @@ def test_the_selected_segment_is_ringed_in_white() -> None:
     assert not plain[98, 200].any()  # two pixels above the mask: background
     assert (ringed[98, 200] == 255).all() and (ringed[301, 200] == 255).all()  # just outside: the ring
     assert np.array_equal(ringed[200, 250], plain[200, 250])  # the inside is drawn as before
+    assert not ringed[300 + 3 + 2, 200].any()  # the black rim just outside the 3-pixel ring, then the photo
+    assert not image.any()  # the photo itself is never drawn on
 
 
 def test_a_click_hits_the_topmost_segment_first() -> None:
