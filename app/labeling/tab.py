@@ -175,9 +175,11 @@ class LabelTab(LabelLayout):
         self.cancel_empty_btn.click(lambda: gr.Row(visible=False), None, [self.accept_empty_row], **quiet)
 
     def then_editor(self, event: Any) -> None:
-        """After `event`, bring the brush picture up to date (quietly, and only when it is open and out of date)."""
+        """After `event`, bring the brush picture up to date (quietly, and only when it is open and out of date).
+        Outside the queue: a browser sends this after every save and click, and with the brush closed (the
+        usual case) it only answers "nothing", which through the queue cost a second event stream each time."""
         event.then(self.on_editor, [self.state, self.editor_key, self.brush_open], [self.editor, self.editor_key],
-                   show_progress="hidden")
+                   show_progress="hidden", queue=False)
 
     # --- events: looking -----------------------------------------------------------------------------
 
