@@ -47,6 +47,7 @@ from resi_core.model.checkpoint import read_meta
 from resi_core.model.config import known_fields
 from resi_core.text import encoder_id, get_text_encoder
 from train.domain import add_domain_head, read_json
+from train.threads import use_threads
 
 TRAINER_FILE = "trainer.pt"
 LATEST_FILE = "latest"
@@ -311,8 +312,7 @@ def build_or_resume(config: TrainConfig, spaces, resume_from: Path | None) -> tu
 
 
 def train(config: TrainConfig, resume: bool, progress: bool, bar_position: int = 0) -> int:
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    use_threads(config.threads)
     device = pick_device(config.device)
     rank, world = setup_distributed(device.type)
     torch.manual_seed(config.seed)  # identical initial weights on every rank

@@ -207,6 +207,8 @@ def test_config_files_that_are_not_json(tmp_path: Path, capsys: pytest.CaptureFi
            "--threads must be at least 1")
     _fails(["prelabel", "--project", "Streets", "--data-dir", str(tmp_path), "--threads", "-1"], capsys,
            "--threads must be at least 1")
+    _fails(["pretrain", "--config", str(ROOT / "configs" / "world_tiny.json"), "--out", str(tmp_path / "run"),
+            "--threads", "-1"], capsys, "--threads must be at least 1")
     _fails(["evaluate", "--gt", str(bad), "--pred", str(bad)], capsys, "not valid JSON")
     _fails(["pretrain", "--config", str(tmp_path)], capsys)  # a folder
     assert main(["nonsense"]) == 2
