@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-threads", type=int, default=None,
                         help="CPU threads for the model's proposals (default: torch's choice, every core); fewer "
                         "leave cores to other work on a shared server")
+    parser.add_argument("--model-process", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the model in a process of its own at a lower CPU priority, so that users' saves "
+                        "never wait on proposals (default); --no-model-process runs it inside the app's process")
     parser.add_argument("--domain-aware", action="store_true",
                         help="on an image that looks like another label space's training data, a chosen space's "
                         "proposals need a score of 0.98 (default: off; it removes the masks of the space whose "
@@ -94,6 +97,7 @@ def config_from_args(args: argparse.Namespace) -> AppConfig:
         max_upload_mb=args.max_upload_mb,
         device=args.device,
         model_threads=args.model_threads,
+        model_process=args.model_process,
         claim_minutes=args.claim_minutes,
         out_of_domain_threshold=0.98 if args.domain_aware else None,
     )
@@ -134,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass
     finally:
         demo.close()
+        services.model.close()
     return 0
 
 

@@ -40,6 +40,9 @@ class AppConfig:
     # core). On a server shared with other work, fewer leave cores to it. On this project's 2-core VM, 1
     # and 2 gave the same save latency under 20 users (scripts/bench_load.py --model-threads, docs/APP.md).
     model_threads: int | None = None
+    # The model runs in a process of its own at a lower CPU priority (app/model_worker.py), so a proposal
+    # neither holds the interpreter lock that saves need nor takes their CPU; False: in the app's process.
+    model_process: bool = True
     # Domain-aware OMI: query sets of a domain other than the image's likeliest need this score
     # (docs/MODEL.md); None (the default) shows every set's proposals at the normal threshold.
     out_of_domain_threshold: float | None = None

@@ -94,9 +94,12 @@ class ModelProvider:
     """
 
     def __init__(self, checkpoint: Path, text_encoder: str, device: str, cache_dir: Path, capacity: int = 2,
-                 out_of_domain_threshold: float | None = None, threads: int | None = None):
+                 out_of_domain_threshold: float | None = None, threads: int | None = None,
+                 process: bool = False):
         self.checkpoint = checkpoint
         self.threads = threads
+        # Run the model in a process of its own (app/model_worker.py); False: in this one.
+        self.process = process
         self.text_encoder_spec = text_encoder
         self.device = device
         self.out_of_domain_threshold = out_of_domain_threshold
@@ -148,25 +151,49 @@ class ModelProvider:
             )
         key = _key(info.path)
         with self._lock:
+            if getattr(self._predictors.get(key), "stopped", False):  # its process died: start another
+                del self._predictors[key]
             if key not in self._predictors:
-                import torch
-
-                from resi_core.model import CheckpointError, load_checkpoint
-                from resi_core.predictor import Predictor
-
-                if self.threads is not None:  # the process's intra-op pool: the model is its one user
-                    torch.set_num_threads(self.threads)
-                try:
-                    model = load_checkpoint(info.path, text_encoder_id=encoder.id)
-                except CheckpointError as exc:
-                    raise UserError(f"Cannot load the model: {str(exc).rstrip('.')}. Proposals need a working checkpoint; "
-                                    "everything else still works.") from exc
-                self._predictors[key] = Predictor(model, encoder, device=_torch_device(self.device),
-                                                     out_of_domain_threshold=self.out_of_domain_threshold)
+                self._predictors[key] = self._load(info.path, encoder)
                 while len(self._predictors) > self.capacity:  # a thread still using an evicted one keeps it
-                    self._predictors.popitem(last=False)
+                    _, evicted = self._predictors.popitem(last=False)
+                    if hasattr(evicted, "close"):  # a model process: it stops once its call in flight ends
+                        threading.Thread(target=evicted.close, daemon=True).start()
             self._predictors.move_to_end(key)
             return self._predictors[key]
+
+    def _load(self, path: Path, encoder: Any) -> Proposer:
+        if self.process:
+            from app.model_worker import WorkerError, WorkerProposer, WorkerSpec
+
+            spec = WorkerSpec(str(path), self.text_encoder_spec, self.device, str(self.cache_dir),
+                              self.out_of_domain_threshold, self.threads)
+            try:
+                return WorkerProposer.start(spec)
+            except WorkerError as exc:
+                raise UserError(f"Cannot load the model: {exc}. Proposals need a working checkpoint; "
+                                "everything else still works.") from exc
+        import torch
+
+        from resi_core.model import CheckpointError, load_checkpoint
+        from resi_core.predictor import Predictor
+
+        if self.threads is not None:  # the process's intra-op pool: the model is its one user
+            torch.set_num_threads(self.threads)
+        try:
+            model = load_checkpoint(path, text_encoder_id=encoder.id)
+        except CheckpointError as exc:
+            raise UserError(f"Cannot load the model: {str(exc).rstrip('.')}. Proposals need a working checkpoint; "
+                            "everything else still works.") from exc
+        return Predictor(model, encoder, device=torch_device(self.device),
+                         out_of_domain_threshold=self.out_of_domain_threshold)
+
+    def close(self) -> None:
+        """Stop the model processes (the app's shutdown; they also stop by themselves when it dies)."""
+        with self._lock:
+            for predictor in self._predictors.values():
+                if hasattr(predictor, "close"):
+                    predictor.close()
 
     def warm_up(self) -> None:
         """Load the app's checkpoint now (launch.py calls this in the background), so the first proposal
@@ -214,7 +241,7 @@ def _key(checkpoint: Path) -> Path:
     return checkpoint.resolve()
 
 
-def _torch_device(device: str) -> str:
+def torch_device(device: str) -> str:
     if device != "auto":
         return device
     import torch
@@ -381,5 +408,6 @@ def open_services(config: AppConfig) -> Services:
         files=files,
         images=ImageCache(files),
         model=ModelProvider(config.checkpoint, config.text_encoder, config.device, config.data_dir / "cache",
-                            out_of_domain_threshold=config.out_of_domain_threshold, threads=config.model_threads),
+                            out_of_domain_threshold=config.out_of_domain_threshold, threads=config.model_threads,
+                            process=config.model_process),
     )

@@ -51,6 +51,19 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children(pid: int) -> list[int]:
+    """The running child processes of `pid` (the app's model process)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def app_cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds so far of the app's process and of its children (its model process)."""
+    return process_cpu_seconds(pid), sum(process_cpu_seconds(c) for c in children(pid))
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
@@ -92,6 +105,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
     # Gradio's own per-request timings (GRADIO_PROFILING): how long a save waited in the app's queue and
     # ran, without the HTTP round trip and the client's work.
     extra = ("--model-threads", str(args.model_threads)) if args.model_threads else ()
+    extra += () if args.model_process else ("--no-model-process",)
     with live_app(data, *extra, checkpoint=checkpoint, env={"GRADIO_PROFILING": "1"}) as app:
         editors = []
         for image_id in user_images:  # sessions are opened before the clock starts, as tabs already open
@@ -146,13 +160,16 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
         load_before = os.getloadavg()
         start_line.wait()
         began, began_wall = time.perf_counter(), time.time()
-        server_cpu, client_cpu = process_cpu_seconds(app.process.pid), time.process_time()
+        (server_cpu, model_cpu), client_cpu = app_cpu_seconds(app.process.pid), time.process_time()
         stop.wait(args.seconds)
         stop.set()
         for t in threads:
             t.join()
         duration = time.perf_counter() - began
-        server_cpu = process_cpu_seconds(app.process.pid) - server_cpu
+        server_now, model_now = app_cpu_seconds(app.process.pid)
+        server_cpu, model_cpu = server_now - server_cpu, model_now - model_cpu
+        app_cpu = server_cpu
+        server_cpu += model_cpu  # the server: the app's process and its model process
         client_cpu = time.process_time() - client_cpu
         load_after = os.getloadavg()
         in_app = server_timings(app.url, began_wall)
@@ -167,7 +184,7 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
                 lost.append({"image": image_id, "acknowledged": len(labels), "stored": events,
                              "last_label": labels[-1] if labels else None, "stored_label": current and current[0]})
     return {
-        "users": args.users, "proposers": args.proposers, "model_threads": args.model_threads, "seconds": round(duration, 1), "think_s": args.think,
+        "users": args.users, "proposers": args.proposers, "model_threads": args.model_threads, "model_process": args.model_process, "seconds": round(duration, 1), "think_s": args.think,
         "segments_per_image": args.segments,
         "saves": len(latencies),
         "saves_per_s": round(len(latencies) / duration, 2),
@@ -177,7 +194,8 @@ def run(args: argparse.Namespace, data: Path) -> dict[str, object]:
         "save_in_app_s": in_app,
         "proposals": len(proposals),
         "propose_latency_s_median": round(statistics.median(proposals), 3) if proposals else None,
-        "server_cpu_s": round(server_cpu, 1),
+        "app_process_cpu_s": round(app_cpu, 1),
+        "model_process_cpu_s": round(model_cpu, 1),  # 0 with --no-model-process: the model's is in the app's
         "server_cpu_s_per_request": round(server_cpu / max(1, len(latencies) + len(proposals)), 4),
         "server_cpu_s_per_save": round(server_cpu / max(1, len(latencies) + len(proposals)), 4),
         "server_cpu_share_of_the_machine": round(server_cpu / duration / (os.cpu_count() or 1), 2),
@@ -200,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proposers", type=int, default=2, help="sessions pressing Propose meanwhile (default 2)")
     parser.add_argument("--checkpoint", default="checkpoints/demo", help="model for the proposers")
     parser.add_argument("--model-threads", type=int, help="the app's --model-threads (default: the app's default)")
+    parser.add_argument("--model-process", action=argparse.BooleanOptionalAction, default=True,
+                        help="the app's --model-process (default: on, as the app's)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="resi-load-") as tmp:
         print(json.dumps(run(args, Path(tmp) / "data"), indent=2))

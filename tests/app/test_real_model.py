@@ -30,9 +30,10 @@ from storage import repo
 from tests.app.conftest import coco_photo
 
 
-def real_services(data_dir: Path, checkpoint: Path, out_of_domain_threshold: float | None = None) -> Services:
+def real_services(data_dir: Path, checkpoint: Path, out_of_domain_threshold: float | None = None,
+                  model_process: bool = True) -> Services:
     return open_services(AppConfig(data_dir=data_dir, checkpoint=checkpoint, device="cpu",
-                                   out_of_domain_threshold=out_of_domain_threshold))
+                                   out_of_domain_threshold=out_of_domain_threshold, model_process=model_process))
 
 
 def project_with_photo(svc: Services, spaces: list[str], adhoc: str) -> tuple[UserState, Path]:
@@ -45,7 +46,8 @@ def project_with_photo(svc: Services, spaces: list[str], adhoc: str) -> tuple[Us
 
 
 def test_propose_with_a_real_tiny_checkpoint_saves_the_proposal(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    svc = real_services(tmp_path / "data", tiny_checkpoint)
+    # In the app's process: the test changes the model's thresholds and weights below.
+    svc = real_services(tmp_path / "data", tiny_checkpoint, model_process=False)
     assert [s.name for s in trained_spaces(svc)] == ["street", "portrait", "drive", "parts", "avenue"]
     state, photo = project_with_photo(svc, ["street", "portrait"], "cat")
     result = propose(svc, state, "ann")
