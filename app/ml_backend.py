@@ -123,7 +123,7 @@ class RESIBackend:
         for task in tasks:
             rgb = decode_image(self._image_bytes(task, config))
             height, width = rgb.shape[:2]
-            found = [(s, wanted[normalize_name(s.class_name)]) for s in predictor.predict(rgb, request).segments
+            found = [(s, wanted[normalize_name(s.class_name)]) for s in predictor.predict(rgb, request, with_instances=False).segments
                      if normalize_name(s.class_name) in wanted]
             result = [{"id": s.id[:10], "from_name": config.from_name, "to_name": config.to_name,
                        "original_width": width, "original_height": height, "image_rotation": 0,

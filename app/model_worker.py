@@ -176,7 +176,11 @@ class WorkerProposer:
                 kind, payload = self._conn.recv()
             except (EOFError, OSError):
                 self.stopped = True
-                code = self.process.wait(timeout=10)
+                try:
+                    code: int | None = self.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:  # its socket broke but it still runs: stop it
+                    self.process.kill()
+                    code = self.process.wait()
                 why = " (killed: out of memory?)" if code in (-9, 137) else ""
                 raise UserError(f"The model's process stopped while proposing (exit code {code}{why}). Nothing "
                                 "you saved is lost; propose again to restart it.") from None

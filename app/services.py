@@ -163,7 +163,7 @@ class ModelProvider:
             return self._predictors[key]
 
     def _load(self, path: Path, encoder: Any) -> Proposer:
-        if self.process:
+        if self.process and os.name == "posix":  # the child inherits its socket by descriptor (pass_fds)
             from app.model_worker import WorkerError, WorkerProposer, WorkerSpec
 
             spec = WorkerSpec(str(path), self.text_encoder_spec, self.device, str(self.cache_dir),
